@@ -1,0 +1,922 @@
+//! The partition log: appends, reads, lookups, retention, and the committer thread.
+//!
+//! # Concurrency
+//! One mutex guards the log's [`State`]. An append encodes its batch outside the lock, then
+//! under it assigns offsets and a timestamp, stamps the batch and queues it; it never does
+//! I/O. A single committer thread takes everything queued, writes it (rolling segments on the
+//! way), fsyncs once if the durability mode asks for it, then publishes the new high watermark
+//! and wakes whoever waits. Readers take the lock only to plan a read (which files, which byte
+//! ranges below the high watermark) and read without it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{Durability, LogConfig};
+use crate::error::{Error, Result};
+use crate::format::{self, Batch, EncodedBatch, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN};
+use crate::record::{NewRecord, Record};
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{self, ActiveSegment, SegmentReader};
+use crate::vfs::DirLock;
+
+/// What the log knows about one segment. Lives in [`State`].
+#[derive(Debug)]
+pub(crate) struct SegmentView {
+    pub(crate) base: u64,
+    /// `None` only for a segment the committer has not created yet.
+    pub(crate) reader: Option<SegmentReader>,
+    pub(crate) sealed: bool,
+    pub(crate) entries: Vec<IndexEntry>,
+    pub(crate) last_indexed_pos: Option<u64>,
+    /// Bytes, including batches queued but not yet written.
+    pub(crate) assigned_len: u64,
+    /// Bytes readers may read: whole batches below the high watermark.
+    pub(crate) readable_len: u64,
+    /// One past the last offset assigned to this segment.
+    pub(crate) next_offset: u64,
+    pub(crate) first_timestamp: Option<i64>,
+    pub(crate) last_timestamp: Option<i64>,
+}
+
+impl SegmentView {
+    pub(crate) fn new_empty(base: u64, reader: Option<SegmentReader>) -> Self {
+        Self {
+            base,
+            reader,
+            sealed: false,
+            entries: Vec::new(),
+            last_indexed_pos: None,
+            assigned_len: SEGMENT_HEADER_LEN,
+            readable_len: SEGMENT_HEADER_LEN,
+            next_offset: base,
+            first_timestamp: None,
+            last_timestamp: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next_offset == self.base
+    }
+
+    /// Byte position to start reading at to find `offset` (the last indexed batch at or
+    /// before it).
+    fn position_for(&self, offset: u64) -> u64 {
+        let i = self.entries.partition_point(|e| self.base + u64::from(e.relative_offset) <= offset);
+        i.checked_sub(1)
+            .and_then(|i| self.entries.get(i))
+            .map_or(SEGMENT_HEADER_LEN, |e| u64::from(e.position))
+    }
+
+    /// Byte position to start reading at to find the first record at or after `ts`.
+    fn position_for_time(&self, ts: i64) -> u64 {
+        let i = self.entries.partition_point(|e| e.timestamp < ts);
+        i.checked_sub(1)
+            .and_then(|i| self.entries.get(i))
+            .map_or(SEGMENT_HEADER_LEN, |e| u64::from(e.position))
+    }
+}
+
+/// A batch queued for the committer.
+#[derive(Debug)]
+struct Pending {
+    /// The segment it goes to; a different one than the committer's active segment means
+    /// "roll first". An empty `bytes` is a pure roll.
+    segment: u64,
+    bytes: Vec<u8>,
+    /// One past the batch's last offset.
+    next_offset: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    appends: u64,
+    records: u64,
+    bytes: u64,
+    fsyncs: u64,
+    synced_appends: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    next_offset: u64,
+    last_timestamp: i64,
+    pending: Vec<Pending>,
+    pending_appends: u64,
+    segments: BTreeMap<u64, SegmentView>,
+    /// Active segment as seen by the append path (may be ahead of the committer's).
+    active_base: u64,
+    start_offset: u64,
+    /// One past the last offset written to the OS.
+    written_offset: u64,
+    /// One past the last offset covered by a completed fsync.
+    durable_offset: u64,
+    /// One past the last acknowledged (and readable) offset.
+    high_watermark: u64,
+    poisoned: Option<Arc<str>>,
+    closing: bool,
+    closed: bool,
+    wakers: Vec<(u64, Waker)>,
+    last_group: u64,
+    last_sync: Duration,
+    counters: Counters,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    state: Mutex<State>,
+    /// The committer waits here for work.
+    work: Condvar,
+    /// Blocking waiters wait here for the high watermark to move.
+    progress: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is only mutated in short critical sections that do not panic; if a panic
+        // did happen there, the log stays usable for reads and the committer poisons writes.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn poison(&self, err: &Error) {
+        let wakers = {
+            let mut st = self.lock();
+            if st.poisoned.is_none() {
+                st.poisoned = Some(err.to_string().into());
+            }
+            st.pending.clear();
+            st.pending_appends = 0;
+            std::mem::take(&mut st.wakers)
+        };
+        self.progress.notify_all();
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    /// Ready when the high watermark passes `target`.
+    fn poll_past(&self, target: u64, waker: Option<&Waker>) -> Poll<Result<()>> {
+        let mut st = self.lock();
+        if st.high_watermark > target {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(cause) = &st.poisoned {
+            return Poll::Ready(Err(Error::Poisoned { cause: cause.clone() }));
+        }
+        if st.closed {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        if let Some(w) = waker {
+            match st.wakers.iter_mut().find(|(t, old)| *t == target && old.will_wake(w)) {
+                Some(_) => {}
+                None => st.wakers.push((target, w.clone())),
+            }
+        }
+        Poll::Pending
+    }
+
+    fn wait_past(&self, target: u64) -> Result<()> {
+        let mut st = self.lock();
+        loop {
+            if st.high_watermark > target {
+                return Ok(());
+            }
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A durable, segmented, append-only log of record batches: one partition.
+///
+/// `Log` is `Send + Sync`; share it with an `Arc`. Appends from any number of threads or
+/// tasks are ordered by the log; see [`Log::append`]. Dropping the log closes it
+/// ([`Log::close`]).
+#[derive(Debug)]
+pub struct Log {
+    shared: Arc<Shared>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    _dir_lock: Box<dyn DirLock>,
+}
+
+/// Where an append landed, once it is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+    /// The append timestamp given to every record of the batch (ms since the Unix epoch).
+    pub timestamp: i64,
+}
+
+/// An append that has been ordered (its offsets are fixed) and is completing. Wait for it with
+/// [`AppendTicket::wait`] or `.await` it: it completes with `Ok` once the batch is durable under
+/// the log's [`Durability`], or with an error if the log was poisoned before that.
+#[derive(Debug)]
+#[must_use = "an append is not acknowledged until its ticket completes"]
+pub struct AppendTicket {
+    shared: Arc<Shared>,
+    appended: Appended,
+}
+
+impl AppendTicket {
+    /// The offsets and timestamp the batch got (known before it is durable).
+    pub fn appended(&self) -> Appended {
+        self.appended
+    }
+
+    /// True once the append is done (successfully or not).
+    pub fn is_done(&self) -> bool {
+        self.shared.poll_past(self.appended.last_offset, None).is_ready()
+    }
+
+    /// Blocks until the append is durable under the log's mode.
+    pub fn wait(self) -> Result<Appended> {
+        self.shared.wait_past(self.appended.last_offset).map(|()| self.appended)
+    }
+}
+
+impl Future for AppendTicket {
+    type Output = Result<Appended>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let appended = self.appended;
+        self.shared.poll_past(appended.last_offset, Some(cx.waker())).map_ok(|()| appended)
+    }
+}
+
+/// A future that completes when the log holds a readable record at `offset` (its high
+/// watermark has passed `offset`). For long-polling readers: woken by appends, not by timers.
+#[derive(Debug)]
+pub struct OffsetWait {
+    shared: Arc<Shared>,
+    offset: u64,
+}
+
+impl Future for OffsetWait {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.shared.poll_past(self.offset, Some(cx.waker()))
+    }
+}
+
+/// Counters and positions of a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogStats {
+    /// First offset still held (earlier ones were removed by retention).
+    pub start_offset: u64,
+    /// One past the last acknowledged, readable offset.
+    pub high_watermark: u64,
+    /// One past the last offset covered by a completed fsync.
+    pub durable_offset: u64,
+    /// Number of segment files.
+    pub segments: usize,
+    /// Total size of the segment files in bytes.
+    pub size_bytes: u64,
+    /// Appends accepted since the log was opened.
+    pub appends: u64,
+    /// Records accepted since the log was opened.
+    pub records: u64,
+    /// Encoded bytes accepted since the log was opened.
+    pub bytes: u64,
+    /// fsyncs issued on the append path since the log was opened.
+    pub fsyncs: u64,
+    /// Appends completed by those fsyncs (`synced_appends / fsyncs` = appends per fsync).
+    pub synced_appends: u64,
+    /// Why the log refuses writes, if it does.
+    pub poisoned: Option<String>,
+}
+
+/// What [`Log::enforce_retention`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub removed_segments: usize,
+    /// Bytes deleted.
+    pub removed_bytes: u64,
+    /// The log's first offset afterwards.
+    pub start_offset: u64,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, and recovers it: checks every segment,
+    /// truncates a torn or corrupt tail of the last segment to its last whole batch, rebuilds
+    /// missing or damaged indexes, and reports what it did.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Self, RecoveryReport)> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let recovered = recovery::recover(&dir, &config)?;
+        let next = recovered.next_offset;
+        let state = State {
+            next_offset: next,
+            last_timestamp: recovered.last_timestamp,
+            pending: Vec::new(),
+            pending_appends: 0,
+            active_base: recovered.active.base,
+            segments: recovered.segments,
+            start_offset: recovered.start_offset,
+            written_offset: next,
+            durable_offset: next,
+            high_watermark: next,
+            poisoned: None,
+            closing: false,
+            closed: false,
+            wakers: Vec::new(),
+            last_group: 0,
+            last_sync: Duration::ZERO,
+            counters: Counters::default(),
+        };
+        let shared = Arc::new(Shared { dir, config, state: Mutex::new(state), work: Condvar::new(), progress: Condvar::new() });
+        let committer = {
+            let for_thread = shared.clone();
+            let active = recovered.active;
+            std::thread::Builder::new()
+                .name("wharf-log-commit".into())
+                .spawn(move || Committer::new(for_thread, active).run())
+                .map_err(Error::io("spawn committer thread", &shared.dir))?
+        };
+        Ok((Log { shared, committer: Mutex::new(Some(committer)), _dir_lock: recovered.lock }, recovered.report))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The log's configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    /// Submits one batch of records. Returns as soon as the batch is ordered — its offsets
+    /// and timestamp are fixed — without waiting for I/O; the [`AppendTicket`] completes when
+    /// the batch is durable under the log's [`Durability`]. Under [`Durability::Always`],
+    /// batches submitted while an fsync is in flight share the next one.
+    ///
+    /// Fails at once if the batch is empty or too large, or the log is poisoned or closed.
+    pub fn append(&self, records: &[NewRecord]) -> Result<AppendTicket> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let size = format::encoded_batch_len(records);
+        let limit = self.shared.config.max_batch_bytes;
+        if size > limit {
+            return Err(Error::BatchTooLarge { size, limit });
+        }
+        let mut batch = EncodedBatch::encode(records).map_err(|_| Error::BatchTooLarge { size, limit })?;
+        let count = u64::from(batch.record_count());
+        let len = batch.len() as u64;
+        let config = &self.shared.config;
+        let appended = {
+            let mut st = self.shared.lock();
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if st.closing {
+                return Err(Error::Closed);
+            }
+            let now = config.clock.now_ms();
+            let timestamp = now.max(st.last_timestamp);
+            let base_offset = st.next_offset;
+            if needs_roll(&st, config, len, count, now) {
+                start_segment(&mut st, base_offset);
+            }
+            batch.stamp(base_offset, timestamp);
+            let active_base = st.active_base;
+            let index_interval = config.index_interval_bytes;
+            let Some(view) = st.segments.get_mut(&active_base) else {
+                return Err(Error::Poisoned { cause: "internal: active segment missing".into() });
+            };
+            let position = view.assigned_len;
+            if view.last_indexed_pos.is_none_or(|p| position - p >= index_interval) {
+                view.entries.push(IndexEntry {
+                    relative_offset: (base_offset - view.base) as u32,
+                    position: position as u32,
+                    timestamp,
+                });
+                view.last_indexed_pos = Some(position);
+            }
+            view.assigned_len += len;
+            view.next_offset = base_offset + count;
+            view.first_timestamp.get_or_insert(timestamp);
+            view.last_timestamp = Some(timestamp);
+            st.next_offset = base_offset + count;
+            st.last_timestamp = timestamp;
+            st.pending.push(Pending { segment: active_base, bytes: batch.into_bytes(), next_offset: base_offset + count });
+            st.pending_appends += 1;
+            st.counters.appends += 1;
+            st.counters.records += count;
+            st.counters.bytes += len;
+            Appended { base_offset, last_offset: base_offset + count - 1, timestamp }
+        };
+        self.shared.work.notify_one();
+        Ok(AppendTicket { shared: self.shared.clone(), appended })
+    }
+
+    /// Appends and blocks until the batch is durable under the log's mode.
+    pub fn append_wait(&self, records: &[NewRecord]) -> Result<Appended> {
+        self.append(records)?.wait()
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to about `max_bytes`
+    /// (at least one batch if there is one, even if it is larger). Only acknowledged records
+    /// are returned. The first batch may start before `offset`: use [`Log::read_records`] for
+    /// records from `offset` exactly.
+    ///
+    /// `offset` equal to the high watermark gives an empty result; an offset below the start
+    /// (removed by retention) or above the high watermark is [`Error::OffsetOutOfRange`].
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        let (plan, hw) = {
+            let st = self.shared.lock();
+            if offset < st.start_offset || offset > st.high_watermark {
+                return Err(Error::OffsetOutOfRange { requested: offset, start: st.start_offset, end: st.high_watermark });
+            }
+            let mut plan = Vec::new();
+            let mut planned = 0u64;
+            let first = st.segments.range(..=offset).next_back().map_or(st.start_offset, |(b, _)| *b);
+            for view in st.segments.range(first..).map(|(_, v)| v) {
+                if view.base >= st.high_watermark || planned >= max_bytes as u64 {
+                    break;
+                }
+                let Some(reader) = view.reader.clone() else { break };
+                let start = if view.base <= offset { view.position_for(offset) } else { SEGMENT_HEADER_LEN };
+                planned += view.readable_len.saturating_sub(start);
+                plan.push((reader, start, view.readable_len));
+            }
+            (plan, st.high_watermark)
+        };
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for (reader, start, end) in plan {
+            let at_hw = reader.read_batches(start, end, offset, hw, max_bytes, &mut out, &mut total)?;
+            if at_hw || total >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`Log::read`], decoded: the records from `offset` on, in whole batches up to
+    /// about `max_bytes`.
+    pub fn read_records(&self, offset: u64, max_bytes: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for batch in self.read(offset, max_bytes)? {
+            for record in batch.records() {
+                let record = record.map_err(|source| Error::Corrupt { path: self.dir().to_path_buf(), position: 0, source })?;
+                if record.offset >= offset {
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record was appended at or after `timestamp` (ms since the Unix
+    /// epoch), or `None` if every acknowledged record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        let (plan, hw) = {
+            let st = self.shared.lock();
+            let hw = st.high_watermark;
+            let mut plan = Vec::new();
+            for view in st.segments.values() {
+                if view.base >= hw {
+                    break;
+                }
+                if view.last_timestamp.is_none_or(|t| t < timestamp) {
+                    continue;
+                }
+                let Some(reader) = view.reader.clone() else { break };
+                plan.push((reader, view.position_for_time(timestamp), view.readable_len));
+            }
+            (plan, hw)
+        };
+        const STEP: usize = 256 * 1024;
+        for (reader, mut pos, end) in plan {
+            while pos < end {
+                let mut batches = Vec::new();
+                let mut total = 0;
+                reader.read_batches(pos, end, 0, hw, STEP, &mut batches, &mut total)?;
+                if batches.is_empty() {
+                    break;
+                }
+                for batch in &batches {
+                    pos += u64::from(batch.header().length);
+                    if batch.header().last_timestamp < timestamp {
+                        continue;
+                    }
+                    for record in batch.records() {
+                        let record = record.map_err(|source| Error::Corrupt { path: reader.path().to_path_buf(), position: pos, source })?;
+                        if record.offset >= hw {
+                            return Ok(None);
+                        }
+                        if record.timestamp >= timestamp {
+                            return Ok(Some(record.offset));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A future that completes once a record at `offset` is readable (or the log is closed
+    /// or poisoned). Completes at once if it already is.
+    pub fn wait_for(&self, offset: u64) -> OffsetWait {
+        OffsetWait { shared: self.shared.clone(), offset }
+    }
+
+    /// One past the last acknowledged, readable offset (the next offset a reader waits for).
+    pub fn high_watermark(&self) -> u64 {
+        self.shared.lock().high_watermark
+    }
+
+    /// The first offset still held.
+    pub fn start_offset(&self) -> u64 {
+        self.shared.lock().start_offset
+    }
+
+    /// One past the last offset covered by a completed fsync: what survives a power loss.
+    pub fn durable_offset(&self) -> u64 {
+        self.shared.lock().durable_offset
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<Arc<str>> {
+        self.shared.lock().poisoned.clone()
+    }
+
+    /// Positions and counters.
+    pub fn stats(&self) -> LogStats {
+        let st = self.shared.lock();
+        LogStats {
+            start_offset: st.start_offset,
+            high_watermark: st.high_watermark,
+            durable_offset: st.durable_offset,
+            segments: st.segments.len(),
+            size_bytes: st.segments.values().map(|v| v.readable_len).sum(),
+            appends: st.counters.appends,
+            records: st.counters.records,
+            bytes: st.counters.bytes,
+            fsyncs: st.counters.fsyncs,
+            synced_appends: st.counters.synced_appends,
+            poisoned: st.poisoned.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Starts a new segment now if the active one holds any records. The old one is sealed by
+    /// the committer, in order with the appends before it.
+    pub fn roll(&self) -> Result<()> {
+        {
+            let mut st = self.shared.lock();
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if st.closing {
+                return Err(Error::Closed);
+            }
+            let active_empty = st.segments.get(&st.active_base).is_none_or(SegmentView::is_empty);
+            if active_empty {
+                return Ok(());
+            }
+            let base = st.next_offset;
+            start_segment(&mut st, base);
+            st.pending.push(Pending { segment: base, bytes: Vec::new(), next_offset: base });
+        }
+        self.shared.work.notify_one();
+        Ok(())
+    }
+
+    /// Applies the retention policy: deletes whole sealed segments that are too old, then the
+    /// oldest sealed segments while the log is over its byte limit. Also rolls an active
+    /// segment that has outlived `segment_max_age`, so an idle log's data can expire. Call
+    /// it periodically.
+    pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
+        let config = &self.shared.config;
+        let now = config.clock.now_ms();
+        let aged = {
+            let st = self.shared.lock();
+            st.segments.get(&st.active_base).is_some_and(|v| {
+                !v.is_empty() && config.segment_max_age.is_some_and(|age| v.first_timestamp.is_some_and(|t| now.saturating_sub(t) >= millis(age)))
+            })
+        };
+        if aged {
+            self.roll()?;
+        }
+        let removed: Vec<(u64, u64)> = {
+            let mut st = self.shared.lock();
+            let mut total: u64 = st.segments.values().map(|v| v.assigned_len).sum();
+            let mut doomed = Vec::new();
+            for view in st.segments.values() {
+                if !view.sealed {
+                    break;
+                }
+                let too_old = config.retention.max_age.is_some_and(|age| view.last_timestamp.is_none_or(|t| now.saturating_sub(t) > millis(age)));
+                let too_big = config.retention.max_bytes.is_some_and(|max| total > max);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= view.assigned_len;
+                doomed.push((view.base, view.assigned_len));
+            }
+            for (base, _) in &doomed {
+                st.segments.remove(base);
+            }
+            if let Some((&first, _)) = st.segments.first_key_value() {
+                st.start_offset = first;
+            }
+            doomed
+        };
+        let vfs = &config.vfs;
+        let dir = &self.shared.dir;
+        for (base, _) in &removed {
+            let log = dir.join(segment::log_name(*base));
+            vfs.remove_file(&log).map_err(Error::io("delete segment", &log))?;
+            let idx = dir.join(segment::index_name(*base));
+            match vfs.remove_file(&idx) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete index", &idx)(e)),
+            }
+        }
+        if !removed.is_empty() {
+            vfs.sync_dir(dir).map_err(Error::io("fsync directory", dir))?;
+        }
+        Ok(RetentionOutcome {
+            removed_segments: removed.len(),
+            removed_bytes: removed.iter().map(|(_, b)| b).sum(),
+            start_offset: self.start_offset(),
+        })
+    }
+
+    /// Writes and syncs everything queued, stops the committer and closes the log. Appends
+    /// after this fail with [`Error::Closed`]; reads keep working. Returns the poisoning error
+    /// if the log is (or became) poisoned. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        self.shared.lock().closing = true;
+        self.shared.work.notify_all();
+        let handle = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                self.shared.poison(&Error::Poisoned { cause: "the committer thread panicked".into() });
+            }
+        }
+        match self.poisoned() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether a batch of `len` bytes and `count` records must go to a new segment.
+fn needs_roll(st: &State, config: &LogConfig, len: u64, count: u64, now: i64) -> bool {
+    let Some(view) = st.segments.get(&st.active_base) else { return false };
+    if view.is_empty() {
+        return false;
+    }
+    let too_big = view.assigned_len + len > config.segment_max_bytes;
+    let too_old = config.segment_max_age.is_some_and(|age| view.first_timestamp.is_some_and(|t| now.saturating_sub(t) >= millis(age)));
+    // Relative offsets and positions in the index are 32-bit.
+    let too_many = st.next_offset + count - view.base > u64::from(u32::MAX);
+    too_big || too_old || too_many
+}
+
+fn start_segment(st: &mut State, base: u64) {
+    if let Some(old) = st.segments.get_mut(&st.active_base) {
+        // From now on nothing more is assigned to it; the committer seals it.
+        old.last_indexed_pos = None;
+    }
+    st.segments.insert(base, SegmentView::new_empty(base, None));
+    st.active_base = base;
+}
+
+/// The committer thread: writes queued batches, rolls segments, fsyncs, publishes progress.
+struct Committer {
+    shared: Arc<Shared>,
+    active: Option<ActiveSegment>,
+    /// Interval mode: when the oldest unsynced write happened.
+    unsynced_since: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+/// Writes smaller than this are coalesced into one `write` call.
+const COALESCE: usize = 256 * 1024;
+
+impl Committer {
+    fn new(shared: Arc<Shared>, active: ActiveSegment) -> Self {
+        Self { shared, active: Some(active), unsynced_since: None, scratch: Vec::new() }
+    }
+
+    fn run(mut self) {
+        let result = self.run_inner();
+        if let Err(e) = &result {
+            self.shared.poison(e);
+        }
+        let wakers = {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            std::mem::take(&mut st.wakers)
+        };
+        self.shared.progress.notify_all();
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    fn run_inner(&mut self) -> Result<()> {
+        let durability = self.shared.config.durability;
+        let linger_cap = self.shared.config.group_commit_max_linger;
+        loop {
+            let (batch, appends, closing) = {
+                let mut st = self.shared.lock();
+                loop {
+                    if st.poisoned.is_some() {
+                        return Ok(());
+                    }
+                    if !st.pending.is_empty() || st.closing {
+                        break;
+                    }
+                    match (durability, self.unsynced_since) {
+                        (Durability::Interval(every), Some(since)) => {
+                            let now = Instant::now();
+                            if now >= since + every {
+                                break;
+                            }
+                            st = self.shared.work.wait_timeout(st, since + every - now).unwrap_or_else(|p| p.into_inner()).0;
+                        }
+                        _ => st = self.shared.work.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    }
+                }
+                // Group commit: if fewer appends are queued than shared the last fsync, give the
+                // rest of that group a moment (bounded by the last fsync's duration) to arrive.
+                if durability == Durability::Always && !linger_cap.is_zero() && st.pending_appends < st.last_group && !st.closing {
+                    let deadline = Instant::now() + linger_cap.min(st.last_sync);
+                    while st.pending_appends < st.last_group && !st.closing && st.poisoned.is_none() {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        st = self.shared.work.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                    }
+                }
+                let appends = std::mem::take(&mut st.pending_appends);
+                (std::mem::take(&mut st.pending), appends, st.closing)
+            };
+            let wrote = !batch.is_empty();
+            let written_to = batch.last().map(|p| p.next_offset);
+            self.write_all(batch)?;
+            if wrote && self.unsynced_since.is_none() {
+                self.unsynced_since = Some(Instant::now());
+            }
+            let must_sync = match durability {
+                Durability::Always => wrote,
+                Durability::Interval(every) => closing || self.unsynced_since.is_some_and(|t| t.elapsed() >= every),
+                Durability::None => closing,
+            };
+            let mut sync_time = None;
+            if must_sync && self.unsynced_since.is_some() {
+                let start = Instant::now();
+                self.active()?.sync()?;
+                sync_time = Some(start.elapsed());
+                self.unsynced_since = None;
+            }
+            self.publish(written_to, sync_time, appends);
+            if closing {
+                let st = self.shared.lock();
+                if st.pending.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn active(&mut self) -> Result<&mut ActiveSegment> {
+        self.active.as_mut().ok_or_else(|| Error::Poisoned { cause: "internal: no active segment".into() })
+    }
+
+    fn write_all(&mut self, batch: Vec<Pending>) -> Result<()> {
+        for p in batch {
+            if p.segment != self.active()?.base {
+                self.flush_scratch()?;
+                self.roll(p.segment)?;
+            }
+            if p.bytes.len() >= COALESCE {
+                self.flush_scratch()?;
+                self.active()?.write(&p.bytes)?;
+            } else {
+                self.scratch.extend_from_slice(&p.bytes);
+                if self.scratch.len() >= COALESCE {
+                    self.flush_scratch()?;
+                }
+            }
+        }
+        self.flush_scratch()
+    }
+
+    fn flush_scratch(&mut self) -> Result<()> {
+        if self.scratch.is_empty() {
+            return Ok(());
+        }
+        let scratch = std::mem::take(&mut self.scratch);
+        let result = self.active()?.write(&scratch);
+        self.scratch = scratch;
+        self.scratch.clear();
+        result
+    }
+
+    /// Seals the active segment and starts the one at `new_base`.
+    fn roll(&mut self, new_base: u64) -> Result<()> {
+        let shared = self.shared.clone();
+        let (vfs, dir) = (&*shared.config.vfs, &shared.dir);
+        let old = self.active.take().ok_or_else(|| Error::Poisoned { cause: "internal: no active segment".into() })?;
+        let (summary, entries) = {
+            let st = shared.lock();
+            let view = st.segments.get(&old.base).ok_or_else(|| Error::Poisoned { cause: "internal: sealed segment missing".into() })?;
+            (
+                IndexSummary {
+                    base_offset: old.base,
+                    next_offset: view.next_offset,
+                    data_len: old.len,
+                    last_timestamp: view.last_timestamp.unwrap_or(i64::MIN),
+                },
+                view.entries.clone(),
+            )
+        };
+        if summary.data_len != self.shared.lock().segments.get(&old.base).map_or(0, |v| v.assigned_len) {
+            return Err(Error::Poisoned { cause: "internal: segment length disagrees with what was assigned".into() });
+        }
+        let old_base = old.base;
+        let sealed = old.seal(vfs, dir, &summary, &entries)?;
+        let new = ActiveSegment::create(vfs, dir, new_base)?;
+        let new_reader = new.reader();
+        self.active = Some(new);
+        let mut st = shared.lock();
+        if let Some(v) = st.segments.get_mut(&old_base) {
+            v.reader = Some(sealed);
+            v.sealed = true;
+            v.readable_len = summary.data_len;
+        }
+        if let Some(v) = st.segments.get_mut(&new_base) {
+            v.reader = Some(new_reader);
+        }
+        Ok(())
+    }
+
+    /// Publishes what was written (and synced) and wakes waiters.
+    fn publish(&mut self, written_to: Option<u64>, sync_time: Option<Duration>, appends: u64) {
+        let durability = self.shared.config.durability;
+        let active = self.active.as_ref().map(|a| (a.base, a.len));
+        let wakers = {
+            let mut st = self.shared.lock();
+            if let Some(n) = written_to {
+                st.written_offset = n;
+            }
+            if let Some(t) = sync_time {
+                st.durable_offset = st.written_offset;
+                st.counters.fsyncs += 1;
+                st.last_sync = t;
+                if durability == Durability::Always {
+                    st.counters.synced_appends += appends;
+                    st.last_group = appends;
+                }
+            }
+            let hw = match durability {
+                Durability::Always => st.durable_offset,
+                _ => st.written_offset,
+            };
+            if hw == st.high_watermark {
+                return;
+            }
+            st.high_watermark = hw;
+            if let Some((base, len)) = active {
+                if let Some(v) = st.segments.get_mut(&base) {
+                    v.readable_len = len;
+                }
+            }
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.wakers).into_iter().partition(|(t, _)| *t < hw);
+            st.wakers = waiting;
+            ready
+        };
+        self.shared.progress.notify_all();
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+}

@@ -1,0 +1,324 @@
+//! Opening a log directory: validate, repair what may be repaired, refuse what may not.
+//!
+//! The rules (also in `docs/ARCHITECTURE.md`):
+//! 1. Leftover `*.tmp` files and index files without a segment are deleted.
+//! 2. Segments must be contiguous. Retention deletes from the front only, so a gap means an
+//!    interrupted retention: the segments before the gap are deleted. Overlaps are corruption.
+//! 3. Sealed segments (all but the last) were fsynced before the next one existed, so they
+//!    must be whole: a bad header is [`Error::Corrupt`]. Their index is checked (checksum,
+//!    summary, last entry against the data); a missing or damaged index is rebuilt by a full
+//!    scan, which must find the segment intact.
+//! 4. The last segment is the active one. It is scanned batch by batch (length, checksum,
+//!    every record, offsets continuing, timestamps not going back). At the first invalid batch
+//!    the file is truncated to the end of the last valid one and the truncation is reported.
+//!    A last segment whose header never made it to disk is recreated empty, provided nothing
+//!    but zeros follows the header position.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::config::LogConfig;
+use crate::error::{Error, FormatError, Result};
+use crate::format::{self, BatchHeader, IndexEntry, IndexSummary, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::log::SegmentView;
+use crate::segment::{self, ActiveSegment, SegmentReader};
+use crate::vfs::{DirLock, OpenMode};
+
+/// What recovery found and did when a log was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments in the log after recovery.
+    pub segments: usize,
+    /// First offset held.
+    pub start_offset: u64,
+    /// Next offset to be assigned.
+    pub next_offset: u64,
+    /// The torn or corrupt tail that was cut off the last segment, if any.
+    pub truncated: Option<Truncation>,
+    /// Base offsets of sealed segments whose index was missing or damaged and was rebuilt.
+    pub rebuilt_indexes: Vec<u64>,
+    /// Files deleted as leftovers (temp files, orphan indexes, segments of an interrupted
+    /// retention).
+    pub removed_files: Vec<String>,
+}
+
+impl RecoveryReport {
+    /// True if recovery changed nothing.
+    pub fn is_clean(&self) -> bool {
+        self.truncated.is_none() && self.rebuilt_indexes.is_empty() && self.removed_files.is_empty()
+    }
+}
+
+/// A cut-off tail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// Base offset of the segment that was cut.
+    pub segment_base: u64,
+    /// The byte position the segment now ends at.
+    pub position: u64,
+    /// How many bytes were removed.
+    pub removed_bytes: u64,
+    /// What was wrong at `position`.
+    pub reason: String,
+}
+
+pub(crate) struct Recovered {
+    pub(crate) lock: Box<dyn DirLock>,
+    pub(crate) segments: BTreeMap<u64, SegmentView>,
+    pub(crate) active: ActiveSegment,
+    pub(crate) next_offset: u64,
+    pub(crate) start_offset: u64,
+    pub(crate) last_timestamp: i64,
+    pub(crate) report: RecoveryReport,
+}
+
+pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
+    let vfs = &*config.vfs;
+    vfs.create_dir_all(dir).map_err(Error::io("create log directory", dir))?;
+    let lock = vfs.lock_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
+        _ => Error::io("lock log directory", dir)(e),
+    })?;
+    let mut report = RecoveryReport::default();
+    let mut dir_dirty = false;
+
+    let names = vfs.list_dir(dir).map_err(Error::io("list log directory", dir))?;
+    let mut logs = BTreeSet::new();
+    let mut indexes = BTreeSet::new();
+    for name in &names {
+        if let Some(base) = segment::parse_name(name, "log") {
+            logs.insert(base);
+        } else if let Some(base) = segment::parse_name(name, "idx") {
+            indexes.insert(base);
+        }
+    }
+    let mut remove = |name: &str, report: &mut RecoveryReport| -> Result<()> {
+        let path = dir.join(name);
+        vfs.remove_file(&path).map_err(Error::io("remove leftover file", &path))?;
+        report.removed_files.push(name.to_owned());
+        dir_dirty = true;
+        Ok(())
+    };
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        remove(name, &mut report)?;
+    }
+    for base in indexes.difference(&logs).copied().collect::<Vec<_>>() {
+        remove(&segment::index_name(base), &mut report)?;
+        indexes.remove(&base);
+    }
+
+    // Rule 2: a gap means the segments before it were being deleted by retention.
+    let bases: Vec<u64> = logs.iter().copied().collect();
+    let mut sealed = BTreeMap::new();
+    let mut keep_from = 0;
+    let mut expected_next: Option<u64> = None;
+    let mut last_timestamp = i64::MIN;
+    let last = bases.len().checked_sub(1);
+    for (i, &base) in bases.iter().enumerate() {
+        if let Some(next) = expected_next {
+            if base > next {
+                keep_from = i;
+                sealed.clear();
+            } else if base < next {
+                let path = dir.join(segment::log_name(base));
+                return Err(Error::Corrupt {
+                    path,
+                    position: 0,
+                    source: FormatError::invalid("segment base offset", format!("{base} overlaps the previous segment, which ends at {next}")),
+                });
+            }
+        }
+        if Some(i) == last {
+            break;
+        }
+        let view = open_sealed(config, dir, base, indexes.contains(&base), &mut report)?;
+        expected_next = Some(view.next_offset);
+        if let Some(t) = view.last_timestamp {
+            last_timestamp = last_timestamp.max(t);
+        }
+        sealed.insert(base, view);
+    }
+    for &base in bases.get(..keep_from).unwrap_or_default() {
+        remove(&segment::log_name(base), &mut report)?;
+        if indexes.contains(&base) {
+            remove(&segment::index_name(base), &mut report)?;
+        }
+    }
+    if keep_from > 0 {
+        // The sealed views before the gap were dropped above; recompute the time floor.
+        last_timestamp = sealed.values().filter_map(|v: &SegmentView| v.last_timestamp).max().unwrap_or(i64::MIN);
+    }
+
+    let (active, active_view) = match last {
+        Some(i) => {
+            let base = bases.get(i).copied().unwrap_or_default();
+            if indexes.contains(&base) {
+                // The active segment's index lives in memory; a file is left over from a roll
+                // that did not complete.
+                remove(&segment::index_name(base), &mut report)?;
+            }
+            open_active(config, dir, base, last_timestamp, &mut report)?
+        }
+        None => {
+            let active = ActiveSegment::create(vfs, dir, 0)?;
+            dir_dirty = false; // create() synced the directory
+            let view = SegmentView::new_empty(0, Some(active.reader()));
+            (active, view)
+        }
+    };
+    if dir_dirty {
+        vfs.sync_dir(dir).map_err(Error::io("fsync log directory", dir))?;
+    }
+    let next_offset = active_view.next_offset;
+    if let Some(t) = active_view.last_timestamp {
+        last_timestamp = last_timestamp.max(t);
+    }
+    let mut segments = sealed;
+    segments.insert(active_view.base, active_view);
+    let start_offset = segments.keys().next().copied().unwrap_or(0);
+    report.segments = segments.len();
+    report.start_offset = start_offset;
+    report.next_offset = next_offset;
+    Ok(Recovered { lock, segments, active, next_offset, start_offset, last_timestamp, report })
+}
+
+fn corrupt(path: &Path, position: u64, source: FormatError) -> Error {
+    Error::Corrupt { path: path.to_path_buf(), position, source }
+}
+
+fn open_sealed(config: &LogConfig, dir: &Path, base: u64, has_index: bool, report: &mut RecoveryReport) -> Result<SegmentView> {
+    let vfs = &*config.vfs;
+    let path = dir.join(segment::log_name(base));
+    let file = vfs.open(&path, OpenMode::Read).map_err(Error::io("open segment", &path))?;
+    let file_len = file.len().map_err(Error::io("stat segment", &path))?;
+    let reader = SegmentReader::new(file, &path);
+    segment::check_header(&reader, base)?.map_err(|e| corrupt(&path, 0, e))?;
+
+    let loaded = if has_index { load_index(vfs, dir, base, &reader, file_len)? } else { None };
+    let (summary, entries) = match loaded {
+        Some(found) => found,
+        None => {
+            let scan = segment::scan(&reader, base, file_len, i64::MIN, config.index_interval_bytes)?;
+            if let Some((position, err)) = scan.damage {
+                return Err(corrupt(&path, position, err));
+            }
+            let summary = IndexSummary {
+                base_offset: base,
+                next_offset: scan.next_offset,
+                data_len: scan.valid_len,
+                last_timestamp: scan.last_timestamp.unwrap_or(i64::MIN),
+            };
+            segment::write_index(vfs, dir, &summary, &scan.entries)?;
+            vfs.sync_dir(dir).map_err(Error::io("fsync log directory", dir))?;
+            report.rebuilt_indexes.push(base);
+            (summary, scan.entries)
+        }
+    };
+    Ok(SegmentView {
+        base,
+        reader: Some(reader),
+        sealed: true,
+        last_indexed_pos: None,
+        assigned_len: summary.data_len,
+        readable_len: summary.data_len,
+        next_offset: summary.next_offset,
+        first_timestamp: entries.first().map(|e| e.timestamp),
+        last_timestamp: (summary.next_offset > base).then_some(summary.last_timestamp),
+        entries,
+    })
+}
+
+/// Loads and cross-checks a sealed segment's index; `None` if it must be rebuilt.
+fn load_index(vfs: &dyn crate::vfs::Vfs, dir: &Path, base: u64, reader: &SegmentReader, file_len: u64) -> Result<Option<(IndexSummary, Vec<IndexEntry>)>> {
+    let path = dir.join(segment::index_name(base));
+    let file = match vfs.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open index", &path)(e)),
+    };
+    let len = file.len().map_err(Error::io("stat index", &path))?;
+    if len > (file_len / BATCH_HEADER_LEN as u64 + 1) * format::INDEX_ENTRY_LEN as u64 + format::INDEX_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(Error::io("read index", &path))?;
+    let Ok((summary, entries)) = format::decode_index(&bytes) else { return Ok(None) };
+    let consistent = summary.base_offset == base
+        && summary.data_len == file_len
+        && (summary.next_offset == base) == entries.is_empty()
+        && entries.first().is_none_or(|e| e.relative_offset == 0 && u64::from(e.position) == SEGMENT_HEADER_LEN);
+    if !consistent {
+        return Ok(None);
+    }
+    // The last entry must point at a batch that really starts there.
+    if let Some(last) = entries.last() {
+        let head = reader.read(u64::from(last.position), BATCH_HEADER_LEN)?;
+        let matches = BatchHeader::parse(&head).is_ok_and(|h| {
+            h.base_offset == base + u64::from(last.relative_offset)
+                && h.first_timestamp == last.timestamp
+                && h.next_offset() <= summary.next_offset
+                && u64::from(last.position) + u64::from(h.length) <= file_len
+        });
+        if !matches {
+            return Ok(None);
+        }
+    }
+    Ok(Some((summary, entries)))
+}
+
+fn open_active(config: &LogConfig, dir: &Path, base: u64, min_timestamp: i64, report: &mut RecoveryReport) -> Result<(ActiveSegment, SegmentView)> {
+    let vfs = &*config.vfs;
+    let path: PathBuf = dir.join(segment::log_name(base));
+    let file = vfs.open(&path, OpenMode::ReadWrite).map_err(Error::io("open segment", &path))?;
+    let file_len = file.len().map_err(Error::io("stat segment", &path))?;
+    let reader = SegmentReader::new(file.clone(), &path);
+
+    if let Err(why) = segment::check_header(&reader, base)? {
+        // A segment is fsynced with its header before anything is appended to it, so a bad
+        // header is either a creation that did not reach the disk (nothing after it but
+        // zeros) or damage we must not paper over.
+        let rest = reader.read(SEGMENT_HEADER_LEN, file_len.saturating_sub(SEGMENT_HEADER_LEN) as usize)?;
+        if rest.iter().any(|&b| b != 0) {
+            return Err(corrupt(&path, 0, why));
+        }
+        file.set_len(0).map_err(Error::io("truncate segment", &path))?;
+        file.write_all_at(&format::encode_segment_header(base), 0).map_err(Error::io("write segment header", &path))?;
+        file.sync_all().map_err(Error::io("fsync segment", &path))?;
+        if file_len > 0 {
+            report.truncated = Some(Truncation { segment_base: base, position: 0, removed_bytes: file_len, reason: why.to_string() });
+        }
+        let active = ActiveSegment::resume(file, path, base, SEGMENT_HEADER_LEN);
+        let view = SegmentView::new_empty(base, Some(reader));
+        return Ok((active, view));
+    }
+
+    let scan = segment::scan(&reader, base, file_len, min_timestamp, config.index_interval_bytes)?;
+    if scan.valid_len < file_len {
+        let reason = match &scan.damage {
+            Some((_, e)) => e.to_string(),
+            None => "trailing bytes".to_owned(),
+        };
+        file.set_len(scan.valid_len).map_err(Error::io("truncate torn tail", &path))?;
+        file.sync_all().map_err(Error::io("fsync segment", &path))?;
+        report.truncated = Some(Truncation {
+            segment_base: base,
+            position: scan.valid_len,
+            removed_bytes: file_len - scan.valid_len,
+            reason,
+        });
+    }
+    let last_indexed_pos = scan.entries.last().map(|e| u64::from(e.position));
+    let view = SegmentView {
+        base,
+        reader: Some(reader),
+        sealed: false,
+        entries: scan.entries,
+        last_indexed_pos,
+        assigned_len: scan.valid_len,
+        readable_len: scan.valid_len,
+        next_offset: scan.next_offset,
+        first_timestamp: scan.first_timestamp,
+        last_timestamp: scan.last_timestamp,
+    };
+    Ok((ActiveSegment::resume(file, path, base, scan.valid_len), view))
+}

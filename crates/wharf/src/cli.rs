@@ -1,0 +1,116 @@
+//! Command-line interface.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use wharf_log::{Log, LogConfig};
+
+/// Wharf: durable queues and event streams, and resilient service calls, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "wharf", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Wharf server (REST, gRPC, SSE on one port) on embedded storage.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7400", env = "WHARF_LISTEN")]
+        listen: String,
+        /// Data directory.
+        #[arg(long, default_value = "./wharf-data", env = "WHARF_DATA")]
+        data: PathBuf,
+    },
+    /// Inspect a partition log directory on disk (offline: the server must not be running).
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Open (and so recover) a log directory and print what recovery did and what it holds.
+    Check {
+        /// The partition log directory.
+        dir: PathBuf,
+    },
+    /// Print records of a log directory.
+    Dump {
+        /// The partition log directory.
+        dir: PathBuf,
+        /// First offset to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// How many records to print at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// Errors the CLI reports (already in words for a person).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    #[error("{0}")]
+    Log(#[from] wharf_log::Error),
+    #[error("`wharf serve` is not supported yet: the server arrives with the REST API (issue #4); this build has the storage engine only (`wharf log check|dump`)")]
+    NotYet,
+}
+
+pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve { .. } => Err(CliError::NotYet),
+        Command::Log(LogCommand::Check { dir }) => {
+            let (log, report) = Log::open(&dir, LogConfig::default())?;
+            let stats = log.stats();
+            let mut out = String::new();
+            let _ = writeln!(out, "log {}", dir.display());
+            let _ = writeln!(out, "  segments:     {}", stats.segments);
+            let _ = writeln!(out, "  offsets:      [{}, {})", stats.start_offset, stats.high_watermark);
+            let _ = writeln!(out, "  bytes:        {}", stats.size_bytes);
+            match &report.truncated {
+                None => {
+                    let _ = writeln!(out, "  tail:         intact");
+                }
+                Some(t) => {
+                    let _ = writeln!(
+                        out,
+                        "  tail:         TRUNCATED segment {} at byte {} ({} bytes removed): {}",
+                        t.segment_base, t.position, t.removed_bytes, t.reason
+                    );
+                }
+            }
+            let _ = writeln!(out, "  indexes rebuilt: {:?}", report.rebuilt_indexes);
+            let _ = writeln!(out, "  leftovers removed: {:?}", report.removed_files);
+            print!("{out}");
+            log.close()?;
+            Ok(())
+        }
+        Command::Log(LogCommand::Dump { dir, from, limit }) => {
+            let (log, _) = Log::open(&dir, LogConfig::default())?;
+            let mut next = from.max(log.start_offset());
+            let mut printed = 0;
+            while printed < limit && next < log.high_watermark() {
+                let records = log.read_records(next, 1 << 20)?;
+                let Some(last) = records.last() else { break };
+                next = last.offset + 1;
+                for r in records.into_iter().take(limit - printed) {
+                    let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
+                    println!(
+                        "{}\t{}\t{}\t{}\t{:?}",
+                        r.offset,
+                        r.timestamp,
+                        key.as_deref().unwrap_or("-"),
+                        String::from_utf8_lossy(&r.value),
+                        r.headers
+                    );
+                    printed += 1;
+                }
+            }
+            log.close()?;
+            Ok(())
+        }
+    }
+}
