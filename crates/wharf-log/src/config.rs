@@ -101,10 +101,20 @@ impl LogConfig {
         let bad = |key, reason: String| Err(Error::InvalidConfig { key, reason });
         let min_segment = SEGMENT_HEADER_LEN + BATCH_HEADER_LEN as u64;
         if !(min_segment..=1 << 30).contains(&self.segment_max_bytes) {
-            return bad("segment_max_bytes", format!("{} is outside {min_segment}..=1073741824", self.segment_max_bytes));
+            return bad(
+                "segment_max_bytes",
+                format!(
+                    "{} is outside {min_segment}..=1073741824",
+                    self.segment_max_bytes
+                ),
+            );
         }
-        if !(BATCH_HEADER_LEN as u64 + 6..=u64::from(MAX_BATCH_LEN)).contains(&self.max_batch_bytes) {
-            return bad("max_batch_bytes", format!("{} is outside 46..={MAX_BATCH_LEN}", self.max_batch_bytes));
+        if !(BATCH_HEADER_LEN as u64 + 6..=u64::from(MAX_BATCH_LEN)).contains(&self.max_batch_bytes)
+        {
+            return bad(
+                "max_batch_bytes",
+                format!("{} is outside 46..={MAX_BATCH_LEN}", self.max_batch_bytes),
+            );
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes", "must be at least 1".into());

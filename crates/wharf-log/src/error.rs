@@ -41,7 +41,10 @@ pub enum FormatError {
 
 impl FormatError {
     pub(crate) fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
-        Self::Invalid { field, detail: detail.into() }
+        Self::Invalid {
+            field,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -119,7 +122,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { op, path, source }
     }
@@ -127,7 +133,10 @@ impl Error {
     /// True for errors caused by the storage device (I/O failure, full disk, poisoned log),
     /// as opposed to bad input or a closed log.
     pub fn is_storage_failure(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Corrupt { .. } | Error::Poisoned { .. })
+        matches!(
+            self,
+            Error::Io { .. } | Error::Corrupt { .. } | Error::Poisoned { .. }
+        )
     }
 }
 

@@ -6,9 +6,9 @@
 //! loops more than the input's length.
 //!
 //! ```text
-//! segment file  = segment header (32 B) , batch*
+//! segment file  = segment header (40 B) , batch*
 //! segment header = magic "WHARFSEG" (8) | version u16 = 1 | flags u16 = 0 | reserved u32
-//!                | base_offset u64 | crc32c(bytes 0..24) u32 | reserved u32
+//!                | base_offset u64 | min_timestamp i64 | crc32c(bytes 0..32) u32 | reserved u32
 //! batch         = length u32 (whole batch) | crc32c(bytes 8..length) u32
 //!               | version u8 = 1 | attributes u8 = 0 | reserved u16
 //!               | base_offset u64 | record_count u32 | first_timestamp i64 | last_timestamp i64
@@ -29,7 +29,7 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"WHARFSEG";
 /// Current segment format version.
 pub const SEGMENT_VERSION: u16 = 1;
 /// Length of the segment file header.
-pub const SEGMENT_HEADER_LEN: u64 = 32;
+pub const SEGMENT_HEADER_LEN: u64 = 40;
 
 /// Length of a batch header.
 pub const BATCH_HEADER_LEN: usize = 40;
@@ -51,7 +51,10 @@ fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], FormatError>
     bytes
         .get(at..at + N)
         .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .ok_or(FormatError::Truncated { needed: (at + N) as u64, available: bytes.len() as u64 })
+        .ok_or(FormatError::Truncated {
+            needed: (at + N) as u64,
+            available: bytes.len() as u64,
+        })
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, FormatError> {
@@ -70,25 +73,37 @@ fn i64_at(b: &[u8], at: usize) -> Result<i64, FormatError> {
 // ---------------------------------------------------------------------------------------------
 // Segment header
 
-/// Encodes the header of a segment file whose first record has `base_offset`.
-pub fn encode_segment_header(base_offset: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+/// What a segment file header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Offset of the segment's first record.
+    pub base_offset: u64,
+    /// No record in this segment (or after it) is older: the log's last append timestamp when
+    /// the segment was created (`i64::MIN` for a log's first segment). Keeps timestamps
+    /// monotonic even after retention has deleted every earlier record.
+    pub min_timestamp: i64,
+}
+
+/// Encodes the header of a segment file.
+pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
-    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h[16..24].copy_from_slice(&header.base_offset.to_le_bytes());
+    h[24..32].copy_from_slice(&header.min_timestamp.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..32]);
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Decodes a segment file header; returns its base offset.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, FormatError> {
+/// Decodes a segment file header.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError> {
     let magic = take::<8>(bytes, 0)?;
     if magic != SEGMENT_MAGIC {
         return Err(FormatError::BadMagic);
     }
-    let stored = u32_at(bytes, 24)?;
-    let computed = crc32c::crc32c(bytes.get(0..24).unwrap_or_default());
+    let stored = u32_at(bytes, 32)?;
+    let computed = crc32c::crc32c(bytes.get(0..32).unwrap_or_default());
     if stored != computed {
         return Err(FormatError::Checksum { stored, computed });
     }
@@ -96,7 +111,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, FormatError> {
     if version != SEGMENT_VERSION {
         return Err(FormatError::UnsupportedVersion(version));
     }
-    u64_at(bytes, 16)
+    Ok(SegmentHeader {
+        base_offset: u64_at(bytes, 16)?,
+        min_timestamp: i64_at(bytes, 24)?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,7 +142,10 @@ fn get_varint(buf: &mut &[u8], field: &'static str) -> Result<u64, FormatError> 
     let mut v: u64 = 0;
     for i in 0..10 {
         let Some((&b, rest)) = buf.split_first() else {
-            return Err(FormatError::Truncated { needed: 1, available: 0 });
+            return Err(FormatError::Truncated {
+                needed: 1,
+                available: 0,
+            });
         };
         *buf = rest;
         let bits = u64::from(b & 0x7f);
@@ -141,16 +162,23 @@ fn get_varint(buf: &mut &[u8], field: &'static str) -> Result<u64, FormatError> 
 
 fn get_len(buf: &mut &[u8], field: &'static str) -> Result<usize, FormatError> {
     let v = get_varint(buf, field)?;
-    let n = usize::try_from(v).map_err(|_| FormatError::invalid(field, format!("length {v} too large")))?;
+    let n = usize::try_from(v)
+        .map_err(|_| FormatError::invalid(field, format!("length {v} too large")))?;
     if n > buf.len() {
-        return Err(FormatError::Truncated { needed: v, available: buf.len() as u64 });
+        return Err(FormatError::Truncated {
+            needed: v,
+            available: buf.len() as u64,
+        });
     }
     Ok(n)
 }
 
 fn get_slice<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], FormatError> {
     if n > buf.len() {
-        return Err(FormatError::Truncated { needed: n as u64, available: buf.len() as u64 });
+        return Err(FormatError::Truncated {
+            needed: n as u64,
+            available: buf.len() as u64,
+        });
     }
     let (head, rest) = buf.split_at(n);
     *buf = rest;
@@ -190,7 +218,10 @@ impl BatchHeader {
         }
         let attributes = take::<1>(bytes, 9)?[0];
         if attributes != 0 {
-            return Err(FormatError::invalid("batch attributes", format!("{attributes:#04x}")));
+            return Err(FormatError::invalid(
+                "batch attributes",
+                format!("{attributes:#04x}"),
+            ));
         }
         let header = BatchHeader {
             length,
@@ -205,12 +236,19 @@ impl BatchHeader {
         }
         // Every record takes at least 6 bytes (six one-byte varints).
         if u64::from(header.record_count) * 6 > u64::from(length) - BATCH_HEADER_LEN as u64 {
-            return Err(FormatError::invalid("record count", format!("{} records in {length} bytes", header.record_count)));
+            return Err(FormatError::invalid(
+                "record count",
+                format!("{} records in {length} bytes", header.record_count),
+            ));
         }
         if header.last_timestamp < header.first_timestamp {
             return Err(FormatError::invalid("timestamps", "last before first"));
         }
-        if header.base_offset.checked_add(u64::from(header.record_count)).is_none() {
+        if header
+            .base_offset
+            .checked_add(u64::from(header.record_count))
+            .is_none()
+        {
             return Err(FormatError::invalid("base offset", "overflows"));
         }
         Ok(header)
@@ -230,7 +268,10 @@ impl BatchHeader {
 /// Encoded size of a record, without its leading length varint.
 fn record_body_len(r: &NewRecord, offset_delta: u64) -> usize {
     let key_len = r.key.as_ref().map_or(0, |k| k.len());
-    let mut n = varint_len(offset_delta) + varint_len(0) + varint_len(r.key.as_ref().map_or(0, |k| k.len() as u64 + 1)) + key_len;
+    let mut n = varint_len(offset_delta)
+        + varint_len(0)
+        + varint_len(r.key.as_ref().map_or(0, |k| k.len() as u64 + 1))
+        + key_len;
     n += varint_len(r.value.len() as u64) + r.value.len();
     n += varint_len(r.headers.len() as u64);
     for (k, v) in &r.headers {
@@ -261,7 +302,8 @@ pub struct EncodedBatch {
 impl EncodedBatch {
     /// Encodes `records` (at least one) into a batch with base offset 0 and timestamp 0.
     pub fn encode(records: &[NewRecord]) -> Result<Self, FormatError> {
-        let count = u32::try_from(records.len()).map_err(|_| FormatError::invalid("record count", records.len().to_string()))?;
+        let count = u32::try_from(records.len())
+            .map_err(|_| FormatError::invalid("record count", records.len().to_string()))?;
         if count == 0 {
             return Err(FormatError::invalid("record count", "0"));
         }
@@ -304,7 +346,10 @@ impl EncodedBatch {
             h.copy_from_slice(&count.to_le_bytes());
         }
         let body_crc = crc32c::crc32c(out.get(BATCH_HEADER_LEN..).unwrap_or_default());
-        Ok(Self { bytes: out, body_crc })
+        Ok(Self {
+            bytes: out,
+            body_crc,
+        })
     }
 
     /// Length of the encoded batch in bytes.
@@ -334,7 +379,8 @@ impl EncodedBatch {
             h.copy_from_slice(&timestamp.to_le_bytes());
         }
         let head_crc = crc32c::crc32c(self.bytes.get(8..BATCH_HEADER_LEN).unwrap_or_default());
-        let crc = crc32c::crc32c_combine(head_crc, self.body_crc, self.bytes.len() - BATCH_HEADER_LEN);
+        let crc =
+            crc32c::crc32c_combine(head_crc, self.body_crc, self.bytes.len() - BATCH_HEADER_LEN);
         if let Some(h) = self.bytes.get_mut(4..8) {
             h.copy_from_slice(&crc.to_le_bytes());
         }
@@ -352,7 +398,12 @@ impl EncodedBatch {
 }
 
 /// Appends one batch holding `records` (all stamped `timestamp`) to `out`; returns its length.
-pub fn encode_batch(out: &mut Vec<u8>, base_offset: u64, timestamp: i64, records: &[NewRecord]) -> Result<u32, FormatError> {
+pub fn encode_batch(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    timestamp: i64,
+    records: &[NewRecord],
+) -> Result<u32, FormatError> {
     let mut batch = EncodedBatch::encode(records)?;
     batch.stamp(base_offset, timestamp);
     out.extend_from_slice(batch.as_bytes());
@@ -372,11 +423,17 @@ impl Batch {
     pub fn from_bytes(bytes: Bytes) -> Result<Self, FormatError> {
         let header = BatchHeader::parse(&bytes)?;
         if bytes.len() != header.length as usize {
-            return Err(FormatError::Truncated { needed: u64::from(header.length), available: bytes.len() as u64 });
+            return Err(FormatError::Truncated {
+                needed: u64::from(header.length),
+                available: bytes.len() as u64,
+            });
         }
         let computed = crc32c::crc32c(bytes.get(8..).unwrap_or_default());
         if computed != header.crc {
-            return Err(FormatError::Checksum { stored: header.crc, computed });
+            return Err(FormatError::Checksum {
+                stored: header.crc,
+                computed,
+            });
         }
         Ok(Batch { header, bytes })
     }
@@ -386,7 +443,14 @@ impl Batch {
         let batch = Self::from_bytes(bytes)?;
         let records = batch.records().collect::<Result<Vec<_>, _>>()?;
         if records.len() != batch.header.record_count as usize {
-            return Err(FormatError::invalid("record count", format!("header says {}, found {}", batch.header.record_count, records.len())));
+            return Err(FormatError::invalid(
+                "record count",
+                format!(
+                    "header says {}, found {}",
+                    batch.header.record_count,
+                    records.len()
+                ),
+            ));
         }
         Ok((batch, records))
     }
@@ -442,7 +506,10 @@ impl Records {
 
         let delta = get_varint(&mut body, "offset delta")?;
         if delta != u64::from(self.index) {
-            return Err(FormatError::invalid("offset delta", format!("expected {}, found {delta}", self.index)));
+            return Err(FormatError::invalid(
+                "offset delta",
+                format!("expected {}, found {delta}", self.index),
+            ));
         }
         let ts_delta = get_varint(&mut body, "timestamp delta")?;
         let timestamp = i64::try_from(ts_delta)
@@ -455,7 +522,8 @@ impl Records {
         let key_range = if key_tag == 0 {
             None
         } else {
-            let n = usize::try_from(key_tag - 1).map_err(|_| FormatError::invalid("key length", key_tag.to_string()))?;
+            let n = usize::try_from(key_tag - 1)
+                .map_err(|_| FormatError::invalid("key length", key_tag.to_string()))?;
             let start = len - body.len();
             get_slice(&mut body, n)?;
             Some(start..start + n)
@@ -466,7 +534,10 @@ impl Records {
         let header_count = get_varint(&mut body, "header count")?;
         // Each header takes at least two bytes; bound the allocation by the input.
         if header_count > (body.len() / 2) as u64 {
-            return Err(FormatError::invalid("header count", header_count.to_string()));
+            return Err(FormatError::invalid(
+                "header count",
+                header_count.to_string(),
+            ));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
@@ -479,7 +550,10 @@ impl Records {
             headers.push((name.to_owned(), value.to_owned()));
         }
         if !body.is_empty() {
-            return Err(FormatError::invalid("record", format!("{} trailing bytes", body.len())));
+            return Err(FormatError::invalid(
+                "record",
+                format!("{} trailing bytes", body.len()),
+            ));
         }
         let body_bytes = self.rest.slice(body_start..body_start + len);
         let record = Record {
@@ -505,7 +579,10 @@ impl Iterator for Records {
         if self.index >= self.header.record_count {
             if !self.rest.is_empty() {
                 self.failed = true;
-                return Some(Err(FormatError::invalid("batch", format!("{} bytes after the last record", self.rest.len()))));
+                return Some(Err(FormatError::invalid(
+                    "batch",
+                    format!("{} bytes after the last record", self.rest.len()),
+                )));
             }
             return None;
         }
@@ -585,7 +662,10 @@ pub fn decode_index(bytes: &[u8]) -> Result<(IndexSummary, Vec<IndexEntry>), For
     let count = u32_at(bytes, 12)? as usize;
     let expected = INDEX_HEADER_LEN as u64 + count as u64 * INDEX_ENTRY_LEN as u64;
     if bytes.len() as u64 != expected {
-        return Err(FormatError::Truncated { needed: expected, available: bytes.len() as u64 });
+        return Err(FormatError::Truncated {
+            needed: expected,
+            available: bytes.len() as u64,
+        });
     }
     let stored = u32_at(bytes, 48)?;
     let computed = index_crc(bytes);
@@ -599,7 +679,10 @@ pub fn decode_index(bytes: &[u8]) -> Result<(IndexSummary, Vec<IndexEntry>), For
         last_timestamp: i64_at(bytes, 40)?,
     };
     if summary.next_offset < summary.base_offset {
-        return Err(FormatError::invalid("index next offset", "before base offset"));
+        return Err(FormatError::invalid(
+            "index next offset",
+            "before base offset",
+        ));
     }
     let mut entries = Vec::with_capacity(count);
     let mut prev: Option<IndexEntry> = None;
@@ -611,10 +694,18 @@ pub fn decode_index(bytes: &[u8]) -> Result<(IndexSummary, Vec<IndexEntry>), For
             timestamp: i64_at(bytes, at + 8)?,
         };
         let ordered = prev.is_none_or(|p| {
-            e.relative_offset > p.relative_offset && e.position > p.position && e.timestamp >= p.timestamp
+            e.relative_offset > p.relative_offset
+                && e.position > p.position
+                && e.timestamp >= p.timestamp
         });
-        if !ordered || u64::from(e.position) >= summary.data_len || u64::from(e.position) < SEGMENT_HEADER_LEN {
-            return Err(FormatError::invalid("index entry", format!("entry {i} out of order or range")));
+        if !ordered
+            || u64::from(e.position) >= summary.data_len
+            || u64::from(e.position) < SEGMENT_HEADER_LEN
+        {
+            return Err(FormatError::invalid(
+                "index entry",
+                format!("entry {i} out of order or range"),
+            ));
         }
         prev = Some(e);
         entries.push(e);
@@ -630,7 +721,10 @@ mod tests {
         vec![
             NewRecord::new("v1"),
             NewRecord::new("").with_key("k"),
-            NewRecord::new(vec![0u8; 300]).with_key("").with_header("traceparent", "00-abc").with_header("x", ""),
+            NewRecord::new(vec![0u8; 300])
+                .with_key("")
+                .with_header("traceparent", "00-abc")
+                .with_header("x", ""),
         ]
     }
 
@@ -660,7 +754,10 @@ mod tests {
         for i in 0..buf.len() * 8 {
             let mut bad = buf.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            assert!(Batch::decode(Bytes::from(bad)).is_err(), "flip of bit {i} went unnoticed");
+            assert!(
+                Batch::decode(Bytes::from(bad)).is_err(),
+                "flip of bit {i} went unnoticed"
+            );
         }
     }
 
@@ -691,20 +788,40 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let h = encode_segment_header(99);
-        assert_eq!(decode_segment_header(&h).unwrap(), 99);
+        let header = SegmentHeader {
+            base_offset: 99,
+            min_timestamp: -5,
+        };
+        let h = encode_segment_header(header);
+        assert_eq!(decode_segment_header(&h).unwrap(), header);
         let mut bad = h;
         bad[17] ^= 1;
-        assert!(matches!(decode_segment_header(&bad), Err(FormatError::Checksum { .. })));
+        assert!(matches!(
+            decode_segment_header(&bad),
+            Err(FormatError::Checksum { .. })
+        ));
         assert!(decode_segment_header(&h[..20]).is_err());
     }
 
     #[test]
     fn index_round_trip_and_damage() {
-        let summary = IndexSummary { base_offset: 10, next_offset: 20, data_len: 5000, last_timestamp: 9 };
+        let summary = IndexSummary {
+            base_offset: 10,
+            next_offset: 20,
+            data_len: 5000,
+            last_timestamp: 9,
+        };
         let entries = vec![
-            IndexEntry { relative_offset: 0, position: 32, timestamp: 1 },
-            IndexEntry { relative_offset: 5, position: 4000, timestamp: 9 },
+            IndexEntry {
+                relative_offset: 0,
+                position: 32,
+                timestamp: 1,
+            },
+            IndexEntry {
+                relative_offset: 5,
+                position: 4000,
+                timestamp: 9,
+            },
         ];
         let bytes = encode_index(&summary, &entries);
         assert_eq!(decode_index(&bytes).unwrap(), (summary, entries));

@@ -30,7 +30,15 @@
 //! - [`vfs`]: the file layer ([`vfs::StdFs`]; [`vfs::fault::FaultFs`] for power-loss tests).
 //! - [`clock`]: injectable time.
 //! - [`config`](LogConfig), [`error`](Error), [`record`](Record).
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod clock;
 mod config;

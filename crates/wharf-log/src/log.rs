@@ -42,6 +42,8 @@ pub(crate) struct SegmentView {
     pub(crate) next_offset: u64,
     pub(crate) first_timestamp: Option<i64>,
     pub(crate) last_timestamp: Option<i64>,
+    /// From the segment header: no record here is older (see [`format::SegmentHeader`]).
+    pub(crate) min_timestamp: i64,
 }
 
 impl SegmentView {
@@ -57,6 +59,7 @@ impl SegmentView {
             next_offset: base,
             first_timestamp: None,
             last_timestamp: None,
+            min_timestamp: i64::MIN,
         }
     }
 
@@ -67,7 +70,9 @@ impl SegmentView {
     /// Byte position to start reading at to find `offset` (the last indexed batch at or
     /// before it).
     fn position_for(&self, offset: u64) -> u64 {
-        let i = self.entries.partition_point(|e| self.base + u64::from(e.relative_offset) <= offset);
+        let i = self
+            .entries
+            .partition_point(|e| self.base + u64::from(e.relative_offset) <= offset);
         i.checked_sub(1)
             .and_then(|i| self.entries.get(i))
             .map_or(SEGMENT_HEADER_LEN, |e| u64::from(e.position))
@@ -166,13 +171,19 @@ impl Shared {
             return Poll::Ready(Ok(()));
         }
         if let Some(cause) = &st.poisoned {
-            return Poll::Ready(Err(Error::Poisoned { cause: cause.clone() }));
+            return Poll::Ready(Err(Error::Poisoned {
+                cause: cause.clone(),
+            }));
         }
         if st.closed {
             return Poll::Ready(Err(Error::Closed));
         }
         if let Some(w) = waker {
-            match st.wakers.iter_mut().find(|(t, old)| *t == target && old.will_wake(w)) {
+            match st
+                .wakers
+                .iter_mut()
+                .find(|(t, old)| *t == target && old.will_wake(w))
+            {
                 Some(_) => {}
                 None => st.wakers.push((target, w.clone())),
             }
@@ -187,7 +198,9 @@ impl Shared {
                 return Ok(());
             }
             if let Some(cause) = &st.poisoned {
-                return Err(Error::Poisoned { cause: cause.clone() });
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
             }
             if st.closed {
                 return Err(Error::Closed);
@@ -238,12 +251,16 @@ impl AppendTicket {
 
     /// True once the append is done (successfully or not).
     pub fn is_done(&self) -> bool {
-        self.shared.poll_past(self.appended.last_offset, None).is_ready()
+        self.shared
+            .poll_past(self.appended.last_offset, None)
+            .is_ready()
     }
 
     /// Blocks until the append is durable under the log's mode.
     pub fn wait(self) -> Result<Appended> {
-        self.shared.wait_past(self.appended.last_offset).map(|()| self.appended)
+        self.shared
+            .wait_past(self.appended.last_offset)
+            .map(|()| self.appended)
     }
 }
 
@@ -252,7 +269,9 @@ impl Future for AppendTicket {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let appended = self.appended;
-        self.shared.poll_past(appended.last_offset, Some(cx.waker())).map_ok(|()| appended)
+        self.shared
+            .poll_past(appended.last_offset, Some(cx.waker()))
+            .map_ok(|()| appended)
     }
 }
 
@@ -338,7 +357,13 @@ impl Log {
             last_sync: Duration::ZERO,
             counters: Counters::default(),
         };
-        let shared = Arc::new(Shared { dir, config, state: Mutex::new(state), work: Condvar::new(), progress: Condvar::new() });
+        let shared = Arc::new(Shared {
+            dir,
+            config,
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+        });
         let committer = {
             let for_thread = shared.clone();
             let active = recovered.active;
@@ -347,7 +372,14 @@ impl Log {
                 .spawn(move || Committer::new(for_thread, active).run())
                 .map_err(Error::io("spawn committer thread", &shared.dir))?
         };
-        Ok((Log { shared, committer: Mutex::new(Some(committer)), _dir_lock: recovered.lock }, recovered.report))
+        Ok((
+            Log {
+                shared,
+                committer: Mutex::new(Some(committer)),
+                _dir_lock: recovered.lock,
+            },
+            recovered.report,
+        ))
     }
 
     /// The log's directory.
@@ -375,14 +407,17 @@ impl Log {
         if size > limit {
             return Err(Error::BatchTooLarge { size, limit });
         }
-        let mut batch = EncodedBatch::encode(records).map_err(|_| Error::BatchTooLarge { size, limit })?;
+        let mut batch =
+            EncodedBatch::encode(records).map_err(|_| Error::BatchTooLarge { size, limit })?;
         let count = u64::from(batch.record_count());
         let len = batch.len() as u64;
         let config = &self.shared.config;
         let appended = {
             let mut st = self.shared.lock();
             if let Some(cause) = &st.poisoned {
-                return Err(Error::Poisoned { cause: cause.clone() });
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
             }
             if st.closing {
                 return Err(Error::Closed);
@@ -397,10 +432,15 @@ impl Log {
             let active_base = st.active_base;
             let index_interval = config.index_interval_bytes;
             let Some(view) = st.segments.get_mut(&active_base) else {
-                return Err(Error::Poisoned { cause: "internal: active segment missing".into() });
+                return Err(Error::Poisoned {
+                    cause: "internal: active segment missing".into(),
+                });
             };
             let position = view.assigned_len;
-            if view.last_indexed_pos.is_none_or(|p| position - p >= index_interval) {
+            if view
+                .last_indexed_pos
+                .is_none_or(|p| position - p >= index_interval)
+            {
                 view.entries.push(IndexEntry {
                     relative_offset: (base_offset - view.base) as u32,
                     position: position as u32,
@@ -414,15 +454,26 @@ impl Log {
             view.last_timestamp = Some(timestamp);
             st.next_offset = base_offset + count;
             st.last_timestamp = timestamp;
-            st.pending.push(Pending { segment: active_base, bytes: batch.into_bytes(), next_offset: base_offset + count });
+            st.pending.push(Pending {
+                segment: active_base,
+                bytes: batch.into_bytes(),
+                next_offset: base_offset + count,
+            });
             st.pending_appends += 1;
             st.counters.appends += 1;
             st.counters.records += count;
             st.counters.bytes += len;
-            Appended { base_offset, last_offset: base_offset + count - 1, timestamp }
+            Appended {
+                base_offset,
+                last_offset: base_offset + count - 1,
+                timestamp,
+            }
         };
         self.shared.work.notify_one();
-        Ok(AppendTicket { shared: self.shared.clone(), appended })
+        Ok(AppendTicket {
+            shared: self.shared.clone(),
+            appended,
+        })
     }
 
     /// Appends and blocks until the batch is durable under the log's mode.
@@ -441,17 +492,31 @@ impl Log {
         let (plan, hw) = {
             let st = self.shared.lock();
             if offset < st.start_offset || offset > st.high_watermark {
-                return Err(Error::OffsetOutOfRange { requested: offset, start: st.start_offset, end: st.high_watermark });
+                return Err(Error::OffsetOutOfRange {
+                    requested: offset,
+                    start: st.start_offset,
+                    end: st.high_watermark,
+                });
             }
             let mut plan = Vec::new();
             let mut planned = 0u64;
-            let first = st.segments.range(..=offset).next_back().map_or(st.start_offset, |(b, _)| *b);
+            let first = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map_or(st.start_offset, |(b, _)| *b);
             for view in st.segments.range(first..).map(|(_, v)| v) {
                 if view.base >= st.high_watermark || planned >= max_bytes as u64 {
                     break;
                 }
-                let Some(reader) = view.reader.clone() else { break };
-                let start = if view.base <= offset { view.position_for(offset) } else { SEGMENT_HEADER_LEN };
+                let Some(reader) = view.reader.clone() else {
+                    break;
+                };
+                let start = if view.base <= offset {
+                    view.position_for(offset)
+                } else {
+                    SEGMENT_HEADER_LEN
+                };
                 planned += view.readable_len.saturating_sub(start);
                 plan.push((reader, start, view.readable_len));
             }
@@ -460,7 +525,8 @@ impl Log {
         let mut out = Vec::new();
         let mut total = 0usize;
         for (reader, start, end) in plan {
-            let at_hw = reader.read_batches(start, end, offset, hw, max_bytes, &mut out, &mut total)?;
+            let at_hw =
+                reader.read_batches(start, end, offset, hw, max_bytes, &mut out, &mut total)?;
             if at_hw || total >= max_bytes {
                 break;
             }
@@ -474,7 +540,11 @@ impl Log {
         let mut out = Vec::new();
         for batch in self.read(offset, max_bytes)? {
             for record in batch.records() {
-                let record = record.map_err(|source| Error::Corrupt { path: self.dir().to_path_buf(), position: 0, source })?;
+                let record = record.map_err(|source| Error::Corrupt {
+                    path: self.dir().to_path_buf(),
+                    position: 0,
+                    source,
+                })?;
                 if record.offset >= offset {
                     out.push(record);
                 }
@@ -497,7 +567,9 @@ impl Log {
                 if view.last_timestamp.is_none_or(|t| t < timestamp) {
                     continue;
                 }
-                let Some(reader) = view.reader.clone() else { break };
+                let Some(reader) = view.reader.clone() else {
+                    break;
+                };
                 plan.push((reader, view.position_for_time(timestamp), view.readable_len));
             }
             (plan, hw)
@@ -517,7 +589,11 @@ impl Log {
                         continue;
                     }
                     for record in batch.records() {
-                        let record = record.map_err(|source| Error::Corrupt { path: reader.path().to_path_buf(), position: pos, source })?;
+                        let record = record.map_err(|source| Error::Corrupt {
+                            path: reader.path().to_path_buf(),
+                            position: pos,
+                            source,
+                        })?;
                         if record.offset >= hw {
                             return Ok(None);
                         }
@@ -534,7 +610,10 @@ impl Log {
     /// A future that completes once a record at `offset` is readable (or the log is closed
     /// or poisoned). Completes at once if it already is.
     pub fn wait_for(&self, offset: u64) -> OffsetWait {
-        OffsetWait { shared: self.shared.clone(), offset }
+        OffsetWait {
+            shared: self.shared.clone(),
+            offset,
+        }
     }
 
     /// One past the last acknowledged, readable offset (the next offset a reader waits for).
@@ -575,27 +654,52 @@ impl Log {
         }
     }
 
-    /// Starts a new segment now if the active one holds any records. The old one is sealed by
-    /// the committer, in order with the appends before it.
+    /// Starts a new segment now if the active one holds any records, and waits until the
+    /// committer has sealed the old one (in order with the appends before it).
     pub fn roll(&self) -> Result<()> {
-        {
+        let old_base = {
             let mut st = self.shared.lock();
             if let Some(cause) = &st.poisoned {
-                return Err(Error::Poisoned { cause: cause.clone() });
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
             }
             if st.closing {
                 return Err(Error::Closed);
             }
-            let active_empty = st.segments.get(&st.active_base).is_none_or(SegmentView::is_empty);
-            if active_empty {
+            let old_base = st.active_base;
+            if st.segments.get(&old_base).is_none_or(SegmentView::is_empty) {
                 return Ok(());
             }
             let base = st.next_offset;
             start_segment(&mut st, base);
-            st.pending.push(Pending { segment: base, bytes: Vec::new(), next_offset: base });
-        }
+            st.pending.push(Pending {
+                segment: base,
+                bytes: Vec::new(),
+                next_offset: base,
+            });
+            old_base
+        };
         self.shared.work.notify_one();
-        Ok(())
+        let mut st = self.shared.lock();
+        loop {
+            if st.segments.get(&old_base).is_none_or(|v| v.sealed) {
+                return Ok(());
+            }
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            st = self
+                .shared
+                .progress
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Applies the retention policy: deletes whole sealed segments that are too old, then the
@@ -608,7 +712,11 @@ impl Log {
         let aged = {
             let st = self.shared.lock();
             st.segments.get(&st.active_base).is_some_and(|v| {
-                !v.is_empty() && config.segment_max_age.is_some_and(|age| v.first_timestamp.is_some_and(|t| now.saturating_sub(t) >= millis(age)))
+                !v.is_empty()
+                    && config.segment_max_age.is_some_and(|age| {
+                        v.first_timestamp
+                            .is_some_and(|t| now.saturating_sub(t) >= millis(age))
+                    })
             })
         };
         if aged {
@@ -622,7 +730,10 @@ impl Log {
                 if !view.sealed {
                     break;
                 }
-                let too_old = config.retention.max_age.is_some_and(|age| view.last_timestamp.is_none_or(|t| now.saturating_sub(t) > millis(age)));
+                let too_old = config.retention.max_age.is_some_and(|age| {
+                    view.last_timestamp
+                        .is_none_or(|t| now.saturating_sub(t) > millis(age))
+                });
                 let too_big = config.retention.max_bytes.is_some_and(|max| total > max);
                 if !(too_old || too_big) {
                     break;
@@ -642,7 +753,8 @@ impl Log {
         let dir = &self.shared.dir;
         for (base, _) in &removed {
             let log = dir.join(segment::log_name(*base));
-            vfs.remove_file(&log).map_err(Error::io("delete segment", &log))?;
+            vfs.remove_file(&log)
+                .map_err(Error::io("delete segment", &log))?;
             let idx = dir.join(segment::index_name(*base));
             match vfs.remove_file(&idx) {
                 Ok(()) => {}
@@ -651,7 +763,8 @@ impl Log {
             }
         }
         if !removed.is_empty() {
-            vfs.sync_dir(dir).map_err(Error::io("fsync directory", dir))?;
+            vfs.sync_dir(dir)
+                .map_err(Error::io("fsync directory", dir))?;
         }
         Ok(RetentionOutcome {
             removed_segments: removed.len(),
@@ -666,10 +779,16 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         self.shared.lock().closing = true;
         self.shared.work.notify_all();
-        let handle = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
-                self.shared.poison(&Error::Poisoned { cause: "the committer thread panicked".into() });
+                self.shared.poison(&Error::Poisoned {
+                    cause: "the committer thread panicked".into(),
+                });
             }
         }
         match self.poisoned() {
@@ -691,12 +810,17 @@ fn millis(d: Duration) -> i64 {
 
 /// Whether a batch of `len` bytes and `count` records must go to a new segment.
 fn needs_roll(st: &State, config: &LogConfig, len: u64, count: u64, now: i64) -> bool {
-    let Some(view) = st.segments.get(&st.active_base) else { return false };
+    let Some(view) = st.segments.get(&st.active_base) else {
+        return false;
+    };
     if view.is_empty() {
         return false;
     }
     let too_big = view.assigned_len + len > config.segment_max_bytes;
-    let too_old = config.segment_max_age.is_some_and(|age| view.first_timestamp.is_some_and(|t| now.saturating_sub(t) >= millis(age)));
+    let too_old = config.segment_max_age.is_some_and(|age| {
+        view.first_timestamp
+            .is_some_and(|t| now.saturating_sub(t) >= millis(age))
+    });
     // Relative offsets and positions in the index are 32-bit.
     let too_many = st.next_offset + count - view.base > u64::from(u32::MAX);
     too_big || too_old || too_many
@@ -725,7 +849,12 @@ const COALESCE: usize = 256 * 1024;
 
 impl Committer {
     fn new(shared: Arc<Shared>, active: ActiveSegment) -> Self {
-        Self { shared, active: Some(active), unsynced_since: None, scratch: Vec::new() }
+        Self {
+            shared,
+            active: Some(active),
+            unsynced_since: None,
+            scratch: Vec::new(),
+        }
     }
 
     fn run(mut self) {
@@ -761,21 +890,36 @@ impl Committer {
                             if now >= since + every {
                                 break;
                             }
-                            st = self.shared.work.wait_timeout(st, since + every - now).unwrap_or_else(|p| p.into_inner()).0;
+                            st = self
+                                .shared
+                                .work
+                                .wait_timeout(st, since + every - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
                         }
                         _ => st = self.shared.work.wait(st).unwrap_or_else(|p| p.into_inner()),
                     }
                 }
                 // Group commit: if fewer appends are queued than shared the last fsync, give the
                 // rest of that group a moment (bounded by the last fsync's duration) to arrive.
-                if durability == Durability::Always && !linger_cap.is_zero() && st.pending_appends < st.last_group && !st.closing {
+                if durability == Durability::Always
+                    && !linger_cap.is_zero()
+                    && st.pending_appends < st.last_group
+                    && !st.closing
+                {
                     let deadline = Instant::now() + linger_cap.min(st.last_sync);
-                    while st.pending_appends < st.last_group && !st.closing && st.poisoned.is_none() {
+                    while st.pending_appends < st.last_group && !st.closing && st.poisoned.is_none()
+                    {
                         let now = Instant::now();
                         if now >= deadline {
                             break;
                         }
-                        st = self.shared.work.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                        st = self
+                            .shared
+                            .work
+                            .wait_timeout(st, deadline - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
                     }
                 }
                 let appends = std::mem::take(&mut st.pending_appends);
@@ -789,7 +933,9 @@ impl Committer {
             }
             let must_sync = match durability {
                 Durability::Always => wrote,
-                Durability::Interval(every) => closing || self.unsynced_since.is_some_and(|t| t.elapsed() >= every),
+                Durability::Interval(every) => {
+                    closing || self.unsynced_since.is_some_and(|t| t.elapsed() >= every)
+                }
                 Durability::None => closing,
             };
             let mut sync_time = None;
@@ -810,7 +956,9 @@ impl Committer {
     }
 
     fn active(&mut self) -> Result<&mut ActiveSegment> {
-        self.active.as_mut().ok_or_else(|| Error::Poisoned { cause: "internal: no active segment".into() })
+        self.active.as_mut().ok_or_else(|| Error::Poisoned {
+            cause: "internal: no active segment".into(),
+        })
     }
 
     fn write_all(&mut self, batch: Vec<Pending>) -> Result<()> {
@@ -847,10 +995,14 @@ impl Committer {
     fn roll(&mut self, new_base: u64) -> Result<()> {
         let shared = self.shared.clone();
         let (vfs, dir) = (&*shared.config.vfs, &shared.dir);
-        let old = self.active.take().ok_or_else(|| Error::Poisoned { cause: "internal: no active segment".into() })?;
+        let old = self.active.take().ok_or_else(|| Error::Poisoned {
+            cause: "internal: no active segment".into(),
+        })?;
         let (summary, entries) = {
             let st = shared.lock();
-            let view = st.segments.get(&old.base).ok_or_else(|| Error::Poisoned { cause: "internal: sealed segment missing".into() })?;
+            let view = st.segments.get(&old.base).ok_or_else(|| Error::Poisoned {
+                cause: "internal: sealed segment missing".into(),
+            })?;
             (
                 IndexSummary {
                     base_offset: old.base,
@@ -861,12 +1013,21 @@ impl Committer {
                 view.entries.clone(),
             )
         };
-        if summary.data_len != self.shared.lock().segments.get(&old.base).map_or(0, |v| v.assigned_len) {
-            return Err(Error::Poisoned { cause: "internal: segment length disagrees with what was assigned".into() });
+        if summary.data_len
+            != self
+                .shared
+                .lock()
+                .segments
+                .get(&old.base)
+                .map_or(0, |v| v.assigned_len)
+        {
+            return Err(Error::Poisoned {
+                cause: "internal: segment length disagrees with what was assigned".into(),
+            });
         }
         let old_base = old.base;
         let sealed = old.seal(vfs, dir, &summary, &entries)?;
-        let new = ActiveSegment::create(vfs, dir, new_base)?;
+        let new = ActiveSegment::create(vfs, dir, new_base, summary.last_timestamp)?;
         let new_reader = new.reader();
         self.active = Some(new);
         let mut st = shared.lock();
@@ -904,6 +1065,9 @@ impl Committer {
                 _ => st.written_offset,
             };
             if hw == st.high_watermark {
+                // Nothing new to read, but a roll may have completed: let `roll` waiters look.
+                drop(st);
+                self.shared.progress.notify_all();
                 return;
             }
             st.high_watermark = hw;
@@ -912,7 +1076,9 @@ impl Committer {
                     v.readable_len = len;
                 }
             }
-            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.wakers).into_iter().partition(|(t, _)| *t < hw);
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.wakers)
+                .into_iter()
+                .partition(|(t, _)| *t < hw);
             st.wakers = waiting;
             ready
         };

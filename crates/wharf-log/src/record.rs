@@ -16,7 +16,11 @@ pub struct NewRecord {
 impl NewRecord {
     /// A record with this value, no key and no headers.
     pub fn new(value: impl Into<Bytes>) -> Self {
-        Self { key: None, value: value.into(), headers: Vec::new() }
+        Self {
+            key: None,
+            value: value.into(),
+            headers: Vec::new(),
+        }
     }
 
     /// Sets the key.

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::LogConfig;
 use crate::error::{Error, FormatError, Result};
-use crate::format::{self, BatchHeader, IndexEntry, IndexSummary, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{
+    self, BATCH_HEADER_LEN, BatchHeader, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN,
+    SegmentHeader,
+};
 use crate::log::SegmentView;
 use crate::segment::{self, ActiveSegment, SegmentReader};
 use crate::vfs::{DirLock, OpenMode};
@@ -74,15 +77,20 @@ pub(crate) struct Recovered {
 
 pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     let vfs = &*config.vfs;
-    vfs.create_dir_all(dir).map_err(Error::io("create log directory", dir))?;
+    vfs.create_dir_all(dir)
+        .map_err(Error::io("create log directory", dir))?;
     let lock = vfs.lock_dir(dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
+        std::io::ErrorKind::WouldBlock => Error::Locked {
+            dir: dir.to_path_buf(),
+        },
         _ => Error::io("lock log directory", dir)(e),
     })?;
     let mut report = RecoveryReport::default();
     let mut dir_dirty = false;
 
-    let names = vfs.list_dir(dir).map_err(Error::io("list log directory", dir))?;
+    let names = vfs
+        .list_dir(dir)
+        .map_err(Error::io("list log directory", dir))?;
     let mut logs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     for name in &names {
@@ -94,7 +102,8 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     }
     let mut remove = |name: &str, report: &mut RecoveryReport| -> Result<()> {
         let path = dir.join(name);
-        vfs.remove_file(&path).map_err(Error::io("remove leftover file", &path))?;
+        vfs.remove_file(&path)
+            .map_err(Error::io("remove leftover file", &path))?;
         report.removed_files.push(name.to_owned());
         dir_dirty = true;
         Ok(())
@@ -124,7 +133,10 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
                 return Err(Error::Corrupt {
                     path,
                     position: 0,
-                    source: FormatError::invalid("segment base offset", format!("{base} overlaps the previous segment, which ends at {next}")),
+                    source: FormatError::invalid(
+                        "segment base offset",
+                        format!("{base} overlaps the previous segment, which ends at {next}"),
+                    ),
                 });
             }
         }
@@ -133,9 +145,9 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
         let view = open_sealed(config, dir, base, indexes.contains(&base), &mut report)?;
         expected_next = Some(view.next_offset);
-        if let Some(t) = view.last_timestamp {
-            last_timestamp = last_timestamp.max(t);
-        }
+        last_timestamp = last_timestamp
+            .max(view.min_timestamp)
+            .max(view.last_timestamp.unwrap_or(i64::MIN));
         sealed.insert(base, view);
     }
     for &base in bases.get(..keep_from).unwrap_or_default() {
@@ -146,7 +158,11 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     }
     if keep_from > 0 {
         // The sealed views before the gap were dropped above; recompute the time floor.
-        last_timestamp = sealed.values().filter_map(|v: &SegmentView| v.last_timestamp).max().unwrap_or(i64::MIN);
+        last_timestamp = sealed
+            .values()
+            .map(|v: &SegmentView| v.min_timestamp.max(v.last_timestamp.unwrap_or(i64::MIN)))
+            .max()
+            .unwrap_or(i64::MIN);
     }
 
     let (active, active_view) = match last {
@@ -160,16 +176,18 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             open_active(config, dir, base, last_timestamp, &mut report)?
         }
         None => {
-            let active = ActiveSegment::create(vfs, dir, 0)?;
+            let active = ActiveSegment::create(vfs, dir, 0, i64::MIN)?;
             dir_dirty = false; // create() synced the directory
             let view = SegmentView::new_empty(0, Some(active.reader()));
             (active, view)
         }
     };
     if dir_dirty {
-        vfs.sync_dir(dir).map_err(Error::io("fsync log directory", dir))?;
+        vfs.sync_dir(dir)
+            .map_err(Error::io("fsync log directory", dir))?;
     }
     let next_offset = active_view.next_offset;
+    last_timestamp = last_timestamp.max(active_view.min_timestamp);
     if let Some(t) = active_view.last_timestamp {
         last_timestamp = last_timestamp.max(t);
     }
@@ -179,26 +197,56 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     report.segments = segments.len();
     report.start_offset = start_offset;
     report.next_offset = next_offset;
-    Ok(Recovered { lock, segments, active, next_offset, start_offset, last_timestamp, report })
+    Ok(Recovered {
+        lock,
+        segments,
+        active,
+        next_offset,
+        start_offset,
+        last_timestamp,
+        report,
+    })
 }
 
 fn corrupt(path: &Path, position: u64, source: FormatError) -> Error {
-    Error::Corrupt { path: path.to_path_buf(), position, source }
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        source,
+    }
 }
 
-fn open_sealed(config: &LogConfig, dir: &Path, base: u64, has_index: bool, report: &mut RecoveryReport) -> Result<SegmentView> {
+fn open_sealed(
+    config: &LogConfig,
+    dir: &Path,
+    base: u64,
+    has_index: bool,
+    report: &mut RecoveryReport,
+) -> Result<SegmentView> {
     let vfs = &*config.vfs;
     let path = dir.join(segment::log_name(base));
-    let file = vfs.open(&path, OpenMode::Read).map_err(Error::io("open segment", &path))?;
+    let file = vfs
+        .open(&path, OpenMode::Read)
+        .map_err(Error::io("open segment", &path))?;
     let file_len = file.len().map_err(Error::io("stat segment", &path))?;
     let reader = SegmentReader::new(file, &path);
-    segment::check_header(&reader, base)?.map_err(|e| corrupt(&path, 0, e))?;
+    let header = segment::check_header(&reader, base)?.map_err(|e| corrupt(&path, 0, e))?;
 
-    let loaded = if has_index { load_index(vfs, dir, base, &reader, file_len)? } else { None };
+    let loaded = if has_index {
+        load_index(vfs, dir, base, &reader, file_len)?
+    } else {
+        None
+    };
     let (summary, entries) = match loaded {
         Some(found) => found,
         None => {
-            let scan = segment::scan(&reader, base, file_len, i64::MIN, config.index_interval_bytes)?;
+            let scan = segment::scan(
+                &reader,
+                base,
+                file_len,
+                i64::MIN,
+                config.index_interval_bytes,
+            )?;
             if let Some((position, err)) = scan.damage {
                 return Err(corrupt(&path, position, err));
             }
@@ -209,7 +257,8 @@ fn open_sealed(config: &LogConfig, dir: &Path, base: u64, has_index: bool, repor
                 last_timestamp: scan.last_timestamp.unwrap_or(i64::MIN),
             };
             segment::write_index(vfs, dir, &summary, &scan.entries)?;
-            vfs.sync_dir(dir).map_err(Error::io("fsync log directory", dir))?;
+            vfs.sync_dir(dir)
+                .map_err(Error::io("fsync log directory", dir))?;
             report.rebuilt_indexes.push(base);
             (summary, scan.entries)
         }
@@ -224,12 +273,19 @@ fn open_sealed(config: &LogConfig, dir: &Path, base: u64, has_index: bool, repor
         next_offset: summary.next_offset,
         first_timestamp: entries.first().map(|e| e.timestamp),
         last_timestamp: (summary.next_offset > base).then_some(summary.last_timestamp),
+        min_timestamp: header.min_timestamp,
         entries,
     })
 }
 
 /// Loads and cross-checks a sealed segment's index; `None` if it must be rebuilt.
-fn load_index(vfs: &dyn crate::vfs::Vfs, dir: &Path, base: u64, reader: &SegmentReader, file_len: u64) -> Result<Option<(IndexSummary, Vec<IndexEntry>)>> {
+fn load_index(
+    vfs: &dyn crate::vfs::Vfs,
+    dir: &Path,
+    base: u64,
+    reader: &SegmentReader,
+    file_len: u64,
+) -> Result<Option<(IndexSummary, Vec<IndexEntry>)>> {
     let path = dir.join(segment::index_name(base));
     let file = match vfs.open(&path, OpenMode::Read) {
         Ok(f) => f,
@@ -237,16 +293,24 @@ fn load_index(vfs: &dyn crate::vfs::Vfs, dir: &Path, base: u64, reader: &Segment
         Err(e) => return Err(Error::io("open index", &path)(e)),
     };
     let len = file.len().map_err(Error::io("stat index", &path))?;
-    if len > (file_len / BATCH_HEADER_LEN as u64 + 1) * format::INDEX_ENTRY_LEN as u64 + format::INDEX_HEADER_LEN as u64 {
+    if len
+        > (file_len / BATCH_HEADER_LEN as u64 + 1) * format::INDEX_ENTRY_LEN as u64
+            + format::INDEX_HEADER_LEN as u64
+    {
         return Ok(None);
     }
     let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(Error::io("read index", &path))?;
-    let Ok((summary, entries)) = format::decode_index(&bytes) else { return Ok(None) };
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(Error::io("read index", &path))?;
+    let Ok((summary, entries)) = format::decode_index(&bytes) else {
+        return Ok(None);
+    };
     let consistent = summary.base_offset == base
         && summary.data_len == file_len
         && (summary.next_offset == base) == entries.is_empty()
-        && entries.first().is_none_or(|e| e.relative_offset == 0 && u64::from(e.position) == SEGMENT_HEADER_LEN);
+        && entries
+            .first()
+            .is_none_or(|e| e.relative_offset == 0 && u64::from(e.position) == SEGMENT_HEADER_LEN);
     if !consistent {
         return Ok(None);
     }
@@ -266,39 +330,67 @@ fn load_index(vfs: &dyn crate::vfs::Vfs, dir: &Path, base: u64, reader: &Segment
     Ok(Some((summary, entries)))
 }
 
-fn open_active(config: &LogConfig, dir: &Path, base: u64, min_timestamp: i64, report: &mut RecoveryReport) -> Result<(ActiveSegment, SegmentView)> {
+fn open_active(
+    config: &LogConfig,
+    dir: &Path,
+    base: u64,
+    min_timestamp: i64,
+    report: &mut RecoveryReport,
+) -> Result<(ActiveSegment, SegmentView)> {
     let vfs = &*config.vfs;
     let path: PathBuf = dir.join(segment::log_name(base));
-    let file = vfs.open(&path, OpenMode::ReadWrite).map_err(Error::io("open segment", &path))?;
+    let file = vfs
+        .open(&path, OpenMode::ReadWrite)
+        .map_err(Error::io("open segment", &path))?;
     let file_len = file.len().map_err(Error::io("stat segment", &path))?;
     let reader = SegmentReader::new(file.clone(), &path);
 
-    if let Err(why) = segment::check_header(&reader, base)? {
-        // A segment is fsynced with its header before anything is appended to it, so a bad
-        // header is either a creation that did not reach the disk (nothing after it but
-        // zeros) or damage we must not paper over.
-        let rest = reader.read(SEGMENT_HEADER_LEN, file_len.saturating_sub(SEGMENT_HEADER_LEN) as usize)?;
-        if rest.iter().any(|&b| b != 0) {
-            return Err(corrupt(&path, 0, why));
+    let header = match segment::check_header(&reader, base)? {
+        Ok(header) => header,
+        Err(why) => {
+            // A segment is fsynced with its header before anything is appended to it, so a bad
+            // header is either a creation that did not reach the disk (nothing after it but
+            // zeros) or damage we must not paper over.
+            let rest = reader.read(
+                SEGMENT_HEADER_LEN,
+                file_len.saturating_sub(SEGMENT_HEADER_LEN) as usize,
+            )?;
+            if rest.iter().any(|&b| b != 0) {
+                return Err(corrupt(&path, 0, why));
+            }
+            file.set_len(0)
+                .map_err(Error::io("truncate segment", &path))?;
+            let header = SegmentHeader {
+                base_offset: base,
+                min_timestamp,
+            };
+            file.write_all_at(&format::encode_segment_header(header), 0)
+                .map_err(Error::io("write segment header", &path))?;
+            file.sync_all().map_err(Error::io("fsync segment", &path))?;
+            if file_len > 0 {
+                report.truncated = Some(Truncation {
+                    segment_base: base,
+                    position: 0,
+                    removed_bytes: file_len,
+                    reason: why.to_string(),
+                });
+            }
+            let active = ActiveSegment::resume(file, path, base, SEGMENT_HEADER_LEN);
+            let mut view = SegmentView::new_empty(base, Some(reader));
+            view.min_timestamp = min_timestamp;
+            return Ok((active, view));
         }
-        file.set_len(0).map_err(Error::io("truncate segment", &path))?;
-        file.write_all_at(&format::encode_segment_header(base), 0).map_err(Error::io("write segment header", &path))?;
-        file.sync_all().map_err(Error::io("fsync segment", &path))?;
-        if file_len > 0 {
-            report.truncated = Some(Truncation { segment_base: base, position: 0, removed_bytes: file_len, reason: why.to_string() });
-        }
-        let active = ActiveSegment::resume(file, path, base, SEGMENT_HEADER_LEN);
-        let view = SegmentView::new_empty(base, Some(reader));
-        return Ok((active, view));
-    }
+    };
 
-    let scan = segment::scan(&reader, base, file_len, min_timestamp, config.index_interval_bytes)?;
+    let floor = min_timestamp.max(header.min_timestamp);
+    let scan = segment::scan(&reader, base, file_len, floor, config.index_interval_bytes)?;
     if scan.valid_len < file_len {
         let reason = match &scan.damage {
             Some((_, e)) => e.to_string(),
             None => "trailing bytes".to_owned(),
         };
-        file.set_len(scan.valid_len).map_err(Error::io("truncate torn tail", &path))?;
+        file.set_len(scan.valid_len)
+            .map_err(Error::io("truncate torn tail", &path))?;
         file.sync_all().map_err(Error::io("fsync segment", &path))?;
         report.truncated = Some(Truncation {
             segment_base: base,
@@ -319,6 +411,10 @@ fn open_active(config: &LogConfig, dir: &Path, base: u64, min_timestamp: i64, re
         next_offset: scan.next_offset,
         first_timestamp: scan.first_timestamp,
         last_timestamp: scan.last_timestamp,
+        min_timestamp: header.min_timestamp,
     };
-    Ok((ActiveSegment::resume(file, path, base, scan.valid_len), view))
+    Ok((
+        ActiveSegment::resume(file, path, base, scan.valid_len),
+        view,
+    ))
 }

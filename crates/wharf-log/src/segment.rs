@@ -12,7 +12,8 @@ use bytes::Bytes;
 
 use crate::error::{Error, FormatError, Result};
 use crate::format::{
-    self, Batch, BatchHeader, IndexEntry, IndexSummary, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
+    self, BATCH_HEADER_LEN, Batch, BatchHeader, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN,
+    SegmentHeader,
 };
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
@@ -44,7 +45,10 @@ pub(crate) struct SegmentReader {
 
 impl SegmentReader {
     pub(crate) fn new(file: Arc<dyn VfsFile>, path: &Path) -> Self {
-        Self { file, path: path.into() }
+        Self {
+            file,
+            path: path.into(),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -54,13 +58,20 @@ impl SegmentReader {
     /// Reads up to `len` bytes at `pos` (fewer at end of file).
     pub(crate) fn read(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        let n = self.file.read_up_to(&mut buf, pos).map_err(Error::io("read", &*self.path))?;
+        let n = self
+            .file
+            .read_up_to(&mut buf, pos)
+            .map_err(Error::io("read", &*self.path))?;
         buf.truncate(n);
         Ok(buf)
     }
 
     fn corrupt(&self, position: u64, source: FormatError) -> Error {
-        Error::Corrupt { path: self.path.to_path_buf(), position, source }
+        Error::Corrupt {
+            path: self.path.to_path_buf(),
+            position,
+            source,
+        }
     }
 
     /// Reads whole, checksum-verified batches starting at byte `pos`, stopping before `end`
@@ -81,7 +92,8 @@ impl SegmentReader {
     ) -> Result<bool> {
         const MIN_READ: usize = 64 * 1024;
         while pos < end {
-            let want = (end - pos).min(max_bytes.saturating_sub(*total).max(MIN_READ) as u64) as usize;
+            let want =
+                (end - pos).min(max_bytes.saturating_sub(*total).max(MIN_READ) as u64) as usize;
             let buf = Bytes::from(self.read(pos, want)?);
             let mut at = 0usize;
             let mut progressed = false;
@@ -97,7 +109,13 @@ impl SegmentReader {
                         // A single batch bigger than what we read: read exactly it.
                         let whole = Bytes::from(self.read(pos, len)?);
                         if whole.len() < len {
-                            return Err(self.corrupt(pos, FormatError::Truncated { needed: len as u64, available: whole.len() as u64 }));
+                            return Err(self.corrupt(
+                                pos,
+                                FormatError::Truncated {
+                                    needed: len as u64,
+                                    available: whole.len() as u64,
+                                },
+                            ));
                         }
                         let batch = Batch::from_bytes(whole).map_err(|e| self.corrupt(pos, e))?;
                         if batch.next_offset() > from_offset {
@@ -113,7 +131,8 @@ impl SegmentReader {
                     if !out.is_empty() && *total + len > max_bytes {
                         return Ok(false);
                     }
-                    let batch = Batch::from_bytes(buf.slice(at..at + len)).map_err(|e| self.corrupt(pos + at as u64, e))?;
+                    let batch = Batch::from_bytes(buf.slice(at..at + len))
+                        .map_err(|e| self.corrupt(pos + at as u64, e))?;
                     *total += len;
                     out.push(batch);
                 }
@@ -124,7 +143,13 @@ impl SegmentReader {
                 }
             }
             if !progressed {
-                return Err(self.corrupt(pos, FormatError::Truncated { needed: BATCH_HEADER_LEN as u64, available: buf.len() as u64 }));
+                return Err(self.corrupt(
+                    pos,
+                    FormatError::Truncated {
+                        needed: BATCH_HEADER_LEN as u64,
+                        available: buf.len() as u64,
+                    },
+                ));
             }
             pos += at as u64;
         }
@@ -145,18 +170,37 @@ pub(crate) struct ActiveSegment {
 impl ActiveSegment {
     /// Creates a new, empty segment file with its header, and makes both the file and its
     /// directory entry durable.
-    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<Self> {
+    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, base: u64, min_timestamp: i64) -> Result<Self> {
         let path = dir.join(log_name(base));
-        let file = vfs.open(&path, OpenMode::CreateNew).map_err(Error::io("create segment", &path))?;
-        file.write_all_at(&format::encode_segment_header(base), 0).map_err(Error::io("write segment header", &path))?;
-        file.sync_all().map_err(Error::io("fsync new segment", &path))?;
-        vfs.sync_dir(dir).map_err(Error::io("fsync directory", dir))?;
-        Ok(Self { base, path, file, len: SEGMENT_HEADER_LEN })
+        let file = vfs
+            .open(&path, OpenMode::CreateNew)
+            .map_err(Error::io("create segment", &path))?;
+        let header = format::encode_segment_header(SegmentHeader {
+            base_offset: base,
+            min_timestamp,
+        });
+        file.write_all_at(&header, 0)
+            .map_err(Error::io("write segment header", &path))?;
+        file.sync_all()
+            .map_err(Error::io("fsync new segment", &path))?;
+        vfs.sync_dir(dir)
+            .map_err(Error::io("fsync directory", dir))?;
+        Ok(Self {
+            base,
+            path,
+            file,
+            len: SEGMENT_HEADER_LEN,
+        })
     }
 
     /// Continues an existing segment whose valid data ends at `len` (recovery truncated it).
     pub(crate) fn resume(file: Arc<dyn VfsFile>, path: PathBuf, base: u64, len: u64) -> Self {
-        Self { base, path, file, len }
+        Self {
+            base,
+            path,
+            file,
+            len,
+        }
     }
 
     pub(crate) fn reader(&self) -> SegmentReader {
@@ -165,38 +209,61 @@ impl ActiveSegment {
 
     /// Appends `bytes` at the end. Not durable until [`ActiveSegment::sync`].
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file.write_all_at(bytes, self.len).map_err(Error::io("write", &self.path))?;
+        self.file
+            .write_all_at(bytes, self.len)
+            .map_err(Error::io("write", &self.path))?;
         self.len += bytes.len() as u64;
         Ok(())
     }
 
     /// `fdatasync`.
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(Error::io("fsync", &self.path))
+        self.file
+            .sync_data()
+            .map_err(Error::io("fsync", &self.path))
     }
 
     /// Makes the segment durable, writes its index (atomically: temp file, fsync, rename) and
     /// reopens it read-only. The directory is synced by the caller, once, after it has also
     /// created the next segment.
-    pub(crate) fn seal(self, vfs: &dyn Vfs, dir: &Path, summary: &IndexSummary, entries: &[IndexEntry]) -> Result<SegmentReader> {
-        self.file.sync_all().map_err(Error::io("fsync segment before sealing", &self.path))?;
+    pub(crate) fn seal(
+        self,
+        vfs: &dyn Vfs,
+        dir: &Path,
+        summary: &IndexSummary,
+        entries: &[IndexEntry],
+    ) -> Result<SegmentReader> {
+        self.file
+            .sync_all()
+            .map_err(Error::io("fsync segment before sealing", &self.path))?;
         write_index(vfs, dir, summary, entries)?;
-        let ro = vfs.open(&self.path, OpenMode::Read).map_err(Error::io("reopen sealed segment", &self.path))?;
+        let ro = vfs
+            .open(&self.path, OpenMode::Read)
+            .map_err(Error::io("reopen sealed segment", &self.path))?;
         Ok(SegmentReader::new(ro, &self.path))
     }
 }
 
 /// Writes the index file of a sealed segment: temp file, fsync, rename. The caller syncs the
 /// directory.
-pub(crate) fn write_index(vfs: &dyn Vfs, dir: &Path, summary: &IndexSummary, entries: &[IndexEntry]) -> Result<()> {
+pub(crate) fn write_index(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    summary: &IndexSummary,
+    entries: &[IndexEntry],
+) -> Result<()> {
     let bytes = format::encode_index(summary, entries);
     let final_path = dir.join(index_name(summary.base_offset));
     let tmp = dir.join(format!("{}.tmp", index_name(summary.base_offset)));
     let _ = vfs.remove_file(&tmp);
-    let file = vfs.open(&tmp, OpenMode::CreateNew).map_err(Error::io("create index", &tmp))?;
-    file.write_all_at(&bytes, 0).map_err(Error::io("write index", &tmp))?;
+    let file = vfs
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(Error::io("create index", &tmp))?;
+    file.write_all_at(&bytes, 0)
+        .map_err(Error::io("write index", &tmp))?;
     file.sync_all().map_err(Error::io("fsync index", &tmp))?;
-    vfs.rename(&tmp, &final_path).map_err(Error::io("rename index", &final_path))?;
+    vfs.rename(&tmp, &final_path)
+        .map_err(Error::io("rename index", &final_path))?;
     Ok(())
 }
 
@@ -217,7 +284,13 @@ pub(crate) struct Scan {
 /// Reads a segment from its header to `file_len`, verifying every batch: length, checksum,
 /// every record, offsets continuing from `base` and timestamps never going back (starting
 /// from `min_timestamp`). Stops at the first invalid batch. Builds the sparse index.
-pub(crate) fn scan(reader: &SegmentReader, base: u64, file_len: u64, min_timestamp: i64, index_interval: u64) -> Result<Scan> {
+pub(crate) fn scan(
+    reader: &SegmentReader,
+    base: u64,
+    file_len: u64,
+    min_timestamp: i64,
+    index_interval: u64,
+) -> Result<Scan> {
     const CHUNK: usize = 4 * 1024 * 1024;
     let mut out = Scan {
         valid_len: SEGMENT_HEADER_LEN,
@@ -249,11 +322,20 @@ pub(crate) fn scan(reader: &SegmentReader, base: u64, file_len: u64, min_timesta
         };
         let len = u64::from(header.length);
         if pos + len > file_len {
-            out.damage = Some((pos, FormatError::Truncated { needed: len, available: file_len - pos }));
+            out.damage = Some((
+                pos,
+                FormatError::Truncated {
+                    needed: len,
+                    available: file_len - pos,
+                },
+            ));
             break;
         }
         if pos + len > buf_pos + buf.len() as u64 {
-            buf = Bytes::from(reader.read(pos, (len as usize).max(CHUNK.min((file_len - pos) as usize)))?);
+            buf = Bytes::from(reader.read(
+                pos,
+                (len as usize).max(CHUNK.min((file_len - pos) as usize)),
+            )?);
             buf_pos = pos;
         }
         let rel = (pos - buf_pos) as usize;
@@ -261,10 +343,16 @@ pub(crate) fn scan(reader: &SegmentReader, base: u64, file_len: u64, min_timesta
         let checked = Batch::decode(bytes).and_then(|(batch, _)| {
             let h = batch.header();
             if h.base_offset != out.next_offset {
-                return Err(FormatError::invalid("base offset", format!("expected {}, found {}", out.next_offset, h.base_offset)));
+                return Err(FormatError::invalid(
+                    "base offset",
+                    format!("expected {}, found {}", out.next_offset, h.base_offset),
+                ));
             }
             if h.first_timestamp < prev_ts {
-                return Err(FormatError::invalid("timestamp", format!("{} goes back from {prev_ts}", h.first_timestamp)));
+                return Err(FormatError::invalid(
+                    "timestamp",
+                    format!("{} goes back from {prev_ts}", h.first_timestamp),
+                ));
             }
             if h.next_offset() - base > u64::from(u32::MAX) || pos + len > u64::from(u32::MAX) {
                 return Err(FormatError::invalid("segment", "too large for its index"));
@@ -296,14 +384,23 @@ pub(crate) fn scan(reader: &SegmentReader, base: u64, file_len: u64, min_timesta
     Ok(out)
 }
 
-/// Reads and checks a segment file header; `Err` carries what is wrong.
-pub(crate) fn check_header(reader: &SegmentReader, expected_base: u64) -> Result<std::result::Result<(), FormatError>> {
+/// Reads and checks a segment file header; the inner `Err` says what is wrong with it.
+pub(crate) fn check_header(
+    reader: &SegmentReader,
+    expected_base: u64,
+) -> Result<std::result::Result<SegmentHeader, FormatError>> {
     let bytes = reader.read(0, SEGMENT_HEADER_LEN as usize)?;
-    Ok(format::decode_segment_header(&bytes).and_then(|base| {
-        if base == expected_base {
-            Ok(())
+    Ok(format::decode_segment_header(&bytes).and_then(|h| {
+        if h.base_offset == expected_base {
+            Ok(h)
         } else {
-            Err(FormatError::invalid("segment base offset", format!("file name says {expected_base}, header says {base}")))
+            Err(FormatError::invalid(
+                "segment base offset",
+                format!(
+                    "file name says {expected_base}, header says {}",
+                    h.base_offset
+                ),
+            ))
         }
     }))
 }

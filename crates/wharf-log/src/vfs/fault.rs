@@ -111,19 +111,29 @@ impl Inner {
     }
 
     fn check_power(&self) -> io::Result<()> {
-        if self.crashed { Err(eio("power is off")) } else { Ok(()) }
+        if self.crashed {
+            Err(eio("power is off"))
+        } else {
+            Ok(())
+        }
     }
 
     fn dir_mut(&mut self, dir: &Path) -> io::Result<&mut Dir> {
         self.dirs.get_mut(dir).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no directory {}", dir.display()))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no directory {}", dir.display()),
+            )
         })
     }
 }
 
 fn split(path: &Path) -> io::Result<(PathBuf, String)> {
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("bad path {}", path.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad path {}", path.display()),
+        )
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok((dir, name.to_owned()))
@@ -177,7 +187,9 @@ impl FaultFs {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock can only come from a bug in this test helper; keep
         // going with the state as it is rather than cascading panics into every other thread.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Cuts the power after `ops` more mutating operations (writes, truncations, syncs,
@@ -242,7 +254,11 @@ impl FaultFs {
             dir.current = entries.clone();
             dir.durable = entries;
         }
-        let live: HashSet<u64> = inner.dirs.values().flat_map(|d| d.current.values().copied()).collect();
+        let live: HashSet<u64> = inner
+            .dirs
+            .values()
+            .flat_map(|d| d.current.values().copied())
+            .collect();
         inner.inodes.retain(|ino, _| live.contains(ino));
         for inode in inner.inodes.values_mut() {
             let mut data = std::mem::take(&mut inode.durable);
@@ -291,7 +307,10 @@ impl FaultFs {
             .get(&dir)
             .and_then(|d| d.current.get(&name))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, path.display().to_string()))?;
-        Ok(g.inodes.get(ino).map(|i| i.data.clone()).unwrap_or_default())
+        Ok(g.inodes
+            .get(ino)
+            .map(|i| i.data.clone())
+            .unwrap_or_default())
     }
 
     /// Replaces the contents of the file at `path` (creating it), durably. For tests that
@@ -311,7 +330,14 @@ impl FaultFs {
                 ino
             }
         };
-        g.inodes.insert(ino, Inode { data: bytes.to_vec(), durable: bytes.to_vec(), pending: Vec::new() });
+        g.inodes.insert(
+            ino,
+            Inode {
+                data: bytes.to_vec(),
+                durable: bytes.to_vec(),
+                pending: Vec::new(),
+            },
+        );
         Ok(())
     }
 }
@@ -343,14 +369,21 @@ impl Drop for FaultLock {
 }
 
 impl FaultFile {
-    fn with<T>(&self, mutating: bool, f: impl FnOnce(&mut Inner, u64) -> io::Result<T>) -> io::Result<T> {
+    fn with<T>(
+        &self,
+        mutating: bool,
+        f: impl FnOnce(&mut Inner, u64) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut g = self.fs.lock();
         if g.generation != self.generation {
             return Err(eio("stale handle from before a power loss"));
         }
         if mutating {
             if !self.writable {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"));
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "file opened read-only",
+                ));
             }
             g.mutate()?;
         } else {
@@ -361,14 +394,19 @@ impl FaultFile {
 }
 
 fn inode(inner: &mut Inner, ino: u64) -> io::Result<&mut Inode> {
-    inner.inodes.get_mut(&ino).ok_or_else(|| eio("inode vanished"))
+    inner
+        .inodes
+        .get_mut(&ino)
+        .ok_or_else(|| eio("inode vanished"))
 }
 
 impl VfsFile for FaultFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.with(false, |inner, ino| {
             let data = &inode(inner, ino)?.data;
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
             let n = buf.len().min(data.len() - start);
             if let (Some(dst), Some(src)) = (buf.get_mut(..n), data.get(start..start + n)) {
                 dst.copy_from_slice(src);
@@ -382,10 +420,16 @@ impl VfsFile for FaultFile {
             let no_space = inner.no_space;
             let node = inode(inner, ino)?;
             if no_space && offset + buf.len() as u64 > node.data.len() as u64 {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "fault fs: no space left on device"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "fault fs: no space left on device",
+                ));
             }
             write_into(&mut node.data, offset, buf);
-            node.pending.push(DataOp::Write { offset, bytes: buf.to_vec() });
+            node.pending.push(DataOp::Write {
+                offset,
+                bytes: buf.to_vec(),
+            });
             inner.stats.writes += 1;
             Ok(())
         })
@@ -451,7 +495,10 @@ impl Vfs for FaultFs {
         let existing = g.dirs.get(&dir).and_then(|d| d.current.get(&name)).copied();
         let ino = match (mode, existing) {
             (OpenMode::CreateNew, Some(_)) => {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    path.display().to_string(),
+                ));
             }
             (OpenMode::CreateNew, None) => {
                 g.mutate()?;
@@ -467,7 +514,12 @@ impl Vfs for FaultFs {
                 g.check_power()?;
                 ino
             }
-            (_, None) => return Err(io::Error::new(io::ErrorKind::NotFound, path.display().to_string())),
+            (_, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    path.display().to_string(),
+                ));
+            }
         };
         Ok(Arc::new(FaultFile {
             fs: self.clone(),
@@ -483,7 +535,10 @@ impl Vfs for FaultFs {
         let (dir, name) = split(path)?;
         let d = g.dir_mut(&dir)?;
         if d.current.remove(&name).is_none() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, path.display().to_string()));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                path.display().to_string(),
+            ));
         }
         d.pending.push(DirOp::Unlink { name });
         Ok(())
@@ -495,7 +550,10 @@ impl Vfs for FaultFs {
         let (dir, from_name) = split(from)?;
         let (to_dir, to_name) = split(to)?;
         if dir != to_dir {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "fault fs: rename across directories"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "fault fs: rename across directories",
+            ));
         }
         let d = g.dir_mut(&dir)?;
         let ino = d
@@ -503,7 +561,10 @@ impl Vfs for FaultFs {
             .remove(&from_name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.display().to_string()))?;
         d.current.insert(to_name.clone(), ino);
-        d.pending.push(DirOp::Rename { from: from_name, to: to_name });
+        d.pending.push(DirOp::Rename {
+            from: from_name,
+            to: to_name,
+        });
         Ok(())
     }
 
@@ -529,7 +590,11 @@ impl Vfs for FaultFs {
                 format!("{} is locked by another process", dir.display()),
             ));
         }
-        Ok(Box::new(FaultLock { fs: self.clone(), dir: dir.to_path_buf(), generation: g.generation }))
+        Ok(Box::new(FaultLock {
+            fs: self.clone(),
+            dir: dir.to_path_buf(),
+            generation: g.generation,
+        }))
     }
 }
 
@@ -567,11 +632,13 @@ mod tests {
             let f = fs.open(&dir.join(&name), OpenMode::CreateNew).unwrap();
             f.write_all_at(&[7u8; 2048], 0).unwrap();
             f.sync_data().unwrap();
-            let g = fs.open(&dir.join("synced"), OpenMode::ReadWrite).or_else(|_| {
-                let g = fs.open(&dir.join("synced"), OpenMode::CreateNew)?;
-                fs.sync_dir(&dir)?;
-                Ok::<_, io::Error>(g)
-            });
+            let g = fs
+                .open(&dir.join("synced"), OpenMode::ReadWrite)
+                .or_else(|_| {
+                    let g = fs.open(&dir.join("synced"), OpenMode::CreateNew)?;
+                    fs.sync_dir(&dir)?;
+                    Ok::<_, io::Error>(g)
+                });
             let g = g.unwrap();
             let fill = (seed % 250) as u8 + 1;
             g.write_all_at(&[fill; 2048], 0).unwrap();
@@ -600,7 +667,10 @@ mod tests {
         assert!(f.read_at(&mut [0u8; 1], 0).is_err());
         assert!(fs.is_crashed());
         fs.power_loss(1);
-        assert!(f.read_at(&mut [0u8; 1], 0).is_err(), "old handles must be dead");
+        assert!(
+            f.read_at(&mut [0u8; 1], 0).is_err(),
+            "old handles must be dead"
+        );
     }
 
     #[test]

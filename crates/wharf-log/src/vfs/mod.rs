@@ -95,7 +95,9 @@ impl dyn VfsFile {
     pub fn read_up_to(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() {
-            let Some(rest) = buf.get_mut(done..) else { break };
+            let Some(rest) = buf.get_mut(done..) else {
+                break;
+            };
             match self.read_at(rest, offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
