@@ -751,6 +751,8 @@ impl Log {
         };
         let vfs = &config.vfs;
         let dir = &self.shared.dir;
+        // Oldest first, each deletion durable before the next: a crash leaves a deleted
+        // prefix, never a hole (recovery refuses holes).
         for (base, _) in &removed {
             let log = dir.join(segment::log_name(*base));
             vfs.remove_file(&log)
@@ -761,8 +763,6 @@ impl Log {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("delete index", &idx)(e)),
             }
-        }
-        if !removed.is_empty() {
             vfs.sync_dir(dir)
                 .map_err(Error::io("fsync directory", dir))?;
         }

@@ -2,8 +2,10 @@
 //!
 //! The rules (also in `docs/ARCHITECTURE.md`):
 //! 1. Leftover `*.tmp` files and index files without a segment are deleted.
-//! 2. Segments must be contiguous. Retention deletes from the front only, so a gap means an
-//!    interrupted retention: the segments before the gap are deleted. Overlaps are corruption.
+//! 2. Segments must be contiguous. Retention deletes from the front only and makes each
+//!    deletion durable before the next, so a crash leaves a prefix deleted, never a hole: a gap
+//!    or an overlap between segments is [`Error::Corrupt`] (a file was lost or planted outside
+//!    the log's control, and acknowledged records may be missing — refuse rather than guess).
 //! 3. Sealed segments (all but the last) were fsynced before the next one existed, so they
 //!    must be whole: a bad header is [`Error::Corrupt`]. Their index is checked (checksum,
 //!    summary, last entry against the data); a missing or damaged index is rebuilt by a full
@@ -116,29 +118,29 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         indexes.remove(&base);
     }
 
-    // Rule 2: a gap means the segments before it were being deleted by retention.
+    // Rule 2: segments are contiguous.
     let bases: Vec<u64> = logs.iter().copied().collect();
     let mut sealed = BTreeMap::new();
-    let mut keep_from = 0;
     let mut expected_next: Option<u64> = None;
     let mut last_timestamp = i64::MIN;
     let last = bases.len().checked_sub(1);
     for (i, &base) in bases.iter().enumerate() {
-        if let Some(next) = expected_next {
-            if base > next {
-                keep_from = i;
-                sealed.clear();
-            } else if base < next {
-                let path = dir.join(segment::log_name(base));
-                return Err(Error::Corrupt {
-                    path,
-                    position: 0,
-                    source: FormatError::invalid(
-                        "segment base offset",
-                        format!("{base} overlaps the previous segment, which ends at {next}"),
+        if let Some(next) = expected_next.filter(|next| *next != base) {
+            let what = if base > next {
+                "a gap before it"
+            } else {
+                "an overlap with the previous segment"
+            };
+            return Err(Error::Corrupt {
+                path: dir.join(segment::log_name(base)),
+                position: 0,
+                source: FormatError::invalid(
+                    "segment base offset",
+                    format!(
+                        "{base} leaves {what}, which ends at offset {next}; a segment file is missing or foreign"
                     ),
-                });
-            }
+                ),
+            });
         }
         if Some(i) == last {
             break;
@@ -149,20 +151,6 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             .max(view.min_timestamp)
             .max(view.last_timestamp.unwrap_or(i64::MIN));
         sealed.insert(base, view);
-    }
-    for &base in bases.get(..keep_from).unwrap_or_default() {
-        remove(&segment::log_name(base), &mut report)?;
-        if indexes.contains(&base) {
-            remove(&segment::index_name(base), &mut report)?;
-        }
-    }
-    if keep_from > 0 {
-        // The sealed views before the gap were dropped above; recompute the time floor.
-        last_timestamp = sealed
-            .values()
-            .map(|v: &SegmentView| v.min_timestamp.max(v.last_timestamp.unwrap_or(i64::MIN)))
-            .max()
-            .unwrap_or(i64::MIN);
     }
 
     let (active, active_view) = match last {
