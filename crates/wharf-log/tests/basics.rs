@@ -5,11 +5,16 @@ use std::time::Duration;
 use wharf_log::{Durability, Error, Log, LogConfig, ManualClock, NewRecord, Retention};
 
 fn rec(i: u64) -> NewRecord {
-    NewRecord::new(format!("value-{i}")).with_key(format!("key-{}", i % 7)).with_header("n", i.to_string())
+    NewRecord::new(format!("value-{i}"))
+        .with_key(format!("key-{}", i % 7))
+        .with_header("n", i.to_string())
 }
 
 fn config_with(clock: &ManualClock) -> LogConfig {
-    LogConfig { clock: std::sync::Arc::new(clock.clone()), ..LogConfig::default() }
+    LogConfig {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..LogConfig::default()
+    }
 }
 
 #[test]
@@ -33,7 +38,10 @@ fn append_read_reopen() {
         assert_eq!(records[0].value, format!("value-5"));
         assert_eq!(records[0].headers, vec![("n".to_string(), "5".to_string())]);
         assert_eq!(log.read(20, 1000).unwrap().len(), 0);
-        assert!(matches!(log.read(21, 1000), Err(Error::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(21, 1000),
+            Err(Error::OffsetOutOfRange { .. })
+        ));
     }
     let (log, report) = Log::open(dir.path(), config_with(&clock)).unwrap();
     assert!(report.is_clean(), "{report:?}");
@@ -55,12 +63,16 @@ fn rolls_segments_and_applies_retention() {
     let clock = ManualClock::new(0);
     let config = LogConfig {
         segment_max_bytes: 4096,
-        retention: Retention { max_age: Some(Duration::from_secs(60)), max_bytes: None },
+        retention: Retention {
+            max_age: Some(Duration::from_secs(60)),
+            max_bytes: None,
+        },
         ..config_with(&clock)
     };
     let (log, _) = Log::open(dir.path(), config.clone()).unwrap();
     for i in 0..200 {
-        log.append_wait(&[NewRecord::new(vec![i as u8; 100])]).unwrap();
+        log.append_wait(&[NewRecord::new(vec![i as u8; 100])])
+            .unwrap();
         clock.advance(1_000);
     }
     let stats = log.stats();
@@ -68,7 +80,10 @@ fn rolls_segments_and_applies_retention() {
     let outcome = log.enforce_retention().unwrap();
     assert!(outcome.removed_segments > 0);
     assert!(outcome.start_offset > 0 && outcome.start_offset < 200 - 60);
-    assert!(matches!(log.read(0, 100), Err(Error::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(0, 100),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
     let records = log.read_records(outcome.start_offset, usize::MAX).unwrap();
     assert_eq!(records.len() as u64, 200 - outcome.start_offset);
     drop(log);
@@ -80,9 +95,17 @@ fn rolls_segments_and_applies_retention() {
 
 #[test]
 fn all_modes_round_trip() {
-    for durability in [Durability::Always, Durability::Interval(Duration::from_millis(5)), Durability::None] {
+    for durability in [
+        Durability::Always,
+        Durability::Interval(Duration::from_millis(5)),
+        Durability::None,
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig { durability, segment_max_bytes: 64 * 1024, ..LogConfig::default() };
+        let config = LogConfig {
+            durability,
+            segment_max_bytes: 64 * 1024,
+            ..LogConfig::default()
+        };
         {
             let (log, _) = Log::open(dir.path(), config.clone()).unwrap();
             let tickets: Vec<_> = (0..500).map(|i| log.append(&[rec(i)]).unwrap()).collect();
@@ -102,19 +125,31 @@ fn all_modes_round_trip() {
 fn a_second_open_of_the_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, _) = Log::open(dir.path(), LogConfig::default()).unwrap();
-    assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Log::open(dir.path(), LogConfig::default()),
+        Err(Error::Locked { .. })
+    ));
 }
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { max_batch_bytes: 1024, ..LogConfig::default() };
+    let config = LogConfig {
+        max_batch_bytes: 1024,
+        ..LogConfig::default()
+    };
     let (log, _) = Log::open(dir.path(), config).unwrap();
     assert!(matches!(log.append(&[]), Err(Error::EmptyBatch)));
-    assert!(matches!(log.append(&[NewRecord::new(vec![0u8; 2000])]), Err(Error::BatchTooLarge { .. })));
+    assert!(matches!(
+        log.append(&[NewRecord::new(vec![0u8; 2000])]),
+        Err(Error::BatchTooLarge { .. })
+    ));
     assert_eq!(log.high_watermark(), 0);
     assert_eq!(log.append_wait(&[rec(1)]).unwrap().base_offset, 0);
-    let bad = LogConfig { segment_max_bytes: 1, ..LogConfig::default() };
+    let bad = LogConfig {
+        segment_max_bytes: 1,
+        ..LogConfig::default()
+    };
     let err = Log::open(dir.path().join("x"), bad).unwrap_err();
     assert!(err.to_string().contains("segment_max_bytes"), "{err}");
 }

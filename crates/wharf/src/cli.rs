@@ -55,7 +55,9 @@ enum LogCommand {
 pub(crate) enum CliError {
     #[error("{0}")]
     Log(#[from] wharf_log::Error),
-    #[error("`wharf serve` is not supported yet: the server arrives with the REST API (issue #4); this build has the storage engine only (`wharf log check|dump`)")]
+    #[error(
+        "`wharf serve` is not supported yet: the server arrives with the REST API (issue #4); this build has the storage engine only (`wharf log check|dump`)"
+    )]
     NotYet,
 }
 
@@ -68,7 +70,11 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
             let mut out = String::new();
             let _ = writeln!(out, "log {}", dir.display());
             let _ = writeln!(out, "  segments:     {}", stats.segments);
-            let _ = writeln!(out, "  offsets:      [{}, {})", stats.start_offset, stats.high_watermark);
+            let _ = writeln!(
+                out,
+                "  offsets:      [{}, {})",
+                stats.start_offset, stats.high_watermark
+            );
             let _ = writeln!(out, "  bytes:        {}", stats.size_bytes);
             match &report.truncated {
                 None => {
@@ -97,7 +103,10 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
                 let Some(last) = records.last() else { break };
                 next = last.offset + 1;
                 for r in records.into_iter().take(limit - printed) {
-                    let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
+                    let key = r
+                        .key
+                        .as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned());
                     println!(
                         "{}\t{}\t{}\t{}\t{:?}",
                         r.offset,

@@ -4,7 +4,10 @@
 /// Property-test case count: `WHARF_PROPTEST_CASES` (CI sets thousands), else `local_default`
 /// (small, so a local `cargo test` stays quick).
 pub fn proptest_cases(local_default: u32) -> u32 {
-    std::env::var("WHARF_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(local_default)
+    std::env::var("WHARF_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(local_default)
 }
 
 /// A scaled count for loops that are not proptest: `WHARF_PROPTEST_CASES / divisor`, at least
