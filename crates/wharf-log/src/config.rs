@@ -119,10 +119,10 @@ impl LogConfig {
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes", "must be at least 1".into());
         }
-        if let Durability::Interval(d) = self.durability {
-            if d.is_zero() {
-                return bad("durability", "the fsync interval must be positive".into());
-            }
+        if let Durability::Interval(d) = self.durability
+            && d.is_zero()
+        {
+            return bad("durability", "the fsync interval must be positive".into());
         }
         if self.segment_max_age.is_some_and(|d| d.is_zero()) {
             return bad("segment_max_age", "must be positive".into());

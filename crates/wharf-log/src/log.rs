@@ -784,12 +784,12 @@ impl Log {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                self.shared.poison(&Error::Poisoned {
-                    cause: "the committer thread panicked".into(),
-                });
-            }
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            self.shared.poison(&Error::Poisoned {
+                cause: "the committer thread panicked".into(),
+            });
         }
         match self.poisoned() {
             Some(cause) => Err(Error::Poisoned { cause }),
@@ -1071,10 +1071,10 @@ impl Committer {
                 return;
             }
             st.high_watermark = hw;
-            if let Some((base, len)) = active {
-                if let Some(v) = st.segments.get_mut(&base) {
-                    v.readable_len = len;
-                }
+            if let Some((base, len)) = active
+                && let Some(v) = st.segments.get_mut(&base)
+            {
+                v.readable_len = len;
             }
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.wakers)
                 .into_iter()

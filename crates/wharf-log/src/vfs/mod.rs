@@ -51,6 +51,7 @@ pub trait Vfs: Send + Sync + fmt::Debug {
 pub trait DirLock: Send + Sync + fmt::Debug {}
 
 /// An open file. All I/O is positional, so readers and the writer never share a cursor.
+#[allow(clippy::len_without_is_empty)] // a file's length is a size, not a collection's
 pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
