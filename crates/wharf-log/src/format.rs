@@ -111,6 +111,14 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
     if version != SEGMENT_VERSION {
         return Err(FormatError::UnsupportedVersion(version));
     }
+    // Flags and reserved fields are zero in version 1; anything else is from a newer writer
+    // or damage. (Also makes a header cut short by its last bytes fail.)
+    if u16_at(bytes, 10)? != 0 || u32_at(bytes, 12)? != 0 || u32_at(bytes, 36)? != 0 {
+        return Err(FormatError::invalid(
+            "segment header",
+            "non-zero flags or reserved bytes",
+        ));
+    }
     Ok(SegmentHeader {
         base_offset: u64_at(bytes, 16)?,
         min_timestamp: i64_at(bytes, 24)?,
@@ -217,7 +225,7 @@ impl BatchHeader {
             return Err(FormatError::UnsupportedVersion(u16::from(version)));
         }
         let attributes = take::<1>(bytes, 9)?[0];
-        if attributes != 0 {
+        if attributes != 0 || u16_at(bytes, 10)? != 0 {
             return Err(FormatError::invalid(
                 "batch attributes",
                 format!("{attributes:#04x}"),
@@ -814,7 +822,7 @@ mod tests {
         let entries = vec![
             IndexEntry {
                 relative_offset: 0,
-                position: 32,
+                position: 40,
                 timestamp: 1,
             },
             IndexEntry {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Batch, EncodedBatch, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN};
 use crate::record::{NewRecord, Record};
 use crate::recovery::{self, RecoveryReport};
-use crate::segment::{self, ActiveSegment, SegmentReader};
+use crate::segment::{self, ActiveSegment, BatchPosition, SegmentReader};
 use crate::vfs::DirLock;
 
 /// What the log knows about one segment. Lives in [`State`].
@@ -67,23 +67,38 @@ impl SegmentView {
         self.next_offset == self.base
     }
 
-    /// Byte position to start reading at to find `offset` (the last indexed batch at or
-    /// before it).
-    fn position_for(&self, offset: u64) -> u64 {
+    /// Where to start reading to find `offset`: the last indexed batch at or before it.
+    fn position_for(&self, offset: u64) -> BatchPosition {
         let i = self
             .entries
             .partition_point(|e| self.base + u64::from(e.relative_offset) <= offset);
-        i.checked_sub(1)
-            .and_then(|i| self.entries.get(i))
-            .map_or(SEGMENT_HEADER_LEN, |e| u64::from(e.position))
+        self.entry_before(i)
     }
 
-    /// Byte position to start reading at to find the first record at or after `ts`.
-    fn position_for_time(&self, ts: i64) -> u64 {
+    /// Where to start reading to find the first record at or after `ts`.
+    fn position_for_time(&self, ts: i64) -> BatchPosition {
         let i = self.entries.partition_point(|e| e.timestamp < ts);
-        i.checked_sub(1)
-            .and_then(|i| self.entries.get(i))
-            .map_or(SEGMENT_HEADER_LEN, |e| u64::from(e.position))
+        self.entry_before(i)
+    }
+
+    fn entry_before(&self, i: usize) -> BatchPosition {
+        i.checked_sub(1).and_then(|i| self.entries.get(i)).map_or(
+            BatchPosition {
+                position: SEGMENT_HEADER_LEN,
+                base_offset: self.base,
+            },
+            |e| BatchPosition {
+                position: u64::from(e.position),
+                base_offset: self.base + u64::from(e.relative_offset),
+            },
+        )
+    }
+
+    fn start(&self) -> BatchPosition {
+        BatchPosition {
+            position: SEGMENT_HEADER_LEN,
+            base_offset: self.base,
+        }
     }
 }
 
@@ -515,18 +530,17 @@ impl Log {
                 let start = if view.base <= offset {
                     view.position_for(offset)
                 } else {
-                    SEGMENT_HEADER_LEN
+                    view.start()
                 };
-                planned += view.readable_len.saturating_sub(start);
+                planned += view.readable_len.saturating_sub(start.position);
                 plan.push((reader, start, view.readable_len));
             }
             (plan, st.high_watermark)
         };
         let mut out = Vec::new();
-        let mut total = 0usize;
         for (reader, start, end) in plan {
-            let at_hw =
-                reader.read_batches(start, end, offset, hw, max_bytes, &mut out, &mut total)?;
+            let at_hw = reader.read_batches(start, end, offset, hw, max_bytes, &mut out)?;
+            let total: usize = out.iter().map(|b| b.as_bytes().len()).sum();
             if at_hw || total >= max_bytes {
                 break;
             }
@@ -576,22 +590,25 @@ impl Log {
         };
         const STEP: usize = 256 * 1024;
         for (reader, mut pos, end) in plan {
-            while pos < end {
+            while pos.position < end {
                 let mut batches = Vec::new();
-                let mut total = 0;
-                reader.read_batches(pos, end, 0, hw, STEP, &mut batches, &mut total)?;
+                reader.read_batches(pos, end, 0, hw, STEP, &mut batches)?;
                 if batches.is_empty() {
                     break;
                 }
                 for batch in &batches {
-                    pos += u64::from(batch.header().length);
+                    let at = pos.position;
+                    pos = BatchPosition {
+                        position: at + u64::from(batch.header().length),
+                        base_offset: batch.next_offset(),
+                    };
                     if batch.header().last_timestamp < timestamp {
                         continue;
                     }
                     for record in batch.records() {
                         let record = record.map_err(|source| Error::Corrupt {
                             path: reader.path().to_path_buf(),
-                            position: pos,
+                            position: at,
                             source,
                         })?;
                         if record.offset >= hw {

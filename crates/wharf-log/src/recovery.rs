@@ -22,11 +22,10 @@ use std::path::{Path, PathBuf};
 use crate::config::LogConfig;
 use crate::error::{Error, FormatError, Result};
 use crate::format::{
-    self, BATCH_HEADER_LEN, BatchHeader, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN,
-    SegmentHeader,
+    self, BATCH_HEADER_LEN, Batch, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::log::SegmentView;
-use crate::segment::{self, ActiveSegment, SegmentReader};
+use crate::segment::{self, ActiveSegment, BatchPosition, SegmentReader};
 use crate::vfs::{DirLock, OpenMode};
 
 /// What recovery found and did when a log was opened.
@@ -88,7 +87,6 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         _ => Error::io("lock log directory", dir)(e),
     })?;
     let mut report = RecoveryReport::default();
-    let mut dir_dirty = false;
 
     let names = vfs
         .list_dir(dir)
@@ -102,12 +100,11 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             indexes.insert(base);
         }
     }
-    let mut remove = |name: &str, report: &mut RecoveryReport| -> Result<()> {
+    let remove = |name: &str, report: &mut RecoveryReport| -> Result<()> {
         let path = dir.join(name);
         vfs.remove_file(&path)
             .map_err(Error::io("remove leftover file", &path))?;
         report.removed_files.push(name.to_owned());
-        dir_dirty = true;
         Ok(())
     };
     for name in names.iter().filter(|n| n.ends_with(".tmp")) {
@@ -120,24 +117,32 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
 
     // Rule 2: segments are contiguous.
     let bases: Vec<u64> = logs.iter().copied().collect();
-    let mut sealed = BTreeMap::new();
-    let mut expected_next: Option<u64> = None;
+    let mut sealed: BTreeMap<u64, SegmentView> = BTreeMap::new();
+    let mut rebuilt = Vec::new();
     let mut last_timestamp = i64::MIN;
     let last = bases.len().checked_sub(1);
     for (i, &base) in bases.iter().enumerate() {
-        if let Some(next) = expected_next.filter(|next| *next != base) {
-            let what = if base > next {
-                "a gap before it"
+        if let Some(prev) = sealed.values().next_back()
+            && prev.next_offset != base
+        {
+            let what = if base > prev.next_offset {
+                "missing"
             } else {
-                "an overlap with the previous segment"
+                "overlapping"
             };
             return Err(Error::Corrupt {
-                path: dir.join(segment::log_name(base)),
-                position: 0,
+                path: dir.join(segment::log_name(prev.base)),
+                position: prev.readable_len,
                 source: FormatError::invalid(
-                    "segment base offset",
+                    "segment sequence",
                     format!(
-                        "{base} leaves {what}, which ends at offset {next}; a segment file is missing or foreign"
+                        "this segment ends at offset {}, but the next segment file starts at {base}: offsets {} are {what} (a segment file was lost, cut short or added outside the log)",
+                        prev.next_offset,
+                        if base > prev.next_offset {
+                            format!("{}..{base}", prev.next_offset)
+                        } else {
+                            format!("{base}..{}", prev.next_offset)
+                        },
                     ),
                 ),
             });
@@ -145,12 +150,21 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         if Some(i) == last {
             break;
         }
-        let view = open_sealed(config, dir, base, indexes.contains(&base), &mut report)?;
-        expected_next = Some(view.next_offset);
+        let view = open_sealed(
+            config,
+            dir,
+            base,
+            indexes.contains(&base),
+            &mut report,
+            &mut rebuilt,
+        )?;
         last_timestamp = last_timestamp
             .max(view.min_timestamp)
             .max(view.last_timestamp.unwrap_or(i64::MIN));
         sealed.insert(base, view);
+    }
+    for (summary, entries) in &rebuilt {
+        segment::write_index(vfs, dir, summary, entries)?;
     }
 
     let (active, active_view) = match last {
@@ -165,15 +179,15 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
         None => {
             let active = ActiveSegment::create(vfs, dir, 0, i64::MIN)?;
-            dir_dirty = false; // create() synced the directory
             let view = SegmentView::new_empty(0, Some(active.reader()));
             (active, view)
         }
     };
-    if dir_dirty {
-        vfs.sync_dir(dir)
-            .map_err(Error::io("fsync log directory", dir))?;
-    }
+    // What a crashed predecessor wrote may still sit in the page cache only: make the
+    // directory (and, in `open_active`, the active segment) durable before serving anything,
+    // so nothing a reader sees after open can vanish in a later power loss.
+    vfs.sync_dir(dir)
+        .map_err(Error::io("fsync log directory", dir))?;
     let next_offset = active_view.next_offset;
     last_timestamp = last_timestamp.max(active_view.min_timestamp);
     if let Some(t) = active_view.last_timestamp {
@@ -210,6 +224,7 @@ fn open_sealed(
     base: u64,
     has_index: bool,
     report: &mut RecoveryReport,
+    rebuilt: &mut Vec<(IndexSummary, Vec<IndexEntry>)>,
 ) -> Result<SegmentView> {
     let vfs = &*config.vfs;
     let path = dir.join(segment::log_name(base));
@@ -221,18 +236,23 @@ fn open_sealed(
     let header = segment::check_header(&reader, base)?.map_err(|e| corrupt(&path, 0, e))?;
 
     let loaded = if has_index {
-        load_index(vfs, dir, base, &reader, file_len)?
+        load_index(vfs, dir, base)?
     } else {
         None
     };
     let (summary, entries) = match loaded {
-        Some(found) => found,
+        Some((summary, entries)) => {
+            // The index is intact (its checksum holds), so it tells the truth about the
+            // segment as it was sealed: where they disagree, the segment is damaged.
+            verify_against_index(&reader, base, file_len, &summary, &entries)?;
+            (summary, entries)
+        }
         None => {
             let scan = segment::scan(
                 &reader,
                 base,
                 file_len,
-                i64::MIN,
+                header.min_timestamp,
                 config.index_interval_bytes,
             )?;
             if let Some((position, err)) = scan.damage {
@@ -244,9 +264,8 @@ fn open_sealed(
                 data_len: scan.valid_len,
                 last_timestamp: scan.last_timestamp.unwrap_or(i64::MIN),
             };
-            segment::write_index(vfs, dir, &summary, &scan.entries)?;
-            vfs.sync_dir(dir)
-                .map_err(Error::io("fsync log directory", dir))?;
+            // Written only once the whole directory has been accepted.
+            rebuilt.push((summary, scan.entries.clone()));
             report.rebuilt_indexes.push(base);
             (summary, scan.entries)
         }
@@ -266,14 +285,15 @@ fn open_sealed(
     })
 }
 
-/// Loads and cross-checks a sealed segment's index; `None` if it must be rebuilt.
+/// Loads a sealed segment's index; `None` if it is missing or itself damaged (bad checksum,
+/// wrong segment, entries that cannot describe a segment) and must be rebuilt.
 fn load_index(
     vfs: &dyn crate::vfs::Vfs,
     dir: &Path,
     base: u64,
-    reader: &SegmentReader,
-    file_len: u64,
 ) -> Result<Option<(IndexSummary, Vec<IndexEntry>)>> {
+    const MAX_INDEX_LEN: u64 = format::INDEX_HEADER_LEN as u64
+        + (1 << 30) / BATCH_HEADER_LEN as u64 * format::INDEX_ENTRY_LEN as u64;
     let path = dir.join(segment::index_name(base));
     let file = match vfs.open(&path, OpenMode::Read) {
         Ok(f) => f,
@@ -281,10 +301,7 @@ fn load_index(
         Err(e) => return Err(Error::io("open index", &path)(e)),
     };
     let len = file.len().map_err(Error::io("stat index", &path))?;
-    if len
-        > (file_len / BATCH_HEADER_LEN as u64 + 1) * format::INDEX_ENTRY_LEN as u64
-            + format::INDEX_HEADER_LEN as u64
-    {
+    if len > MAX_INDEX_LEN {
         return Ok(None);
     }
     let mut bytes = vec![0u8; len as usize];
@@ -293,29 +310,69 @@ fn load_index(
     let Ok((summary, entries)) = format::decode_index(&bytes) else {
         return Ok(None);
     };
-    let consistent = summary.base_offset == base
-        && summary.data_len == file_len
+    let plausible = summary.base_offset == base
         && (summary.next_offset == base) == entries.is_empty()
         && entries
             .first()
             .is_none_or(|e| e.relative_offset == 0 && u64::from(e.position) == SEGMENT_HEADER_LEN);
-    if !consistent {
-        return Ok(None);
+    Ok(plausible.then_some((summary, entries)))
+}
+
+/// Checks a sealed segment against its intact index: same length, and the batches from the
+/// last index entry to the end verify (checksums, continuing offsets) and end exactly at the
+/// index's next offset. Any disagreement is damage to the segment: [`Error::Corrupt`], at the
+/// first bad byte a full scan finds.
+fn verify_against_index(
+    reader: &SegmentReader,
+    base: u64,
+    file_len: u64,
+    summary: &IndexSummary,
+    entries: &[IndexEntry],
+) -> Result<()> {
+    if file_len == summary.data_len && tail_matches(reader, base, summary, entries)? {
+        return Ok(());
     }
-    // The last entry must point at a batch that really starts there.
-    if let Some(last) = entries.last() {
-        let head = reader.read(u64::from(last.position), BATCH_HEADER_LEN)?;
-        let matches = BatchHeader::parse(&head).is_ok_and(|h| {
-            h.base_offset == base + u64::from(last.relative_offset)
-                && h.first_timestamp == last.timestamp
-                && h.next_offset() <= summary.next_offset
-                && u64::from(last.position) + u64::from(h.length) <= file_len
-        });
-        if !matches {
-            return Ok(None);
-        }
+    // Slow path, only for a damaged segment: find where the damage starts.
+    let scan = segment::scan(reader, base, file_len, i64::MIN, u64::MAX)?;
+    let (position, source) = match scan.damage {
+        Some(found) => found,
+        None => (
+            scan.valid_len,
+            FormatError::invalid(
+                "segment length",
+                format!(
+                    "{file_len} bytes holding offsets {base}..{}, but its index says the sealed segment had {} bytes holding offsets {base}..{}",
+                    scan.next_offset, summary.data_len, summary.next_offset
+                ),
+            ),
+        ),
+    };
+    Err(corrupt(reader.path(), position, source))
+}
+
+fn tail_matches(
+    reader: &SegmentReader,
+    base: u64,
+    summary: &IndexSummary,
+    entries: &[IndexEntry],
+) -> Result<bool> {
+    let Some(last) = entries.last() else {
+        return Ok(summary.data_len == SEGMENT_HEADER_LEN);
+    };
+    let start = BatchPosition {
+        position: u64::from(last.position),
+        base_offset: base + u64::from(last.relative_offset),
+    };
+    let mut tail = Vec::new();
+    match reader.read_batches(start, summary.data_len, 0, u64::MAX, usize::MAX, &mut tail) {
+        Ok(_) => {}
+        Err(Error::Corrupt { .. }) => return Ok(false),
+        Err(e) => return Err(e),
     }
-    Ok(Some((summary, entries)))
+    let end = start.position + tail.iter().map(|b| b.as_bytes().len() as u64).sum::<u64>();
+    let next = tail.last().map_or(start.base_offset, Batch::next_offset);
+    let first_ts = tail.first().map(|b| b.header().first_timestamp);
+    Ok(end == summary.data_len && next == summary.next_offset && first_ts == Some(last.timestamp))
 }
 
 fn open_active(
@@ -379,7 +436,6 @@ fn open_active(
         };
         file.set_len(scan.valid_len)
             .map_err(Error::io("truncate torn tail", &path))?;
-        file.sync_all().map_err(Error::io("fsync segment", &path))?;
         report.truncated = Some(Truncation {
             segment_base: base,
             position: scan.valid_len,
@@ -387,6 +443,8 @@ fn open_active(
             reason,
         });
     }
+    // Always: the predecessor may have crashed between a write and its fsync.
+    file.sync_all().map_err(Error::io("fsync segment", &path))?;
     let last_indexed_pos = scan.entries.last().map(|e| u64::from(e.position));
     let view = SegmentView {
         base,

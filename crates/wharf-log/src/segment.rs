@@ -74,87 +74,100 @@ impl SegmentReader {
         }
     }
 
-    /// Reads whole, checksum-verified batches starting at byte `pos`, stopping before `end`
-    /// (a batch boundary), at the first batch at or past offset `hw`, or after the first batch
-    /// that brings the total to `max_bytes` or more. Batches ending at or before `from_offset`
-    /// are skipped. Always returns at least one batch if one ends after `from_offset` before
-    /// those limits. Returns true when it stopped at `hw`.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads whole, verified batches starting at byte `start.position`, where a batch with
+    /// base offset `start.base_offset` must begin. Every batch's checksum is checked, and its
+    /// base offset must continue from the previous one, before any of its fields is trusted.
+    /// Stops before `end` (a batch boundary), at the first batch at or past offset `hw`, or
+    /// before a batch that would take the total past `max_bytes` (but always returns at least
+    /// one batch if there is one). Batches ending at or before `from_offset` are skipped.
+    /// Returns true when it stopped at `hw`.
     pub(crate) fn read_batches(
         &self,
-        mut pos: u64,
+        start: BatchPosition,
         end: u64,
         from_offset: u64,
         hw: u64,
         max_bytes: usize,
         out: &mut Vec<Batch>,
-        total: &mut usize,
     ) -> Result<bool> {
         const MIN_READ: usize = 64 * 1024;
+        let mut total: usize = out.iter().map(|b| b.as_bytes().len()).sum();
+        let mut pos = start.position;
+        let mut expected = start.base_offset;
+        let mut buf = Bytes::new();
+        let mut buf_pos = pos;
         while pos < end {
-            let want =
-                (end - pos).min(max_bytes.saturating_sub(*total).max(MIN_READ) as u64) as usize;
-            let buf = Bytes::from(self.read(pos, want)?);
-            let mut at = 0usize;
-            let mut progressed = false;
-            while at + BATCH_HEADER_LEN <= buf.len() {
-                let header = BatchHeader::parse(buf.get(at..).unwrap_or_default())
-                    .map_err(|e| self.corrupt(pos + at as u64, e))?;
-                let len = header.length as usize;
-                if header.base_offset >= hw {
-                    return Ok(true);
-                }
-                if at + len > buf.len() {
-                    if at == 0 {
-                        // A single batch bigger than what we read: read exactly it.
-                        let whole = Bytes::from(self.read(pos, len)?);
-                        if whole.len() < len {
-                            return Err(self.corrupt(
-                                pos,
-                                FormatError::Truncated {
-                                    needed: len as u64,
-                                    available: whole.len() as u64,
-                                },
-                            ));
-                        }
-                        let batch = Batch::from_bytes(whole).map_err(|e| self.corrupt(pos, e))?;
-                        if batch.next_offset() > from_offset {
-                            *total += len;
-                            out.push(batch);
-                        }
-                        at = len;
-                        progressed = true;
-                    }
-                    break;
-                }
-                if header.next_offset() > from_offset {
-                    if !out.is_empty() && *total + len > max_bytes {
-                        return Ok(false);
-                    }
-                    let batch = Batch::from_bytes(buf.slice(at..at + len))
-                        .map_err(|e| self.corrupt(pos + at as u64, e))?;
-                    *total += len;
-                    out.push(batch);
-                }
-                at += len;
-                progressed = true;
-                if *total >= max_bytes {
-                    return Ok(false);
-                }
+            if expected >= hw {
+                return Ok(true);
             }
-            if !progressed {
+            // Have the header in `buf`.
+            if pos + BATCH_HEADER_LEN as u64 > buf_pos + buf.len() as u64 {
+                let want = (end - pos).min(max_bytes.saturating_sub(total).max(MIN_READ) as u64);
+                buf = Bytes::from(self.read(pos, want as usize)?);
+                buf_pos = pos;
+            }
+            let rel = (pos - buf_pos) as usize;
+            let header = BatchHeader::parse(buf.get(rel..).unwrap_or_default())
+                .map_err(|e| self.corrupt(pos, e))?;
+            let len = header.length as usize;
+            if pos + len as u64 > end {
                 return Err(self.corrupt(
                     pos,
                     FormatError::Truncated {
-                        needed: BATCH_HEADER_LEN as u64,
-                        available: buf.len() as u64,
+                        needed: len as u64,
+                        available: end - pos,
                     },
                 ));
             }
-            pos += at as u64;
+            let wanted = header.next_offset() > from_offset;
+            if wanted && !out.is_empty() && total + len > max_bytes {
+                return Ok(false);
+            }
+            // Have the whole batch in `buf`.
+            if pos + len as u64 > buf_pos + buf.len() as u64 {
+                let want = (end - pos).min(len.max(MIN_READ) as u64);
+                buf = Bytes::from(self.read(pos, want as usize)?);
+                buf_pos = pos;
+            }
+            let rel = (pos - buf_pos) as usize;
+            let Some(bytes) = buf.get(rel..rel + len).map(|_| buf.slice(rel..rel + len)) else {
+                return Err(self.corrupt(
+                    pos,
+                    FormatError::Truncated {
+                        needed: len as u64,
+                        available: (buf.len() - rel) as u64,
+                    },
+                ));
+            };
+            let batch = Batch::from_bytes(bytes).map_err(|e| self.corrupt(pos, e))?;
+            if batch.base_offset() != expected {
+                return Err(self.corrupt(
+                    pos,
+                    FormatError::invalid(
+                        "base offset",
+                        format!("expected {expected}, found {}", batch.base_offset()),
+                    ),
+                ));
+            }
+            pos += len as u64;
+            expected = batch.next_offset();
+            if wanted {
+                total += len;
+                out.push(batch);
+                if total >= max_bytes {
+                    return Ok(false);
+                }
+            }
         }
         Ok(false)
     }
+}
+
+/// Where a batch starts: its byte position in the segment and its base offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchPosition {
+    pub(crate) position: u64,
+    pub(crate) base_offset: u64,
 }
 
 /// The segment being appended to. Owned by the committer thread alone.
