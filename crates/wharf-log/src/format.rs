@@ -298,13 +298,13 @@ pub fn encoded_batch_len(records: &[NewRecord]) -> u64 {
     n
 }
 
-/// A batch encoded before its offset and timestamp are known (so that the expensive part of
+/// A batch encoded before its offset and timestamp are known (so that the copying part of
 /// encoding happens outside the log's lock). [`EncodedBatch::stamp`] then fills in the header
-/// and the checksum in constant time, combining the precomputed checksum of the records.
+/// and the checksum (hardware CRC32C: ~30 GB/s, so a 100 KB batch takes a few microseconds —
+/// cheaper than `crc32c_combine`, whose matrix method costs ~5 µs at any size).
 #[derive(Clone, Debug)]
 pub struct EncodedBatch {
     bytes: Vec<u8>,
-    body_crc: u32,
 }
 
 impl EncodedBatch {
@@ -353,11 +353,7 @@ impl EncodedBatch {
         if let Some(h) = out.get_mut(20..24) {
             h.copy_from_slice(&count.to_le_bytes());
         }
-        let body_crc = crc32c::crc32c(out.get(BATCH_HEADER_LEN..).unwrap_or_default());
-        Ok(Self {
-            bytes: out,
-            body_crc,
-        })
+        Ok(Self { bytes: out })
     }
 
     /// Length of the encoded batch in bytes.
@@ -386,9 +382,7 @@ impl EncodedBatch {
         if let Some(h) = self.bytes.get_mut(32..40) {
             h.copy_from_slice(&timestamp.to_le_bytes());
         }
-        let head_crc = crc32c::crc32c(self.bytes.get(8..BATCH_HEADER_LEN).unwrap_or_default());
-        let crc =
-            crc32c::crc32c_combine(head_crc, self.body_crc, self.bytes.len() - BATCH_HEADER_LEN);
+        let crc = crc32c::crc32c(self.bytes.get(8..).unwrap_or_default());
         if let Some(h) = self.bytes.get_mut(4..8) {
             h.copy_from_slice(&crc.to_le_bytes());
         }

@@ -122,6 +122,17 @@ struct Counters {
     synced_appends: u64,
 }
 
+/// What the committer thread is doing, so appenders know whether to wake it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitterState {
+    /// Writing or syncing; it looks at the queue again when done.
+    Busy,
+    /// Waiting for work.
+    Idle,
+    /// Waiting (briefly) for the rest of the last group to arrive.
+    Lingering,
+}
+
 #[derive(Debug)]
 pub(crate) struct State {
     next_offset: u64,
@@ -142,6 +153,7 @@ pub(crate) struct State {
     closing: bool,
     closed: bool,
     wakers: Vec<(u64, Waker)>,
+    committer: CommitterState,
     last_group: u64,
     last_sync: Duration,
     counters: Counters,
@@ -368,6 +380,7 @@ impl Log {
             closing: false,
             closed: false,
             wakers: Vec::new(),
+            committer: CommitterState::Busy,
             last_group: 0,
             last_sync: Duration::ZERO,
             counters: Counters::default(),
@@ -478,13 +491,26 @@ impl Log {
             st.counters.appends += 1;
             st.counters.records += count;
             st.counters.bytes += len;
-            Appended {
-                base_offset,
-                last_offset: base_offset + count - 1,
-                timestamp,
-            }
+            // Wake the committer only when it is asleep with nothing to do, or lingering and
+            // its group is now complete: a futex wake per append would cost more than it buys.
+            let wake = match st.committer {
+                CommitterState::Idle => true,
+                CommitterState::Lingering => st.pending_appends >= st.last_group,
+                CommitterState::Busy => false,
+            };
+            (
+                Appended {
+                    base_offset,
+                    last_offset: base_offset + count - 1,
+                    timestamp,
+                },
+                wake,
+            )
         };
-        self.shared.work.notify_one();
+        let (appended, wake) = appended;
+        if wake {
+            self.shared.work.notify_one();
+        }
         Ok(AppendTicket {
             shared: self.shared.clone(),
             appended,
@@ -901,6 +927,7 @@ impl Committer {
                     if !st.pending.is_empty() || st.closing {
                         break;
                     }
+                    st.committer = CommitterState::Idle;
                     match (durability, self.unsynced_since) {
                         (Durability::Interval(every), Some(since)) => {
                             let now = Instant::now();
@@ -917,6 +944,7 @@ impl Committer {
                         _ => st = self.shared.work.wait(st).unwrap_or_else(|p| p.into_inner()),
                     }
                 }
+                st.committer = CommitterState::Busy;
                 // Group commit: if fewer appends are queued than shared the last fsync, give the
                 // rest of that group a moment (bounded by the last fsync's duration) to arrive.
                 if durability == Durability::Always
@@ -925,6 +953,7 @@ impl Committer {
                     && !st.closing
                 {
                     let deadline = Instant::now() + linger_cap.min(st.last_sync);
+                    st.committer = CommitterState::Lingering;
                     while st.pending_appends < st.last_group && !st.closing && st.poisoned.is_none()
                     {
                         let now = Instant::now();
@@ -938,6 +967,7 @@ impl Committer {
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
                     }
+                    st.committer = CommitterState::Busy;
                 }
                 let appends = std::mem::take(&mut st.pending_appends);
                 (std::mem::take(&mut st.pending), appends, st.closing)
