@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! segment file  = segment header (40 B) , batch*
-//! segment header = magic "WHARFSEG" (8) | version u16 = 1 | flags u16 = 0 | reserved u32
+//! segment header = magic "WHARFSEG" (8) | version u16 = 1 | flags u16 | reserved u32
 //!                | base_offset u64 | min_timestamp i64 | crc32c(bytes 0..32) u32 | reserved u32
 //! batch         = length u32 (whole batch) | crc32c(bytes 8..length) u32
 //!               | version u8 = 1 | attributes u8 = 0 | reserved u16
@@ -73,8 +73,14 @@ fn i64_at(b: &[u8], at: usize) -> Result<i64, FormatError> {
 // ---------------------------------------------------------------------------------------------
 // Segment header
 
+/// Segment header flag: this segment was created before its predecessor had been fsynced
+/// and sealed (durability `none` seals in the background). If the predecessor has no valid
+/// index, recovery may find it torn and then cuts the log there. Without the flag the
+/// predecessor is known to be whole, and damage in it is corruption.
+pub const FLAG_PREDECESSOR_UNSYNCED: u16 = 0x0001;
+
 /// What a segment file header says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentHeader {
     /// Offset of the segment's first record.
     pub base_offset: u64,
@@ -82,6 +88,8 @@ pub struct SegmentHeader {
     /// the segment was created (`i64::MIN` for a log's first segment). Keeps timestamps
     /// monotonic even after retention has deleted every earlier record.
     pub min_timestamp: i64,
+    /// [`FLAG_PREDECESSOR_UNSYNCED`].
+    pub predecessor_unsynced: bool,
 }
 
 /// Encodes the header of a segment file.
@@ -89,6 +97,12 @@ pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_LEN a
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    let flags = if header.predecessor_unsynced {
+        FLAG_PREDECESSOR_UNSYNCED
+    } else {
+        0
+    };
+    h[10..12].copy_from_slice(&flags.to_le_bytes());
     h[16..24].copy_from_slice(&header.base_offset.to_le_bytes());
     h[24..32].copy_from_slice(&header.min_timestamp.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..32]);
@@ -111,9 +125,11 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
     if version != SEGMENT_VERSION {
         return Err(FormatError::UnsupportedVersion(version));
     }
-    // Flags and reserved fields are zero in version 1; anything else is from a newer writer
-    // or damage. (Also makes a header cut short by its last bytes fail.)
-    if u16_at(bytes, 10)? != 0 || u32_at(bytes, 12)? != 0 || u32_at(bytes, 36)? != 0 {
+    // Unknown flags and non-zero reserved fields are from a newer writer or damage. (Also
+    // makes a header cut short by its last bytes fail.)
+    let flags = u16_at(bytes, 10)?;
+    if flags & !FLAG_PREDECESSOR_UNSYNCED != 0 || u32_at(bytes, 12)? != 0 || u32_at(bytes, 36)? != 0
+    {
         return Err(FormatError::invalid(
             "segment header",
             "non-zero flags or reserved bytes",
@@ -122,6 +138,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
     Ok(SegmentHeader {
         base_offset: u64_at(bytes, 16)?,
         min_timestamp: i64_at(bytes, 24)?,
+        predecessor_unsynced: flags & FLAG_PREDECESSOR_UNSYNCED != 0,
     })
 }
 
@@ -793,6 +810,7 @@ mod tests {
         let header = SegmentHeader {
             base_offset: 99,
             min_timestamp: -5,
+            predecessor_unsynced: true,
         };
         let h = encode_segment_header(header);
         assert_eq!(decode_segment_header(&h).unwrap(), header);

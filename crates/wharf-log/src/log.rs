@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
-use crate::format::{self, Batch, EncodedBatch, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN};
+use crate::format::{
+    self, Batch, EncodedBatch, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN, SegmentHeader,
+};
 use crate::record::{NewRecord, Record};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, ActiveSegment, BatchPosition, SegmentReader};
@@ -745,6 +747,27 @@ impl Log {
         }
     }
 
+    /// Waits until every segment before the active one is sealed (under
+    /// [`Durability::None`] the sealer works in the background).
+    fn wait_for_seals(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        loop {
+            let active = st.active_base;
+            if st.segments.range(..active).all(|(_, v)| v.sealed) {
+                return Ok(());
+            }
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            st = self.shared.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Applies the retention policy: deletes whole sealed segments that are too old, then the
     /// oldest sealed segments while the log is over its byte limit. Also rolls an active
     /// segment that has outlived `segment_max_age`, so an idle log's data can expire. Call
@@ -765,6 +788,7 @@ impl Log {
         if aged {
             self.roll()?;
         }
+        self.wait_for_seals()?;
         let removed: Vec<(u64, u64)> = {
             let mut st = self.shared.lock();
             let mut total: u64 = st.segments.values().map(|v| v.assigned_len).sum();
@@ -882,6 +906,8 @@ fn start_segment(st: &mut State, base: u64) {
 struct Committer {
     shared: Arc<Shared>,
     active: Option<ActiveSegment>,
+    /// Seals segments in the background under [`Durability::None`].
+    sealer: Option<Sealer>,
     /// Interval mode: when the oldest unsynced write happened.
     unsynced_since: Option<Instant>,
     scratch: Vec<u8>,
@@ -895,6 +921,7 @@ impl Committer {
         Self {
             shared,
             active: Some(active),
+            sealer: None,
             unsynced_since: None,
             scratch: Vec::new(),
         }
@@ -904,6 +931,10 @@ impl Committer {
         let result = self.run_inner();
         if let Err(e) = &result {
             self.shared.poison(e);
+        }
+        // Poisoned or closed: let the sealer finish what it has (it stops at a poisoning).
+        if let Some(sealer) = self.sealer.take() {
+            sealer.finish();
         }
         let wakers = {
             let mut st = self.shared.lock();
@@ -985,6 +1016,11 @@ impl Committer {
                 }
                 Durability::None => closing,
             };
+            if closing {
+                // Everything before the active segment must be durable before we say the
+                // whole log is.
+                self.finish_sealing()?;
+            }
             let mut sync_time = None;
             if must_sync && self.unsynced_since.is_some() {
                 let start = Instant::now();
@@ -1072,21 +1108,66 @@ impl Committer {
                 cause: "internal: segment length disagrees with what was assigned".into(),
             });
         }
-        let old_base = old.base;
+        let lazy = shared.config.durability == Durability::None;
+        let header = SegmentHeader {
+            base_offset: new_base,
+            min_timestamp: summary.last_timestamp,
+            predecessor_unsynced: lazy,
+        };
+        if lazy {
+            // `none` promises nothing on the append path, so the committer does not wait for
+            // the old segment to reach the disk: the sealer thread syncs and indexes it while
+            // appends go on in the new one (whose header says its predecessor may be torn).
+            let new = ActiveSegment::create(vfs, dir, header)?;
+            let new_reader = new.reader();
+            self.active = Some(new);
+            {
+                let mut st = shared.lock();
+                if let Some(v) = st.segments.get_mut(&old.base) {
+                    // Written in full; readers are bounded by the high watermark anyway.
+                    v.readable_len = summary.data_len;
+                }
+                if let Some(v) = st.segments.get_mut(&new_base) {
+                    v.reader = Some(new_reader);
+                }
+            }
+            self.sealer()?.send(SealJob {
+                segment: old,
+                summary,
+                entries,
+            });
+            return Ok(());
+        }
         let sealed = old.seal(vfs, dir, &summary, &entries)?;
-        let new = ActiveSegment::create(vfs, dir, new_base, summary.last_timestamp)?;
+        let new = ActiveSegment::create(vfs, dir, header)?;
         let new_reader = new.reader();
         self.active = Some(new);
         let mut st = shared.lock();
-        if let Some(v) = st.segments.get_mut(&old_base) {
-            v.reader = Some(sealed);
-            v.sealed = true;
-            v.readable_len = summary.data_len;
-        }
+        mark_sealed(&mut st, &summary, sealed);
         if let Some(v) = st.segments.get_mut(&new_base) {
             v.reader = Some(new_reader);
         }
         Ok(())
+    }
+
+    fn sealer(&mut self) -> Result<&Sealer> {
+        if self.sealer.is_none() {
+            self.sealer = Some(Sealer::start(self.shared.clone())?);
+        }
+        self.sealer.as_ref().ok_or_else(|| Error::Poisoned {
+            cause: "internal: no sealer".into(),
+        })
+    }
+
+    /// Waits until every segment handed to the sealer is sealed (or the sealer failed).
+    fn finish_sealing(&mut self) -> Result<()> {
+        if let Some(sealer) = self.sealer.take() {
+            sealer.finish();
+        }
+        match self.shared.lock().poisoned.clone() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
     }
 
     /// Publishes what was written (and synced) and wakes waiters.
@@ -1131,5 +1212,78 @@ impl Committer {
         };
         self.shared.progress.notify_all();
         wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+}
+
+fn mark_sealed(st: &mut State, summary: &IndexSummary, reader: SegmentReader) {
+    if let Some(v) = st.segments.get_mut(&summary.base_offset) {
+        v.reader = Some(reader);
+        v.sealed = true;
+        v.readable_len = summary.data_len;
+    }
+}
+
+/// A segment for the sealer thread.
+struct SealJob {
+    segment: ActiveSegment,
+    summary: IndexSummary,
+    entries: Vec<IndexEntry>,
+}
+
+/// The background sealer used under [`Durability::None`]: syncs each rolled segment, writes
+/// its index, reopens it read-only, in roll order. A failure poisons the log.
+struct Sealer {
+    jobs: std::sync::mpsc::Sender<SealJob>,
+    thread: JoinHandle<()>,
+}
+
+impl Sealer {
+    fn start(shared: Arc<Shared>) -> Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<SealJob>();
+        let dir = shared.dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("wharf-log-seal".into())
+            .spawn(move || {
+                for job in rx {
+                    if shared.lock().poisoned.is_some() {
+                        break;
+                    }
+                    let (vfs, dir) = (&*shared.config.vfs, &shared.dir);
+                    let sealed = job
+                        .segment
+                        .seal(vfs, dir, &job.summary, &job.entries)
+                        .and_then(|reader| {
+                            vfs.sync_dir(dir)
+                                .map_err(Error::io("fsync directory", dir))?;
+                            Ok(reader)
+                        });
+                    match sealed {
+                        Ok(reader) => {
+                            {
+                                let mut st = shared.lock();
+                                mark_sealed(&mut st, &job.summary, reader);
+                                st.durable_offset = st.durable_offset.max(job.summary.next_offset);
+                            }
+                            shared.progress.notify_all();
+                        }
+                        Err(e) => {
+                            shared.poison(&e);
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(Error::io("spawn sealer thread", &dir))?;
+        Ok(Self { jobs, thread })
+    }
+
+    fn send(&self, job: SealJob) {
+        // The sealer only stops early after poisoning the log, which the committer notices.
+        let _ = self.jobs.send(job);
+    }
+
+    fn finish(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
     }
 }

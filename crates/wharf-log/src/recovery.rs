@@ -121,6 +121,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     let mut rebuilt = Vec::new();
     let mut last_timestamp = i64::MIN;
     let last = bases.len().checked_sub(1);
+    let mut active_at = last;
     for (i, &base) in bases.iter().enumerate() {
         if let Some(prev) = sealed.values().next_back()
             && prev.next_offset != base
@@ -147,27 +148,49 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
                 ),
             });
         }
-        if Some(i) == last {
+        if Some(i) == active_at {
             break;
         }
-        let view = open_sealed(
+        let next_base = bases.get(i + 1).copied().unwrap_or(u64::MAX);
+        let successor_is_last = Some(i + 1) == last;
+        let lazy = successor_flag(vfs, dir, next_base, successor_is_last)?;
+        match open_sealed(
             config,
             dir,
             base,
             indexes.contains(&base),
+            lazy.then_some(next_base),
             &mut report,
             &mut rebuilt,
-        )?;
-        last_timestamp = last_timestamp
-            .max(view.min_timestamp)
-            .max(view.last_timestamp.unwrap_or(i64::MIN));
-        sealed.insert(base, view);
+        )? {
+            Some(view) => {
+                last_timestamp = last_timestamp
+                    .max(view.min_timestamp)
+                    .max(view.last_timestamp.unwrap_or(i64::MIN));
+                sealed.insert(base, view);
+            }
+            None => {
+                // A lazily sealed segment that never reached the disk whole: the log ends in
+                // it. It becomes the active segment (its tail is cut below); everything after
+                // it was written later and was never durable, so it goes.
+                active_at = Some(i);
+                break;
+            }
+        }
     }
     for (summary, entries) in &rebuilt {
         segment::write_index(vfs, dir, summary, entries)?;
     }
+    if let Some(cut) = active_at.filter(|&a| Some(a) != last) {
+        for &base in bases.get(cut + 1..).unwrap_or_default() {
+            remove(&segment::log_name(base), &mut report)?;
+            if indexes.contains(&base) {
+                remove(&segment::index_name(base), &mut report)?;
+            }
+        }
+    }
 
-    let (active, active_view) = match last {
+    let (active, active_view) = match active_at {
         Some(i) => {
             let base = bases.get(i).copied().unwrap_or_default();
             if indexes.contains(&base) {
@@ -178,7 +201,15 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             open_active(config, dir, base, last_timestamp, &mut report)?
         }
         None => {
-            let active = ActiveSegment::create(vfs, dir, 0, i64::MIN)?;
+            let active = ActiveSegment::create(
+                vfs,
+                dir,
+                SegmentHeader {
+                    base_offset: 0,
+                    min_timestamp: i64::MIN,
+                    predecessor_unsynced: false,
+                },
+            )?;
             let view = SegmentView::new_empty(0, Some(active.reader()));
             (active, view)
         }
@@ -218,14 +249,35 @@ fn corrupt(path: &Path, position: u64, source: FormatError) -> Error {
     }
 }
 
+/// Whether the segment at `base` was created before its predecessor was durable
+/// ([`format::FLAG_PREDECESSOR_UNSYNCED`]). A header that cannot be read counts as the flag
+/// for the last segment (its creation itself did not reach the disk, so nothing is known of the
+/// predecessor) and as no flag otherwise (the strict rules then report the damage).
+fn successor_flag(vfs: &dyn crate::vfs::Vfs, dir: &Path, base: u64, is_last: bool) -> Result<bool> {
+    let path = dir.join(segment::log_name(base));
+    let file = vfs
+        .open(&path, OpenMode::Read)
+        .map_err(Error::io("open segment", &path))?;
+    let reader = SegmentReader::new(file, &path);
+    Ok(match segment::check_header(&reader, base)? {
+        Ok(header) => header.predecessor_unsynced,
+        Err(_) => is_last,
+    })
+}
+
+/// Opens a sealed segment. `lazy_successor` is the next segment's base offset when that
+/// segment was created before this one was durable: then, if this one has no valid index and
+/// is not whole up to that offset, it was torn by a crash before its seal completed and `None`
+/// is returned (the caller ends the log here).
 fn open_sealed(
     config: &LogConfig,
     dir: &Path,
     base: u64,
     has_index: bool,
+    lazy_successor: Option<u64>,
     report: &mut RecoveryReport,
     rebuilt: &mut Vec<(IndexSummary, Vec<IndexEntry>)>,
-) -> Result<SegmentView> {
+) -> Result<Option<SegmentView>> {
     let vfs = &*config.vfs;
     let path = dir.join(segment::log_name(base));
     let file = vfs
@@ -255,6 +307,13 @@ fn open_sealed(
                 header.min_timestamp,
                 config.index_interval_bytes,
             )?;
+            if let Some(next_base) = lazy_successor
+                && (scan.damage.is_some()
+                    || scan.valid_len != file_len
+                    || scan.next_offset != next_base)
+            {
+                return Ok(None);
+            }
             if let Some((position, err)) = scan.damage {
                 return Err(corrupt(&path, position, err));
             }
@@ -270,7 +329,7 @@ fn open_sealed(
             (summary, scan.entries)
         }
     };
-    Ok(SegmentView {
+    Ok(Some(SegmentView {
         base,
         reader: Some(reader),
         sealed: true,
@@ -282,7 +341,7 @@ fn open_sealed(
         last_timestamp: (summary.next_offset > base).then_some(summary.last_timestamp),
         min_timestamp: header.min_timestamp,
         entries,
-    })
+    }))
 }
 
 /// Loads a sealed segment's index; `None` if it is missing or itself damaged (bad checksum,
@@ -408,6 +467,7 @@ fn open_active(
             let header = SegmentHeader {
                 base_offset: base,
                 min_timestamp,
+                predecessor_unsynced: false,
             };
             file.write_all_at(&format::encode_segment_header(header), 0)
                 .map_err(Error::io("write segment header", &path))?;

@@ -183,16 +183,13 @@ pub(crate) struct ActiveSegment {
 impl ActiveSegment {
     /// Creates a new, empty segment file with its header, and makes both the file and its
     /// directory entry durable.
-    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, base: u64, min_timestamp: i64) -> Result<Self> {
+    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, header: SegmentHeader) -> Result<Self> {
+        let base = header.base_offset;
         let path = dir.join(log_name(base));
         let file = vfs
             .open(&path, OpenMode::CreateNew)
             .map_err(Error::io("create segment", &path))?;
-        let header = format::encode_segment_header(SegmentHeader {
-            base_offset: base,
-            min_timestamp,
-        });
-        file.write_all_at(&header, 0)
+        file.write_all_at(&format::encode_segment_header(header), 0)
             .map_err(Error::io("write segment header", &path))?;
         file.sync_all()
             .map_err(Error::io("fsync new segment", &path))?;

@@ -460,6 +460,7 @@ fn segment_header_seed() -> [u8; SEGMENT_HEADER_LEN as usize] {
     encode_segment_header(SegmentHeader {
         base_offset: 1_000,
         min_timestamp: TS,
+        predecessor_unsynced: false,
     })
 }
 
