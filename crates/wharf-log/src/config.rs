@@ -24,7 +24,8 @@ pub enum Durability {
     /// appends. [`crate::Log::durable_offset`] tells what is certainly on disk.
     Interval(Duration),
     /// An append completes once written to the operating system, and the log never fsyncs on
-    /// the append path (only when it rolls a segment and when it closes). A process crash
+    /// the append path (a background thread syncs each segment after it is rolled; close syncs
+    /// the rest). A process crash
     /// loses nothing acknowledged; a power loss can lose everything the OS had not yet written
     /// back (on Linux typically up to 30 s of appends). Recovery still yields a consistent
     /// prefix.

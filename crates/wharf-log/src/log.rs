@@ -764,7 +764,11 @@ impl Log {
             if st.closed {
                 return Err(Error::Closed);
             }
-            st = self.shared.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self
+                .shared
+                .progress
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 

@@ -522,10 +522,7 @@ fn index_seeds() -> Vec<(String, Vec<u8>)> {
         ("bad-segment-header-truncated".into(), header[..30].to_vec()),
         // Found by the index_decode fuzz target: once accepted because the decoder did not
         // read the trailing reserved u32 (bytes 36..40).
-        (
-            "bad-segment-header-36-bytes".into(),
-            header[..36].to_vec(),
-        ),
+        ("bad-segment-header-36-bytes".into(), header[..36].to_vec()),
     ]
 }
 

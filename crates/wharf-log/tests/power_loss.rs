@@ -78,7 +78,7 @@ fn hammer(
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
-                let mut rng = StdRng::seed_from_u64(seed ^ (t as u64 + 1) * 0x9E37_79B9);
+                let mut rng = StdRng::seed_from_u64(seed ^ ((t as u64 + 1) * 0x9E37_79B9));
                 let mut tickets = std::collections::VecDeque::new();
                 let mut failed = false;
                 for _ in 0..max_appends {
