@@ -26,7 +26,7 @@
 //! - [`log`](crate::Log): appends, reads, time lookup, retention, the committer thread.
 //! - `recovery`: what happens on open ([`RecoveryReport`]).
 //! - `segment`: active (writable) and sealed (read-only) segment files, the validating scan.
-//! - [`format`]: the byte layout of segment headers, batches, records and index files.
+//! - [`format`](mod@format): the byte layout of segment headers, batches, records and index files.
 //! - [`vfs`]: the file layer ([`vfs::StdFs`]; [`vfs::fault::FaultFs`] for power-loss tests).
 //! - [`clock`]: injectable time.
 //! - [`config`](LogConfig), [`error`](Error), [`record`](Record).
