@@ -356,6 +356,9 @@ pub struct RetentionOutcome {
     pub removed_bytes: u64,
     /// The log's first offset afterwards.
     pub start_offset: u64,
+    /// Whether the active segment was rolled first because it had outlived
+    /// `segment_max_age` (the new, empty segment's header then counts towards `max_bytes`).
+    pub rolled: bool,
 }
 
 impl Log {
@@ -841,6 +844,7 @@ impl Log {
             removed_segments: removed.len(),
             removed_bytes: removed.iter().map(|(_, b)| b).sum(),
             start_offset: self.start_offset(),
+            rolled: aged,
         })
     }
 
