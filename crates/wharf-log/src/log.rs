@@ -796,34 +796,61 @@ impl Log {
             self.roll()?;
         }
         self.wait_for_seals()?;
+        let removed = self.delete_front(|view, total| {
+            let too_old = config.retention.max_age.is_some_and(|age| {
+                view.last_timestamp
+                    .is_none_or(|t| now.saturating_sub(t) > millis(age))
+            });
+            let too_big = config.retention.max_bytes.is_some_and(|max| total > max);
+            too_old || too_big
+        })?;
+        Ok(RetentionOutcome {
+            removed_segments: removed.len(),
+            removed_bytes: removed.iter().map(|(_, b)| b).sum(),
+            start_offset: self.start_offset(),
+            rolled: aged,
+        })
+    }
+
+    /// Deletes the sealed segments that hold only offsets below `offset` (for logs used as
+    /// a journal, whose owner has snapshotted everything before `offset`). Same durability
+    /// rules as retention.
+    pub fn remove_before(&self, offset: u64) -> Result<RetentionOutcome> {
+        self.wait_for_seals()?;
+        let removed = self.delete_front(|view, _| view.next_offset <= offset)?;
+        Ok(RetentionOutcome {
+            removed_segments: removed.len(),
+            removed_bytes: removed.iter().map(|(_, b)| b).sum(),
+            start_offset: self.start_offset(),
+            rolled: false,
+        })
+    }
+
+    /// Deletes sealed segments from the front while `doomed(segment, total bytes)` says so.
+    fn delete_front(
+        &self,
+        mut doomed: impl FnMut(&SegmentView, u64) -> bool,
+    ) -> Result<Vec<(u64, u64)>> {
         let removed: Vec<(u64, u64)> = {
             let mut st = self.shared.lock();
             let mut total: u64 = st.segments.values().map(|v| v.assigned_len).sum();
-            let mut doomed = Vec::new();
+            let mut chosen = Vec::new();
             for view in st.segments.values() {
-                if !view.sealed {
-                    break;
-                }
-                let too_old = config.retention.max_age.is_some_and(|age| {
-                    view.last_timestamp
-                        .is_none_or(|t| now.saturating_sub(t) > millis(age))
-                });
-                let too_big = config.retention.max_bytes.is_some_and(|max| total > max);
-                if !(too_old || too_big) {
+                if !view.sealed || !doomed(view, total) {
                     break;
                 }
                 total -= view.assigned_len;
-                doomed.push((view.base, view.assigned_len));
+                chosen.push((view.base, view.assigned_len));
             }
-            for (base, _) in &doomed {
+            for (base, _) in &chosen {
                 st.segments.remove(base);
             }
             if let Some((&first, _)) = st.segments.first_key_value() {
                 st.start_offset = first;
             }
-            doomed
+            chosen
         };
-        let vfs = &config.vfs;
+        let vfs = &self.shared.config.vfs;
         let dir = &self.shared.dir;
         // Oldest first, each deletion durable before the next: a crash leaves a deleted
         // prefix, never a hole (recovery refuses holes).
@@ -840,12 +867,7 @@ impl Log {
             vfs.sync_dir(dir)
                 .map_err(Error::io("fsync directory", dir))?;
         }
-        Ok(RetentionOutcome {
-            removed_segments: removed.len(),
-            removed_bytes: removed.iter().map(|(_, b)| b).sum(),
-            start_offset: self.start_offset(),
-            rolled: aged,
-        })
+        Ok(removed)
     }
 
     /// Writes and syncs everything queued, stops the committer and closes the log. Appends

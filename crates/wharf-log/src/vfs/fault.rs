@@ -486,7 +486,23 @@ impl Vfs for FaultFs {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut g = self.lock();
         g.check_power()?;
-        Ok(g.dir_mut(dir)?.current.keys().cloned().collect())
+        let mut names: Vec<String> = g.dir_mut(dir)?.current.keys().cloned().collect();
+        names.extend(
+            g.dirs
+                .keys()
+                .filter(|d| d.parent() == Some(dir))
+                .filter_map(|d| d.file_name().and_then(|n| n.to_str()).map(str::to_owned)),
+        );
+        Ok(names)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        // Simplification: removal of whole directories is durable at once (the log never
+        // relies on it; callers that do make their own commit point durable first).
+        let mut g = self.lock();
+        g.mutate()?;
+        g.dirs.retain(|d, _| !d.starts_with(dir));
+        Ok(())
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn VfsFile>> {

@@ -32,7 +32,8 @@ pub enum OpenMode {
 pub trait Vfs: Send + Sync + fmt::Debug {
     /// Creates `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// Names (not paths) of the entries of `dir`, in no particular order.
+    /// Names (not paths) of the entries of `dir` — files and subdirectories — in no
+    /// particular order.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens `path` in `mode`.
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn VfsFile>>;
@@ -42,6 +43,9 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (creations, removals, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes `dir` and everything below it (missing is not an error). Not durable until
+    /// the parent directory is synced.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `dir` for this process; the lock is held until the returned
     /// guard is dropped. Fails with [`io::ErrorKind::WouldBlock`] if another holder has it.
     fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>>;

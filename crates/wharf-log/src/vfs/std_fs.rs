@@ -65,6 +65,13 @@ impl Vfs for StdFs {
         File::open(dir)?.sync_all()
     }
 
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
     fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>> {
         let file = OpenOptions::new()
             .read(true)

@@ -1,0 +1,913 @@
+//! The embedded engine: Wharf's semantics on `wharf-log`, one log per partition.
+//!
+//! On disk, under the data directory:
+//! ```text
+//! topics/{topic}/topic.json            settings; written last on create, removed first on
+//!                                      delete, so the topic exists iff this file does
+//! topics/{topic}/p{N}/                 partition N's log
+//! topics/{topic}/subs/{sub}/sub.json   subscription settings (same commit-point rule)
+//! topics/{topic}/subs/{sub}/state/     the subscription's state log (always-fsync wharf-log)
+//! ```
+
+mod dedup;
+mod meta;
+mod stream;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+use wharf_log::vfs::{StdFs, Vfs};
+use wharf_log::{Clock, Log, LogConfig, NewRecord, Retention, SystemClock};
+
+use crate::engine::Engine;
+use crate::error::{BrokerError, Result};
+use crate::murmur2::partition_for_key;
+use crate::names;
+use crate::types::{
+    AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Membership, Message,
+    PartitionInfo, Position, Published, ReadRequest, ReadResult, ReceiveRequest, ResetTo,
+    StoredMessage, SubscriptionConfig, SubscriptionInfo, Support, TopicConfig, TopicInfo,
+};
+use dedup::{Check, Dedup};
+use stream::StreamGroup;
+
+const TOPIC_FILE: &str = "topic.json";
+const SUB_FILE: &str = "sub.json";
+
+/// Where and how the embedded engine keeps its data.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The file layer (the real file system, or a fault-injecting one in tests).
+    pub vfs: Arc<dyn Vfs>,
+    /// Time, for timestamps, retention, dedup windows, sessions and leases.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl EmbeddedConfig {
+    /// Real files under `data_dir`, system clock.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            vfs: StdFs::shared(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The embedded engine. Cheap to clone; clones share the engine.
+#[derive(Clone)]
+pub struct EmbeddedEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedEngine")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: EmbeddedConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises topic creation and deletion (they do file I/O).
+    admin: Mutex<()>,
+}
+
+pub(crate) struct Topic {
+    name: String,
+    config: TopicConfig,
+    dir: PathBuf,
+    partitions: Vec<Arc<Log>>,
+    next_partition: AtomicU32,
+    dedup: Mutex<Dedup>,
+    subscriptions: Mutex<BTreeMap<String, Arc<Subscription>>>,
+}
+
+pub(crate) enum Subscription {
+    Stream(StreamGroup),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_err(op: &str, path: &Path, e: std::io::Error) -> BrokerError {
+    BrokerError::StorageUnavailable(format!("{op} {}: {e}", path.display()))
+}
+
+fn log_config(config: &TopicConfig, engine: &EmbeddedConfig) -> LogConfig {
+    LogConfig {
+        durability: config.durability.to_log(),
+        segment_max_bytes: config.segment_bytes,
+        retention: Retention {
+            max_age: config.retention_ms.map(Duration::from_millis),
+            max_bytes: config.retention_bytes,
+        },
+        max_batch_bytes: 64 * 1024 * 1024,
+        vfs: engine.vfs.clone(),
+        clock: engine.clock.clone(),
+        ..LogConfig::default()
+    }
+}
+
+impl EmbeddedEngine {
+    /// Opens (creating if needed) the data directory and recovers every topic and
+    /// subscription. Blocking: it runs each log's recovery.
+    pub fn open(config: EmbeddedConfig) -> Result<Self> {
+        let vfs = &*config.vfs;
+        let topics_dir = config.data_dir.join("topics");
+        vfs.create_dir_all(&topics_dir)
+            .map_err(|e| io_err("create", &topics_dir, e))?;
+        let mut topics = BTreeMap::new();
+        let mut names_found = vfs
+            .list_dir(&topics_dir)
+            .map_err(|e| io_err("list", &topics_dir, e))?;
+        names_found.sort();
+        for name in names_found {
+            let dir = topics_dir.join(&name);
+            match meta::read_json::<TopicConfig>(vfs, &dir.join(TOPIC_FILE))? {
+                Some(topic_config) => {
+                    let topic = Topic::open(&name, topic_config, dir, &config)?;
+                    topics.insert(name, Arc::new(topic));
+                }
+                None => {
+                    // A creation or deletion that did not complete: the topic never existed
+                    // (or no longer does).
+                    vfs.remove_dir_all(&dir)
+                        .map_err(|e| io_err("remove", &dir, e))?;
+                }
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                topics: RwLock::new(topics),
+                admin: Mutex::new(()),
+            }),
+        })
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.config.clock.now_ms()
+    }
+
+    /// Closes every log, making everything durable. Idempotent; later calls fail `closed`.
+    pub fn close(&self) -> Result<()> {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut first_error = None;
+        for topic in topics {
+            for log in &topic.partitions {
+                if let Err(e) = log.close() {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for sub in lock(&topic.subscriptions).values() {
+                let Subscription::Stream(group) = &**sub;
+                if let Err(e) = group.close() {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies every topic's retention policy (call periodically).
+    pub fn enforce_retention(&self) -> Result<u64> {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for topic in topics {
+            for log in &topic.partitions {
+                removed += log.enforce_retention()?.removed_segments as u64;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn create_topic_blocking(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        reserved: bool,
+    ) -> Result<Arc<Topic>> {
+        names::validate("topic", name, reserved)?;
+        config.validate()?;
+        let _admin = lock(&self.inner.admin);
+        if let Ok(existing) = self.topic(name) {
+            return if existing.config == config {
+                Ok(existing)
+            } else {
+                Err(BrokerError::TopicExists(name.to_owned()))
+            };
+        }
+        let vfs = &*self.inner.config.vfs;
+        let topics_dir = self.inner.config.data_dir.join("topics");
+        let dir = topics_dir.join(name);
+        // Leftovers of an interrupted creation are not a topic: start clean.
+        vfs.remove_dir_all(&dir)
+            .map_err(|e| io_err("remove", &dir, e))?;
+        vfs.create_dir_all(&dir)
+            .map_err(|e| io_err("create", &dir, e))?;
+        let topic = Topic::open(name, config.clone(), dir.clone(), &self.inner.config)?;
+        // The commit point: the topic exists once its settings file does.
+        meta::write_json(vfs, &dir, TOPIC_FILE, &config)?;
+        vfs.sync_dir(&topics_dir)
+            .map_err(|e| io_err("fsync", &topics_dir, e))?;
+        let topic = Arc::new(topic);
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), topic.clone());
+        Ok(topic)
+    }
+
+    fn info(&self, topic: &Topic) -> TopicInfo {
+        TopicInfo {
+            name: topic.name.clone(),
+            config: topic.config.clone(),
+            partitions: topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(p, log)| PartitionInfo {
+                    partition: p as u32,
+                    start_offset: log.start_offset(),
+                    high_watermark: log.high_watermark(),
+                })
+                .collect(),
+        }
+    }
+
+    fn subscription(&self, topic: &Topic, name: &str) -> Result<Arc<Subscription>> {
+        lock(&topic.subscriptions)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::SubscriptionNotFound {
+                topic: topic.name.clone(),
+                subscription: name.to_owned(),
+            })
+    }
+
+    fn stream_group(&self, topic: &str, sub: &str) -> Result<(Arc<Topic>, Arc<Subscription>)> {
+        let topic = self.topic(topic)?;
+        let sub = self.subscription(&topic, sub)?;
+        Ok((topic, sub))
+    }
+
+    fn not_yet(&self, what: &'static str) -> BrokerError {
+        BrokerError::NotSupported {
+            what,
+            engine: "embedded",
+        }
+    }
+}
+
+impl Topic {
+    fn open(
+        name: &str,
+        config: TopicConfig,
+        dir: PathBuf,
+        engine: &EmbeddedConfig,
+    ) -> Result<Self> {
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            let (log, _report) = Log::open(dir.join(format!("p{p}")), log_config(&config, engine))?;
+            partitions.push(Arc::new(log));
+        }
+        let mut topic = Topic {
+            name: name.to_owned(),
+            config,
+            dir,
+            partitions,
+            next_partition: AtomicU32::new(0),
+            dedup: Mutex::new(Dedup::default()),
+            subscriptions: Mutex::new(BTreeMap::new()),
+        };
+        topic.rebuild_dedup(engine.clock.now_ms())?;
+        topic.open_subscriptions(engine)?;
+        Ok(topic)
+    }
+
+    /// Rebuilds the dedup index from the message ids stored within the window.
+    fn rebuild_dedup(&mut self, now: i64) -> Result<()> {
+        let window = self.config.dedup_window_ms;
+        if window == 0 {
+            return Ok(());
+        }
+        let since = now.saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+        let mut dedup = Dedup::default();
+        for (p, log) in self.partitions.iter().enumerate() {
+            let Some(mut offset) = log.offset_for_timestamp(since)? else {
+                continue;
+            };
+            let end = log.high_watermark();
+            while offset < end {
+                let records = log.read_records(offset, 1 << 20)?;
+                let Some(last) = records.last() else { break };
+                offset = last.offset + 1;
+                for r in records {
+                    if let Some(id) =
+                        crate::types::header(&r.headers, crate::types::HEADER_MESSAGE_ID)
+                    {
+                        dedup.record(
+                            id.to_owned(),
+                            Published {
+                                partition: p as u32,
+                                offset: r.offset,
+                                timestamp: r.timestamp,
+                                duplicate: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        dedup.expire(now, window);
+        self.dedup = Mutex::new(dedup);
+        Ok(())
+    }
+
+    fn open_subscriptions(&mut self, engine: &EmbeddedConfig) -> Result<()> {
+        let vfs = &*engine.vfs;
+        let subs_dir = self.dir.join("subs");
+        vfs.create_dir_all(&subs_dir)
+            .map_err(|e| io_err("create", &subs_dir, e))?;
+        let mut names_found = vfs
+            .list_dir(&subs_dir)
+            .map_err(|e| io_err("list", &subs_dir, e))?;
+        names_found.sort();
+        let mut subs = BTreeMap::new();
+        for name in names_found {
+            let dir = subs_dir.join(&name);
+            match meta::read_json::<SubscriptionConfig>(vfs, &dir.join(SUB_FILE))? {
+                Some(SubscriptionConfig::Stream(config)) => {
+                    let group = StreamGroup::open(
+                        &name,
+                        config,
+                        &dir,
+                        self.partitions.clone(),
+                        engine,
+                        None,
+                    )?;
+                    subs.insert(name, Arc::new(Subscription::Stream(group)));
+                }
+                Some(SubscriptionConfig::Shared(_)) => {
+                    // Shared subscriptions are not built yet; none can have been created.
+                    return Err(BrokerError::Internal(format!(
+                        "{}: shared subscriptions are not supported by this build",
+                        dir.display()
+                    )));
+                }
+                None => vfs
+                    .remove_dir_all(&dir)
+                    .map_err(|e| io_err("remove", &dir, e))?,
+            }
+        }
+        self.subscriptions = Mutex::new(subs);
+        Ok(())
+    }
+
+    fn partition(&self, p: u32) -> Result<&Arc<Log>> {
+        self.partitions
+            .get(p as usize)
+            .ok_or(BrokerError::PartitionNotFound {
+                topic: self.name.clone(),
+                partition: p,
+                partitions: self.config.partitions,
+            })
+    }
+
+    fn route(&self, m: &Message) -> Result<u32> {
+        let n = self.config.partitions;
+        match (m.partition, &m.key) {
+            (Some(p), _) => self.partition(p).map(|_| p),
+            (None, Some(key)) => Ok(partition_for_key(key, n)),
+            (None, None) => Ok(self.next_partition.fetch_add(1, Ordering::Relaxed) % n),
+        }
+    }
+}
+
+fn message_size(m: &Message) -> u64 {
+    let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (m.key.as_ref().map_or(0, Bytes::len) + m.value.len() + headers) as u64
+}
+
+/// Reads from `log` per `request`, optionally waiting for new data.
+pub(crate) async fn read_partition(
+    topic: &str,
+    partition: u32,
+    log: &Log,
+    request: &ReadRequest,
+) -> Result<ReadResult> {
+    let start = log.start_offset();
+    let hw = log.high_watermark();
+    let (mut from, mut skipped_to) = match request.from {
+        Position::Earliest => (start, None),
+        Position::Latest => (hw, None),
+        Position::Timestamp(t) => (log.offset_for_timestamp(t)?.unwrap_or(hw), None),
+        Position::Offset(o) if o < start => (start, Some(start)),
+        Position::Offset(o) if o > hw => {
+            return Err(BrokerError::OffsetOutOfRange {
+                topic: topic.to_owned(),
+                partition,
+                requested: o,
+                start,
+                end: hw,
+            });
+        }
+        Position::Offset(o) => (o, None),
+    };
+    if from >= log.high_watermark() && !request.wait.is_zero() {
+        // Woken by the append that makes `from` readable, not by polling.
+        let _ = tokio::time::timeout(request.wait, log.wait_for(from)).await;
+    }
+    let max_messages = request.max_messages.max(1);
+    let records = loop {
+        match log.read_records(from, request.max_bytes.max(1)) {
+            Ok(r) => break r,
+            Err(wharf_log::Error::OffsetOutOfRange { start, .. }) if from < start => {
+                // Retention removed it between our look and the read.
+                from = start;
+                skipped_to = Some(start);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let messages: Vec<StoredMessage> = records
+        .into_iter()
+        .take(max_messages)
+        .map(|r| StoredMessage::from_record(partition, r))
+        .collect();
+    Ok(ReadResult {
+        next_offset: messages.last().map_or(from, |m| m.offset + 1),
+        messages,
+        start_offset: log.start_offset(),
+        high_watermark: log.high_watermark(),
+        skipped_to,
+    })
+}
+
+#[async_trait]
+impl Engine for EmbeddedEngine {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            stream_subscriptions: Support::Native,
+            shared_subscriptions: Support::Unavailable,
+            dead_letters: Support::Unavailable,
+            delays: Support::Unavailable,
+            dedup: Support::Native,
+            time_lookup: Support::Native,
+            retention: Support::Native,
+        }
+    }
+
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        let this = self.clone();
+        let name = name.to_owned();
+        let topic =
+            tokio::task::spawn_blocking(move || this.create_topic_blocking(&name, config, false))
+                .await
+                .map_err(|e| BrokerError::Internal(e.to_string()))??;
+        Ok(self.info(&topic))
+    }
+
+    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        Ok(self.info(&*self.topic(name)?))
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        Ok(topics.iter().map(|t| self.info(t)).collect())
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _admin = lock(&this.inner.admin);
+            let topic = this.topic(&name)?;
+            let vfs = &*this.inner.config.vfs;
+            // The commit point first: without its settings file the topic is gone, even if
+            // we crash before the data is removed (recovery removes the rest).
+            meta::remove(vfs, &topic.dir, TOPIC_FILE)?;
+            this.inner
+                .topics
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            for log in &topic.partitions {
+                let _ = log.close();
+            }
+            for sub in lock(&topic.subscriptions).values() {
+                let Subscription::Stream(group) = &**sub;
+                let _ = group.close();
+            }
+            vfs.remove_dir_all(&topic.dir)
+                .map_err(|e| io_err("remove", &topic.dir, e))?;
+            let parent = this.inner.config.data_dir.join("topics");
+            vfs.sync_dir(&parent)
+                .map_err(|e| io_err("fsync", &parent, e))
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(e.to_string()))?
+    }
+
+    async fn publish(&self, topic_name: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
+        let topic = self.topic(topic_name)?;
+        if messages.is_empty() {
+            return Err(BrokerError::invalid(
+                "messages",
+                "at least one message is required",
+            ));
+        }
+        // Validate everything before storing anything.
+        let mut routes = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let size = message_size(m);
+            if size > topic.config.max_message_bytes {
+                return Err(BrokerError::MessageTooLarge {
+                    size,
+                    limit: topic.config.max_message_bytes,
+                });
+            }
+            routes.push(topic.route(m)?);
+        }
+        let window = topic.config.dedup_window_ms;
+        let mut results: Vec<Option<Published>> = vec![None; messages.len()];
+        // Indexes of messages to store; ids this publish reserved; the channel that tells
+        // waiting duplicates we are done (dropped at the end of this function).
+        let (done_tx, done_rx) = watch::channel(());
+        let mut reserved: Vec<String> = Vec::new();
+        let mut to_store: Vec<usize> = Vec::new();
+        // Same id twice in one publish: the later ones are duplicates of the first.
+        let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
+        let mut dup_of: Vec<(usize, usize)> = Vec::new();
+        loop {
+            let in_flight = {
+                let mut dedup = lock(&topic.dedup);
+                if window > 0 {
+                    dedup.expire(self.now(), window);
+                }
+                // Another publish of one of our ids is in flight: wait for its outcome, then
+                // look again (it either stored the message — we are a duplicate — or failed).
+                let in_flight = messages
+                    .iter()
+                    .filter_map(|m| m.id().filter(|_| window > 0))
+                    .find_map(|id| match dedup.check(id) {
+                        Check::Wait(rx) => Some(rx),
+                        _ => None,
+                    });
+                if in_flight.is_none() {
+                    for (i, m) in messages.iter().enumerate() {
+                        let Some(id) = m.id().filter(|_| window > 0) else {
+                            to_store.push(i);
+                            continue;
+                        };
+                        if let Some(&first) = first_of.get(id) {
+                            dup_of.push((i, first));
+                            continue;
+                        }
+                        first_of.insert(id.to_owned(), i);
+                        match dedup.check(id) {
+                            Check::Duplicate(p) => results[i] = Some(p),
+                            Check::New | Check::Wait(_) => {
+                                dedup.reserve(id.to_owned(), done_rx.clone());
+                                reserved.push(id.to_owned());
+                                to_store.push(i);
+                            }
+                        }
+                    }
+                }
+                in_flight
+            };
+            match in_flight {
+                Some(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                None => break,
+            }
+        }
+        // Store: one append per partition.
+        let mut per_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for &i in &to_store {
+            per_partition.entry(routes[i]).or_default().push(i);
+        }
+        let mut tickets = Vec::new();
+        let mut failure = None;
+        for (p, idxs) in &per_partition {
+            let records: Vec<NewRecord> = idxs
+                .iter()
+                .map(|&i| NewRecord {
+                    key: messages[i].key.clone(),
+                    value: messages[i].value.clone(),
+                    headers: messages[i].headers.clone(),
+                })
+                .collect();
+            match topic
+                .partition(*p)
+                .and_then(|log| log.append(&records).map_err(BrokerError::from))
+            {
+                Ok(ticket) => tickets.push((*p, idxs.clone(), ticket)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        for (p, idxs, ticket) in tickets {
+            match ticket.await {
+                Ok(done) => {
+                    for (k, &i) in idxs.iter().enumerate() {
+                        results[i] = Some(Published {
+                            partition: p,
+                            offset: done.base_offset + k as u64,
+                            timestamp: done.timestamp,
+                            duplicate: false,
+                        });
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
+            }
+        }
+        {
+            let mut dedup = lock(&topic.dedup);
+            for id in &reserved {
+                match (
+                    failure.is_none(),
+                    first_of.get(id).and_then(|&i| results[i]),
+                ) {
+                    (true, Some(p)) => dedup.record(id.clone(), p),
+                    _ => dedup.release(id),
+                }
+            }
+        }
+        drop(done_tx);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for (dup, original) in dup_of {
+            results[dup] = results[original].map(|p| Published {
+                duplicate: true,
+                ..p
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| BrokerError::Internal("a message got no result".into())))
+            .collect()
+    }
+
+    async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
+        let t = self.topic(topic)?;
+        let log = t.partition(request.partition)?;
+        read_partition(topic, request.partition, log, &request).await
+    }
+
+    async fn create_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        config: SubscriptionConfig,
+    ) -> Result<SubscriptionInfo> {
+        names::validate("subscription", name, false)?;
+        config.validate()?;
+        let t = self.topic(topic)?;
+        let stream_config = match &config {
+            SubscriptionConfig::Stream(s) => s.clone(),
+            SubscriptionConfig::Shared(_) => return Err(self.not_yet("shared subscriptions")),
+        };
+        let this = self.clone();
+        let name = name.to_owned();
+        let topic_for_task = t.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = topic_for_task;
+            let _admin = lock(&this.inner.admin);
+            if let Some(existing) = lock(&t.subscriptions).get(&name).cloned() {
+                let Subscription::Stream(group) = &*existing;
+                return if group.config() == &stream_config {
+                    Ok(group.info(&t.name, this.now()))
+                } else {
+                    Err(BrokerError::SubscriptionExists {
+                        topic: t.name.clone(),
+                        subscription: name,
+                    })
+                };
+            }
+            let vfs = &*this.inner.config.vfs;
+            let dir = t.dir.join("subs").join(&name);
+            vfs.remove_dir_all(&dir)
+                .map_err(|e| io_err("remove", &dir, e))?;
+            vfs.create_dir_all(&dir)
+                .map_err(|e| io_err("create", &dir, e))?;
+            let group = StreamGroup::open(
+                &name,
+                stream_config.clone(),
+                &dir,
+                t.partitions.clone(),
+                &this.inner.config,
+                Some(&stream_config.start),
+            )?;
+            meta::write_json(vfs, &dir, SUB_FILE, &config)?;
+            let info = group.info(&t.name, this.now());
+            lock(&t.subscriptions).insert(name, Arc::new(Subscription::Stream(group)));
+            Ok(info)
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(e.to_string()))?
+    }
+
+    async fn describe_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
+        let (t, sub) = self.stream_group(topic, name)?;
+        let Subscription::Stream(group) = &*sub;
+        Ok(group.info(&t.name, self.now()))
+    }
+
+    async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
+        let t = self.topic(topic)?;
+        let subs: Vec<Arc<Subscription>> = lock(&t.subscriptions).values().cloned().collect();
+        let now = self.now();
+        Ok(subs
+            .iter()
+            .map(|s| {
+                let Subscription::Stream(group) = &**s;
+                group.info(&t.name, now)
+            })
+            .collect())
+    }
+
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
+        let t = self.topic(topic)?;
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _admin = lock(&this.inner.admin);
+            let sub = this.subscription(&t, &name)?;
+            let vfs = &*this.inner.config.vfs;
+            let dir = t.dir.join("subs").join(&name);
+            meta::remove(vfs, &dir, SUB_FILE)?;
+            lock(&t.subscriptions).remove(&name);
+            let Subscription::Stream(group) = &*sub;
+            let _ = group.close();
+            vfs.remove_dir_all(&dir)
+                .map_err(|e| io_err("remove", &dir, e))
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(e.to_string()))?
+    }
+
+    async fn join(&self, topic: &str, sub: &str, member: Option<&str>) -> Result<Membership> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        let Subscription::Stream(group) = &*s;
+        group.join(member, self.now())
+    }
+
+    async fn heartbeat(&self, topic: &str, sub: &str, member: &str) -> Result<Membership> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        let Subscription::Stream(group) = &*s;
+        group.heartbeat(member, self.now())
+    }
+
+    async fn leave(&self, topic: &str, sub: &str, member: &str) -> Result<()> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        let Subscription::Stream(group) = &*s;
+        group.leave(member, self.now())
+    }
+
+    async fn fetch(
+        &self,
+        topic: &str,
+        sub: &str,
+        member: &str,
+        request: FetchRequest,
+    ) -> Result<Vec<StoredMessage>> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        let Subscription::Stream(group) = &*s;
+        group
+            .fetch(member, request, self.inner.config.clock.as_ref())
+            .await
+    }
+
+    async fn commit(
+        &self,
+        topic: &str,
+        sub: &str,
+        member: &str,
+        offsets: Vec<Committed>,
+    ) -> Result<Vec<Committed>> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        let Subscription::Stream(group) = &*s;
+        group.commit(member, offsets, self.now()).await
+    }
+
+    async fn reset(&self, topic: &str, sub: &str, to: ResetTo) -> Result<Vec<Committed>> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        let Subscription::Stream(group) = &*s;
+        group.reset(to).await
+    }
+
+    async fn receive(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _request: ReceiveRequest,
+    ) -> Result<Vec<Delivery>> {
+        Err(self.not_yet("receive (shared subscriptions)"))
+    }
+
+    async fn ack(&self, _topic: &str, _sub: &str, _ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
+        Err(self.not_yet("ack (shared subscriptions)"))
+    }
+
+    async fn nack(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _ack_ids: &[String],
+        _delay_ms: Option<u64>,
+    ) -> Result<Vec<AckOutcome>> {
+        Err(self.not_yet("nack (shared subscriptions)"))
+    }
+
+    async fn extend(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _ack_ids: &[String],
+        _lease_ms: u64,
+    ) -> Result<Vec<AckOutcome>> {
+        Err(self.not_yet("extend (shared subscriptions)"))
+    }
+
+    async fn terminate(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _ack_ids: &[String],
+        _reason: &str,
+    ) -> Result<Vec<AckOutcome>> {
+        Err(self.not_yet("terminate (shared subscriptions)"))
+    }
+
+    async fn dead_letters(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _request: ReadRequest,
+    ) -> Result<ReadResult> {
+        Err(self.not_yet("dead letters"))
+    }
+
+    async fn redrive(&self, _topic: &str, _sub: &str, _max: usize) -> Result<u64> {
+        Err(self.not_yet("redrive"))
+    }
+}

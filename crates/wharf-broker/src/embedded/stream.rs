@@ -1,0 +1,555 @@
+//! Stream subscriptions (consumer groups) on the embedded engine.
+//!
+//! Membership and assignment live in memory: members join, heartbeat and leave; a member
+//! silent for longer than the session timeout is removed when the group is next touched
+//! (time comes from the injected clock). Every membership change starts a new generation and
+//! reassigns partitions round-robin over the sorted member ids, so a partition has exactly
+//! one owner per generation, and the broker refuses fetches and commits for partitions a
+//! member does not own in the current generation.
+//!
+//! Committed offsets are durable: each commit is appended to the subscription's own state
+//! log (a `wharf-log` with `always` durability) and acknowledged only after its fsync. The
+//! state log holds `snapshot` records (all committed offsets: on creation, on reset, and every
+//! `SNAPSHOT_EVERY` commits, after which older segments are deleted) and `commit` records.
+//! Replaying it on open restores the offsets; a commit never moves an offset back, a reset
+//! may.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use wharf_log::{Clock, Durability, Log, LogConfig, NewRecord, OffsetWait};
+
+use super::EmbeddedConfig;
+use crate::error::{BrokerError, Result};
+use crate::types::{
+    Committed, FetchRequest, Membership, Position, ResetTo, StoredMessage, StreamConfig,
+    SubscriptionConfig, SubscriptionInfo, SubscriptionPartition,
+};
+
+/// Write a full snapshot after this many commit records, then drop older state segments.
+const SNAPSHOT_EVERY: u64 = 10_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum StateRecord {
+    Snapshot { committed: Vec<u64> },
+    Commit { partition: u32, offset: u64 },
+}
+
+struct Member {
+    last_seen: i64,
+    /// Fetch position per owned partition.
+    positions: BTreeMap<u32, u64>,
+}
+
+struct GroupState {
+    committed: Vec<u64>,
+    members: BTreeMap<String, Member>,
+    generation: u64,
+    owner: Vec<Option<String>>,
+    next_member: u64,
+    commits_since_snapshot: u64,
+}
+
+pub(crate) struct StreamGroup {
+    name: String,
+    config: StreamConfig,
+    partitions: Vec<Arc<Log>>,
+    state_log: Log,
+    state: Mutex<GroupState>,
+}
+
+fn resolve(log: &Log, position: &Position) -> Result<u64> {
+    Ok(match position {
+        Position::Earliest => log.start_offset(),
+        Position::Latest => log.high_watermark(),
+        Position::Offset(o) => (*o).clamp(log.start_offset(), log.high_watermark()),
+        Position::Timestamp(t) => log
+            .offset_for_timestamp(*t)?
+            .unwrap_or(log.high_watermark()),
+    })
+}
+
+fn encode(record: &StateRecord) -> Result<NewRecord> {
+    serde_json::to_vec(record)
+        .map(|v| NewRecord::new(Bytes::from(v)))
+        .map_err(|e| BrokerError::Internal(e.to_string()))
+}
+
+impl StreamGroup {
+    /// Opens the group's state in `dir`; `init` (on creation) says where partitions start.
+    pub(crate) fn open(
+        name: &str,
+        config: StreamConfig,
+        dir: &Path,
+        partitions: Vec<Arc<Log>>,
+        engine: &EmbeddedConfig,
+        init: Option<&Position>,
+    ) -> Result<Self> {
+        let log_config = LogConfig {
+            durability: Durability::Always,
+            segment_max_bytes: 1024 * 1024,
+            segment_max_age: None,
+            vfs: engine.vfs.clone(),
+            clock: engine.clock.clone(),
+            ..LogConfig::default()
+        };
+        let (state_log, _report) = Log::open(dir.join("state"), log_config)?;
+        let n = partitions.len();
+        let mut committed = Vec::new();
+        let mut commits_since_snapshot = 0;
+        let mut offset = state_log.start_offset();
+        let end = state_log.high_watermark();
+        while offset < end {
+            let records = state_log.read_records(offset, 1 << 20)?;
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            for r in records {
+                let record: StateRecord = serde_json::from_slice(&r.value).map_err(|e| {
+                    BrokerError::StorageUnavailable(format!(
+                        "subscription {name}: bad state record at {}: {e}",
+                        r.offset
+                    ))
+                })?;
+                match record {
+                    StateRecord::Snapshot { committed: c } => {
+                        committed = c;
+                        commits_since_snapshot = 0;
+                    }
+                    StateRecord::Commit { partition, offset } => {
+                        if let Some(slot) = committed.get_mut(partition as usize) {
+                            *slot = (*slot).max(offset);
+                        }
+                        commits_since_snapshot += 1;
+                    }
+                }
+            }
+        }
+        let fresh = committed.is_empty();
+        if fresh {
+            let start = init.cloned().unwrap_or(config.start);
+            committed = partitions
+                .iter()
+                .map(|log| resolve(log, &start))
+                .collect::<Result<_>>()?;
+        }
+        committed.resize(n, 0);
+        if fresh {
+            state_log.append_wait(&[encode(&StateRecord::Snapshot {
+                committed: committed.clone(),
+            })?])?;
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            config,
+            partitions,
+            state_log,
+            state: Mutex::new(GroupState {
+                committed,
+                members: BTreeMap::new(),
+                generation: 0,
+                owner: vec![None; n],
+                next_member: 0,
+                commits_since_snapshot,
+            }),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    pub(crate) fn close(&self) -> wharf_log::Result<()> {
+        self.state_log.close()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes members whose session expired; rebalances if any did.
+    fn expire(&self, st: &mut GroupState, now: i64) {
+        let timeout = i64::try_from(self.config.session_timeout_ms).unwrap_or(i64::MAX);
+        let before = st.members.len();
+        st.members
+            .retain(|_, m| now.saturating_sub(m.last_seen) <= timeout);
+        if st.members.len() != before {
+            self.rebalance(st);
+        }
+    }
+
+    /// New generation: partitions round-robin over the sorted member ids. Members keep their
+    /// fetch position on partitions they keep; new owners start at the committed offset.
+    fn rebalance(&self, st: &mut GroupState) {
+        st.generation += 1;
+        let ids: Vec<String> = st.members.keys().cloned().collect();
+        for (p, owner) in st.owner.iter_mut().enumerate() {
+            *owner = (!ids.is_empty()).then(|| ids[p % ids.len()].clone());
+        }
+        let owner = st.owner.clone();
+        let committed = st.committed.clone();
+        for (id, member) in st.members.iter_mut() {
+            member
+                .positions
+                .retain(|p, _| owner.get(*p as usize).and_then(Option::as_ref) == Some(id));
+            for (p, o) in owner.iter().enumerate() {
+                if o.as_ref() == Some(id) {
+                    member.positions.entry(p as u32).or_insert(committed[p]);
+                }
+            }
+        }
+    }
+
+    fn membership(&self, st: &GroupState, member: &str) -> Membership {
+        Membership {
+            member_id: member.to_owned(),
+            generation: st.generation,
+            partitions: st
+                .owner
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.as_deref() == Some(member))
+                .map(|(p, _)| p as u32)
+                .collect(),
+        }
+    }
+
+    fn known<'a>(&self, st: &'a mut GroupState, member: &str) -> Result<&'a mut Member> {
+        st.members
+            .get_mut(member)
+            .ok_or_else(|| BrokerError::UnknownMember {
+                subscription: self.name.clone(),
+                member: member.to_owned(),
+            })
+    }
+
+    pub(crate) fn join(&self, member: Option<&str>, now: i64) -> Result<Membership> {
+        if let Some(id) = member
+            && (id.is_empty() || id.len() > 200)
+        {
+            return Err(BrokerError::invalid(
+                "member_id",
+                "must be 1 to 200 characters",
+            ));
+        }
+        let mut st = self.lock();
+        self.expire(&mut st, now);
+        let id = match member {
+            Some(id) => id.to_owned(),
+            None => {
+                st.next_member += 1;
+                format!("m-{:x}-{:x}", now, st.next_member)
+            }
+        };
+        let is_new = !st.members.contains_key(&id);
+        st.members
+            .entry(id.clone())
+            .or_insert_with(|| Member {
+                last_seen: now,
+                positions: BTreeMap::new(),
+            })
+            .last_seen = now;
+        if is_new {
+            self.rebalance(&mut st);
+        }
+        Ok(self.membership(&st, &id))
+    }
+
+    pub(crate) fn heartbeat(&self, member: &str, now: i64) -> Result<Membership> {
+        let mut st = self.lock();
+        self.expire(&mut st, now);
+        self.known(&mut st, member)?.last_seen = now;
+        Ok(self.membership(&st, member))
+    }
+
+    pub(crate) fn leave(&self, member: &str, now: i64) -> Result<()> {
+        let mut st = self.lock();
+        self.expire(&mut st, now);
+        if st.members.remove(member).is_none() {
+            return Err(BrokerError::UnknownMember {
+                subscription: self.name.clone(),
+                member: member.to_owned(),
+            });
+        }
+        self.rebalance(&mut st);
+        Ok(())
+    }
+
+    pub(crate) async fn fetch(
+        &self,
+        member: &str,
+        request: FetchRequest,
+        clock: &dyn Clock,
+    ) -> Result<Vec<StoredMessage>> {
+        let deadline = tokio::time::Instant::now() + request.wait;
+        loop {
+            let (generation, plan) = {
+                let mut st = self.lock();
+                self.expire(&mut st, clock.now_ms());
+                let generation = st.generation;
+                let m = self.known(&mut st, member)?;
+                m.last_seen = clock.now_ms();
+                (
+                    generation,
+                    m.positions
+                        .iter()
+                        .map(|(p, o)| (*p, *o))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let mut out = Vec::new();
+            let mut advanced = Vec::new();
+            let mut budget = request.max_bytes.max(1);
+            for &(p, pos) in &plan {
+                if out.len() >= request.max_messages.max(1) || budget == 0 {
+                    break;
+                }
+                let Some(log) = self.partitions.get(p as usize) else {
+                    continue;
+                };
+                let from = pos.max(log.start_offset());
+                if from >= log.high_watermark() {
+                    continue;
+                }
+                let records = match log.read_records(from, budget) {
+                    Ok(r) => r,
+                    Err(wharf_log::Error::OffsetOutOfRange { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let room = request.max_messages.max(1) - out.len();
+                let mut next = from;
+                for r in records.into_iter().take(room) {
+                    budget =
+                        budget.saturating_sub(r.value.len() + r.key.as_ref().map_or(0, Bytes::len));
+                    next = r.offset + 1;
+                    out.push(StoredMessage::from_record(p, r));
+                }
+                advanced.push((p, next));
+            }
+            if !out.is_empty() {
+                let mut st = self.lock();
+                if st.generation == generation
+                    && let Some(m) = st.members.get_mut(member)
+                {
+                    for (p, next) in advanced {
+                        m.positions.insert(p, next);
+                    }
+                    return Ok(out);
+                }
+                // The group rebalanced while we read: what we read may belong to another
+                // member now. Nothing was handed out; start over with the new assignment.
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            // Wait for an append to any owned partition (or the deadline).
+            let waits: Vec<Pin<Box<OffsetWait>>> = plan
+                .iter()
+                .filter_map(|&(p, pos)| {
+                    self.partitions
+                        .get(p as usize)
+                        .map(|log| Box::pin(log.wait_for(pos)))
+                })
+                .collect();
+            if waits.is_empty() {
+                // No partitions (more members than partitions): wait out the deadline in
+                // slices, so a rebalance that hands us a partition is noticed.
+                let slice = (deadline - now).min(Duration::from_millis(100));
+                tokio::time::sleep(slice).await;
+                continue;
+            }
+            let any = AnyReady(waits);
+            let _ = tokio::time::timeout_at(deadline, any).await;
+        }
+    }
+
+    pub(crate) async fn commit(
+        &self,
+        member: &str,
+        offsets: Vec<Committed>,
+        now: i64,
+    ) -> Result<Vec<Committed>> {
+        if offsets.is_empty() {
+            return Err(BrokerError::invalid(
+                "offsets",
+                "at least one partition is required",
+            ));
+        }
+        let ticket = {
+            let mut st = self.lock();
+            self.expire(&mut st, now);
+            let generation = st.generation;
+            self.known(&mut st, member)?.last_seen = now;
+            let mut records = Vec::with_capacity(offsets.len());
+            for c in &offsets {
+                if st
+                    .owner
+                    .get(c.partition as usize)
+                    .and_then(Option::as_deref)
+                    != Some(member)
+                {
+                    return Err(BrokerError::NotAssigned {
+                        member: member.to_owned(),
+                        partition: c.partition,
+                        generation,
+                    });
+                }
+                let hw = self
+                    .partitions
+                    .get(c.partition as usize)
+                    .map_or(0, |l| l.high_watermark());
+                if c.offset > hw {
+                    return Err(BrokerError::invalid(
+                        "offset",
+                        format!(
+                            "{} is beyond partition {}'s high watermark {hw}",
+                            c.offset, c.partition
+                        ),
+                    ));
+                }
+                records.push(encode(&StateRecord::Commit {
+                    partition: c.partition,
+                    offset: c.offset,
+                })?);
+            }
+            st.commits_since_snapshot += records.len() as u64;
+            self.state_log.append(&records)?
+        };
+        ticket.await?;
+        let (result, snapshot) = {
+            let mut st = self.lock();
+            for c in &offsets {
+                if let Some(slot) = st.committed.get_mut(c.partition as usize) {
+                    *slot = (*slot).max(c.offset);
+                }
+            }
+            let result = offsets
+                .iter()
+                .map(|c| Committed {
+                    partition: c.partition,
+                    offset: st.committed[c.partition as usize],
+                })
+                .collect();
+            let snapshot = (st.commits_since_snapshot >= SNAPSHOT_EVERY).then(|| {
+                st.commits_since_snapshot = 0;
+                st.committed.clone()
+            });
+            (result, snapshot)
+        };
+        if let Some(committed) = snapshot {
+            let done = self
+                .state_log
+                .append(&[encode(&StateRecord::Snapshot { committed })?])?
+                .await?;
+            // Everything before the snapshot is now redundant.
+            self.state_log.remove_before(done.base_offset)?;
+        }
+        Ok(result)
+    }
+
+    pub(crate) async fn reset(&self, to: ResetTo) -> Result<Vec<Committed>> {
+        let mut target = self.lock().committed.clone();
+        match &to {
+            ResetTo::Earliest | ResetTo::Latest | ResetTo::Timestamp(_) => {
+                let position = match to {
+                    ResetTo::Earliest => Position::Earliest,
+                    ResetTo::Latest => Position::Latest,
+                    ResetTo::Timestamp(t) => Position::Timestamp(t),
+                    ResetTo::Offsets(_) => Position::Earliest,
+                };
+                for (p, log) in self.partitions.iter().enumerate() {
+                    target[p] = resolve(log, &position)?;
+                }
+            }
+            ResetTo::Offsets(list) => {
+                for &(p, o) in list {
+                    let log = self.partitions.get(p as usize).ok_or_else(|| {
+                        BrokerError::invalid("partition", format!("{p} does not exist"))
+                    })?;
+                    if o > log.high_watermark() {
+                        return Err(BrokerError::invalid(
+                            "offset",
+                            format!("{o} is beyond partition {p}'s high watermark"),
+                        ));
+                    }
+                    target[p as usize] = o;
+                }
+            }
+        }
+        self.state_log
+            .append(&[encode(&StateRecord::Snapshot {
+                committed: target.clone(),
+            })?])?
+            .await?;
+        let mut st = self.lock();
+        st.committed = target.clone();
+        st.commits_since_snapshot = 0;
+        // Members continue from the new offsets.
+        for member in st.members.values_mut() {
+            for (p, pos) in member.positions.iter_mut() {
+                *pos = target[*p as usize];
+            }
+        }
+        st.generation += 1;
+        Ok(target
+            .iter()
+            .enumerate()
+            .map(|(p, &offset)| Committed {
+                partition: p as u32,
+                offset,
+            })
+            .collect())
+    }
+
+    pub(crate) fn info(&self, topic: &str, now: i64) -> SubscriptionInfo {
+        let mut st = self.lock();
+        self.expire(&mut st, now);
+        SubscriptionInfo {
+            topic: topic.to_owned(),
+            name: self.name.clone(),
+            config: SubscriptionConfig::Stream(self.config.clone()),
+            partitions: self
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(p, log)| {
+                    let committed = st.committed[p];
+                    let start = log.start_offset();
+                    SubscriptionPartition {
+                        partition: p as u32,
+                        committed,
+                        lag: log.high_watermark().saturating_sub(committed.max(start)),
+                        behind_retention: committed < start,
+                    }
+                })
+                .collect(),
+            members: st.members.keys().cloned().collect(),
+            generation: st.generation,
+        }
+    }
+}
+
+/// Completes when any of the waits completes.
+struct AnyReady(Vec<Pin<Box<OffsetWait>>>);
+
+impl Future for AnyReady {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        for w in self.0.iter_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}

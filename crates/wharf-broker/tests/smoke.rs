@@ -1,0 +1,123 @@
+//! First-contact tests of the embedded engine: topics, publish, read, dedup, a stream group.
+
+use std::time::Duration;
+
+use wharf_broker::{
+    BrokerError, Committed, EmbeddedConfig, EmbeddedEngine, Engine, FetchRequest, Message,
+    Position, ReadRequest, StreamConfig, SubscriptionConfig, TopicConfig,
+};
+
+fn engine(dir: &std::path::Path) -> EmbeddedEngine {
+    EmbeddedEngine::open(EmbeddedConfig::new(dir)).unwrap()
+}
+
+#[tokio::test]
+async fn publish_read_dedup_and_a_stream_group_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let cfg = TopicConfig {
+        partitions: 3,
+        ..TopicConfig::default()
+    };
+    e.create_topic("orders", cfg.clone()).await.unwrap();
+    assert_eq!(
+        e.create_topic("orders", cfg)
+            .await
+            .unwrap()
+            .partitions
+            .len(),
+        3,
+        "idempotent"
+    );
+    assert_eq!(
+        e.create_topic("orders", TopicConfig::default())
+            .await
+            .unwrap_err()
+            .code(),
+        "topic_exists"
+    );
+    let published = e
+        .publish(
+            "orders",
+            vec![
+                Message::new("a").with_key("k1").with_id("id-1"),
+                Message::new("b").with_key("k1"),
+                Message::new("c").to_partition(2),
+                Message::new("a again").with_key("k1").with_id("id-1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        published[0].partition, published[1].partition,
+        "same key, same partition"
+    );
+    assert_eq!(published[2].partition, 2);
+    assert!(published[3].duplicate);
+    assert_eq!(
+        (published[3].partition, published[3].offset),
+        (published[0].partition, published[0].offset)
+    );
+
+    e.create_subscription(
+        "orders",
+        "billing",
+        SubscriptionConfig::Stream(StreamConfig::default()),
+    )
+    .await
+    .unwrap();
+    let m = e.join("orders", "billing", None).await.unwrap();
+    assert_eq!(m.partitions, vec![0, 1, 2]);
+    let got = e
+        .fetch("orders", "billing", &m.member_id, FetchRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let commits: Vec<Committed> = got
+        .iter()
+        .map(|m| Committed {
+            partition: m.partition,
+            offset: m.offset + 1,
+        })
+        .collect();
+    e.commit("orders", "billing", &m.member_id, commits)
+        .await
+        .unwrap();
+    e.close().unwrap();
+    drop(e);
+
+    let e = engine(dir.path());
+    // The dedup index came back from the log.
+    let again = e
+        .publish("orders", vec![Message::new("x").with_id("id-1")])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    let info = e.describe_subscription("orders", "billing").await.unwrap();
+    assert!(info.partitions.iter().all(|p| p.lag == 0), "{info:?}");
+    let m = e.join("orders", "billing", None).await.unwrap();
+    let got = e
+        .fetch(
+            "orders",
+            "billing",
+            &m.member_id,
+            FetchRequest {
+                wait: Duration::from_millis(10),
+                ..FetchRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "resumed after the commits: {got:?}");
+    let r = e
+        .read("orders", ReadRequest::new(2, Position::Earliest))
+        .await
+        .unwrap();
+    assert!(r.messages.iter().any(|m| &m.value[..] == b"c"));
+    assert_eq!(r.messages.len() as u64, r.high_watermark);
+    assert!(matches!(
+        e.read("nope", ReadRequest::new(0, Position::Earliest))
+            .await,
+        Err(BrokerError::TopicNotFound(_))
+    ));
+}
