@@ -13,12 +13,15 @@
 //! - [`error`]: [`BrokerError`] with stable codes.
 //! - [`names`]: the naming rule; dead-letter topic names.
 //! - [`murmur2`]: Kafka's key hash.
-//! - `embedded`: the engine on `wharf-log` (topics, dedup, stream groups, metadata files).
+//! - [`time`]: RFC 3339 timestamps of the delay and dead-letter headers.
+//! - `embedded`: the engine on `wharf-log` (topics, dedup, stream groups, shared
+//!   subscriptions with dead letters and redrive, metadata files).
 
 pub mod engine;
 pub mod error;
 pub mod murmur2;
 pub mod names;
+pub mod time;
 pub mod types;
 
 mod embedded;

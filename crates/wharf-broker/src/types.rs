@@ -429,6 +429,12 @@ pub struct SubscriptionInfo {
     pub members: Vec<String>,
     /// Current group generation (stream subscriptions).
     pub generation: u64,
+    /// Deliveries under a live lease (shared subscriptions).
+    pub in_flight: u64,
+    /// Messages waiting for a delay or a retry backoff (shared subscriptions).
+    pub delayed: u64,
+    /// Messages in the dead-letter topic not yet redriven (shared subscriptions).
+    pub dead_lettered: u64,
 }
 
 /// Progress of a subscription on one partition.

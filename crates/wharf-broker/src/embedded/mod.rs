@@ -11,6 +11,7 @@
 
 mod dedup;
 mod meta;
+mod shared;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use crate::types::{
     StoredMessage, SubscriptionConfig, SubscriptionInfo, Support, TopicConfig, TopicInfo,
 };
 use dedup::{Check, Dedup};
+use shared::SharedSub;
 use stream::StreamGroup;
 
 const TOPIC_FILE: &str = "topic.json";
@@ -95,6 +97,73 @@ pub(crate) struct Topic {
 
 pub(crate) enum Subscription {
     Stream(StreamGroup),
+    Shared(SharedSub),
+}
+
+impl Subscription {
+    fn close(&self) -> wharf_log::Result<()> {
+        match self {
+            Subscription::Stream(g) => g.close(),
+            Subscription::Shared(s) => s.close(),
+        }
+    }
+
+    fn info(&self, topic: &str, now: i64) -> SubscriptionInfo {
+        match self {
+            Subscription::Stream(g) => g.info(topic, now),
+            Subscription::Shared(s) => s.info(now),
+        }
+    }
+
+    fn config(&self) -> SubscriptionConfig {
+        match self {
+            Subscription::Stream(g) => SubscriptionConfig::Stream(g.config().clone()),
+            Subscription::Shared(s) => SubscriptionConfig::Shared(s.config().clone()),
+        }
+    }
+
+    fn stream(&self, name: &str) -> Result<&StreamGroup> {
+        match self {
+            Subscription::Stream(g) => Ok(g),
+            Subscription::Shared(_) => Err(BrokerError::invalid(
+                "subscription",
+                format!(
+                    "{name:?} is a shared subscription: use receive/ack, not join/fetch/commit"
+                ),
+            )),
+        }
+    }
+
+    fn shared(&self, name: &str) -> Result<&SharedSub> {
+        match self {
+            Subscription::Shared(s) => Ok(s),
+            Subscription::Stream(_) => Err(BrokerError::invalid(
+                "subscription",
+                format!(
+                    "{name:?} is a stream subscription: use join/fetch/commit, not receive/ack"
+                ),
+            )),
+        }
+    }
+}
+
+/// Completes when any of the waits completes (never, if there are none).
+pub(crate) struct AnyReady(pub(crate) Vec<std::pin::Pin<Box<wharf_log::OffsetWait>>>);
+
+impl std::future::Future for AnyReady {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        for w in self.0.iter_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +217,10 @@ impl EmbeddedEngine {
                 }
             }
         }
+        // Second pass: subscriptions (a shared one needs its dead-letter topic open).
+        for topic in topics.values() {
+            topic.open_subscriptions(&config, &topics)?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -189,8 +262,7 @@ impl EmbeddedEngine {
                 }
             }
             for sub in lock(&topic.subscriptions).values() {
-                let Subscription::Stream(group) = &**sub;
-                if let Err(e) = group.close() {
+                if let Err(e) = sub.close() {
                     first_error.get_or_insert(e);
                 }
             }
@@ -229,6 +301,11 @@ impl EmbeddedEngine {
         names::validate("topic", name, reserved)?;
         config.validate()?;
         let _admin = lock(&self.inner.admin);
+        self.create_topic_locked(name, config)
+    }
+
+    /// Creates a topic; the caller holds the admin lock and has validated name and config.
+    fn create_topic_locked(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
         if let Ok(existing) = self.topic(name) {
             return if existing.config == config {
                 Ok(existing)
@@ -256,6 +333,28 @@ impl EmbeddedEngine {
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), topic.clone());
         Ok(topic)
+    }
+
+    /// Deletes a topic; the caller holds the admin lock.
+    fn delete_topic_locked(&self, name: &str) -> Result<()> {
+        let Ok(topic) = self.topic(name) else {
+            return Ok(());
+        };
+        let vfs = &*self.inner.config.vfs;
+        meta::remove(vfs, &topic.dir, TOPIC_FILE)?;
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        for log in &topic.partitions {
+            let _ = log.close();
+        }
+        vfs.remove_dir_all(&topic.dir)
+            .map_err(|e| io_err("remove", &topic.dir, e))?;
+        let parent = self.inner.config.data_dir.join("topics");
+        vfs.sync_dir(&parent)
+            .map_err(|e| io_err("fsync", &parent, e))
     }
 
     fn info(&self, topic: &Topic) -> TopicInfo {
@@ -290,13 +389,6 @@ impl EmbeddedEngine {
         let sub = self.subscription(&topic, sub)?;
         Ok((topic, sub))
     }
-
-    fn not_yet(&self, what: &'static str) -> BrokerError {
-        BrokerError::NotSupported {
-            what,
-            engine: "embedded",
-        }
-    }
 }
 
 impl Topic {
@@ -321,7 +413,6 @@ impl Topic {
             subscriptions: Mutex::new(BTreeMap::new()),
         };
         topic.rebuild_dedup(engine.clock.now_ms())?;
-        topic.open_subscriptions(engine)?;
         Ok(topic)
     }
 
@@ -364,7 +455,11 @@ impl Topic {
         Ok(())
     }
 
-    fn open_subscriptions(&mut self, engine: &EmbeddedConfig) -> Result<()> {
+    fn open_subscriptions(
+        &self,
+        engine: &EmbeddedConfig,
+        topics: &BTreeMap<String, Arc<Topic>>,
+    ) -> Result<()> {
         let vfs = &*engine.vfs;
         let subs_dir = self.dir.join("subs");
         vfs.create_dir_all(&subs_dir)
@@ -388,19 +483,23 @@ impl Topic {
                     )?;
                     subs.insert(name, Arc::new(Subscription::Stream(group)));
                 }
-                Some(SubscriptionConfig::Shared(_)) => {
-                    // Shared subscriptions are not built yet; none can have been created.
-                    return Err(BrokerError::Internal(format!(
-                        "{}: shared subscriptions are not supported by this build",
-                        dir.display()
-                    )));
+                Some(SubscriptionConfig::Shared(config)) => {
+                    let dlq_name = names::dlq_topic(&self.name, &name);
+                    let dlq = topics.get(&dlq_name).cloned().ok_or_else(|| {
+                        BrokerError::StorageUnavailable(format!(
+                            "shared subscription {name:?} of {:?}: its dead-letter topic {dlq_name:?} is missing",
+                            self.name
+                        ))
+                    })?;
+                    let sub = SharedSub::open(&name, self, config, &dir, dlq, engine, false)?;
+                    subs.insert(name, Arc::new(Subscription::Shared(sub)));
                 }
                 None => vfs
                     .remove_dir_all(&dir)
                     .map_err(|e| io_err("remove", &dir, e))?,
             }
         }
-        self.subscriptions = Mutex::new(subs);
+        *lock(&self.subscriptions) = subs;
         Ok(())
     }
 
@@ -414,154 +513,13 @@ impl Topic {
             })
     }
 
-    fn route(&self, m: &Message) -> Result<u32> {
-        let n = self.config.partitions;
-        match (m.partition, &m.key) {
-            (Some(p), _) => self.partition(p).map(|_| p),
-            (None, Some(key)) => Ok(partition_for_key(key, n)),
-            (None, None) => Ok(self.next_partition.fetch_add(1, Ordering::Relaxed) % n),
-        }
-    }
-}
-
-fn message_size(m: &Message) -> u64 {
-    let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    (m.key.as_ref().map_or(0, Bytes::len) + m.value.len() + headers) as u64
-}
-
-/// Reads from `log` per `request`, optionally waiting for new data.
-pub(crate) async fn read_partition(
-    topic: &str,
-    partition: u32,
-    log: &Log,
-    request: &ReadRequest,
-) -> Result<ReadResult> {
-    let start = log.start_offset();
-    let hw = log.high_watermark();
-    let (mut from, mut skipped_to) = match request.from {
-        Position::Earliest => (start, None),
-        Position::Latest => (hw, None),
-        Position::Timestamp(t) => (log.offset_for_timestamp(t)?.unwrap_or(hw), None),
-        Position::Offset(o) if o < start => (start, Some(start)),
-        Position::Offset(o) if o > hw => {
-            return Err(BrokerError::OffsetOutOfRange {
-                topic: topic.to_owned(),
-                partition,
-                requested: o,
-                start,
-                end: hw,
-            });
-        }
-        Position::Offset(o) => (o, None),
-    };
-    if from >= log.high_watermark() && !request.wait.is_zero() {
-        // Woken by the append that makes `from` readable, not by polling.
-        let _ = tokio::time::timeout(request.wait, log.wait_for(from)).await;
-    }
-    let max_messages = request.max_messages.max(1);
-    let records = loop {
-        match log.read_records(from, request.max_bytes.max(1)) {
-            Ok(r) => break r,
-            Err(wharf_log::Error::OffsetOutOfRange { start, .. }) if from < start => {
-                // Retention removed it between our look and the read.
-                from = start;
-                skipped_to = Some(start);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let messages: Vec<StoredMessage> = records
-        .into_iter()
-        .take(max_messages)
-        .map(|r| StoredMessage::from_record(partition, r))
-        .collect();
-    Ok(ReadResult {
-        next_offset: messages.last().map_or(from, |m| m.offset + 1),
-        messages,
-        start_offset: log.start_offset(),
-        high_watermark: log.high_watermark(),
-        skipped_to,
-    })
-}
-
-#[async_trait]
-impl Engine for EmbeddedEngine {
-    fn name(&self) -> &'static str {
-        "embedded"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            stream_subscriptions: Support::Native,
-            shared_subscriptions: Support::Unavailable,
-            dead_letters: Support::Unavailable,
-            delays: Support::Unavailable,
-            dedup: Support::Native,
-            time_lookup: Support::Native,
-            retention: Support::Native,
-        }
-    }
-
-    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
-        let this = self.clone();
-        let name = name.to_owned();
-        let topic =
-            tokio::task::spawn_blocking(move || this.create_topic_blocking(&name, config, false))
-                .await
-                .map_err(|e| BrokerError::Internal(e.to_string()))??;
-        Ok(self.info(&topic))
-    }
-
-    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
-        Ok(self.info(&*self.topic(name)?))
-    }
-
-    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        let topics: Vec<Arc<Topic>> = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        Ok(topics.iter().map(|t| self.info(t)).collect())
-    }
-
-    async fn delete_topic(&self, name: &str) -> Result<()> {
-        let this = self.clone();
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let _admin = lock(&this.inner.admin);
-            let topic = this.topic(&name)?;
-            let vfs = &*this.inner.config.vfs;
-            // The commit point first: without its settings file the topic is gone, even if
-            // we crash before the data is removed (recovery removes the rest).
-            meta::remove(vfs, &topic.dir, TOPIC_FILE)?;
-            this.inner
-                .topics
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            for log in &topic.partitions {
-                let _ = log.close();
-            }
-            for sub in lock(&topic.subscriptions).values() {
-                let Subscription::Stream(group) = &**sub;
-                let _ = group.close();
-            }
-            vfs.remove_dir_all(&topic.dir)
-                .map_err(|e| io_err("remove", &topic.dir, e))?;
-            let parent = this.inner.config.data_dir.join("topics");
-            vfs.sync_dir(&parent)
-                .map_err(|e| io_err("fsync", &parent, e))
-        })
-        .await
-        .map_err(|e| BrokerError::Internal(e.to_string()))?
-    }
-
-    async fn publish(&self, topic_name: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
-        let topic = self.topic(topic_name)?;
+    /// Publishes to this topic (see [`Engine::publish`]).
+    pub(crate) async fn publish(
+        &self,
+        messages: Vec<Message>,
+        clock: &dyn Clock,
+    ) -> Result<Vec<Published>> {
+        let topic = self;
         if messages.is_empty() {
             return Err(BrokerError::invalid(
                 "messages",
@@ -577,6 +535,14 @@ impl Engine for EmbeddedEngine {
                     size,
                     limit: topic.config.max_message_bytes,
                 });
+            }
+            if let Some(at) = crate::types::header(&m.headers, crate::types::HEADER_DELIVER_AT)
+                && crate::time::parse_rfc3339(at).is_none()
+            {
+                return Err(BrokerError::invalid(
+                    "wharf-deliver-at",
+                    format!("{at:?} is not an RFC 3339 time such as 2026-11-26T10:00:00Z"),
+                ));
             }
             routes.push(topic.route(m)?);
         }
@@ -594,7 +560,7 @@ impl Engine for EmbeddedEngine {
             let in_flight = {
                 let mut dedup = lock(&topic.dedup);
                 if window > 0 {
-                    dedup.expire(self.now(), window);
+                    dedup.expire(clock.now_ms(), window);
                 }
                 // Another publish of one of our ids is in flight: wait for its outcome, then
                 // look again (it either stored the message — we are a duplicate — or failed).
@@ -707,6 +673,172 @@ impl Engine for EmbeddedEngine {
             .collect()
     }
 
+    fn route(&self, m: &Message) -> Result<u32> {
+        let n = self.config.partitions;
+        match (m.partition, &m.key) {
+            (Some(p), _) => self.partition(p).map(|_| p),
+            (None, Some(key)) => Ok(partition_for_key(key, n)),
+            (None, None) => Ok(self.next_partition.fetch_add(1, Ordering::Relaxed) % n),
+        }
+    }
+}
+
+fn message_size(m: &Message) -> u64 {
+    let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (m.key.as_ref().map_or(0, Bytes::len) + m.value.len() + headers) as u64
+}
+
+/// Reads from `log` per `request`, optionally waiting for new data.
+pub(crate) async fn read_partition(
+    topic: &str,
+    partition: u32,
+    log: &Log,
+    request: &ReadRequest,
+) -> Result<ReadResult> {
+    let start = log.start_offset();
+    let hw = log.high_watermark();
+    let (mut from, mut skipped_to) = match request.from {
+        Position::Earliest => (start, None),
+        Position::Latest => (hw, None),
+        Position::Timestamp(t) => (log.offset_for_timestamp(t)?.unwrap_or(hw), None),
+        Position::Offset(o) if o < start => (start, Some(start)),
+        Position::Offset(o) if o > hw => {
+            return Err(BrokerError::OffsetOutOfRange {
+                topic: topic.to_owned(),
+                partition,
+                requested: o,
+                start,
+                end: hw,
+            });
+        }
+        Position::Offset(o) => (o, None),
+    };
+    if from >= log.high_watermark() && !request.wait.is_zero() {
+        // Woken by the append that makes `from` readable, not by polling.
+        let _ = tokio::time::timeout(request.wait, log.wait_for(from)).await;
+    }
+    let max_messages = request.max_messages.max(1);
+    let records = loop {
+        match log.read_records(from, request.max_bytes.max(1)) {
+            Ok(r) => break r,
+            Err(wharf_log::Error::OffsetOutOfRange { start, .. }) if from < start => {
+                // Retention removed it between our look and the read.
+                from = start;
+                skipped_to = Some(start);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let messages: Vec<StoredMessage> = records
+        .into_iter()
+        .take(max_messages)
+        .map(|r| StoredMessage::from_record(partition, r))
+        .collect();
+    Ok(ReadResult {
+        next_offset: messages.last().map_or(from, |m| m.offset + 1),
+        messages,
+        start_offset: log.start_offset(),
+        high_watermark: log.high_watermark(),
+        skipped_to,
+    })
+}
+
+#[async_trait]
+impl Engine for EmbeddedEngine {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            stream_subscriptions: Support::Native,
+            shared_subscriptions: Support::Native,
+            dead_letters: Support::Native,
+            delays: Support::Native,
+            dedup: Support::Native,
+            time_lookup: Support::Native,
+            retention: Support::Native,
+        }
+    }
+
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        let this = self.clone();
+        let name = name.to_owned();
+        let topic =
+            tokio::task::spawn_blocking(move || this.create_topic_blocking(&name, config, false))
+                .await
+                .map_err(|e| BrokerError::Internal(e.to_string()))??;
+        Ok(self.info(&topic))
+    }
+
+    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        Ok(self.info(&*self.topic(name)?))
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        Ok(topics.iter().map(|t| self.info(t)).collect())
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if name.starts_with(names::RESERVED_PREFIX) && this.topic(&name).is_ok() {
+                return Err(BrokerError::invalid(
+                    "topic",
+                    format!("{name:?} belongs to a subscription; it is deleted with it"),
+                ));
+            }
+            let _admin = lock(&this.inner.admin);
+            let topic = this.topic(&name)?;
+            let vfs = &*this.inner.config.vfs;
+            // The commit point first: without its settings file the topic is gone, even if
+            // we crash before the data is removed (recovery removes the rest).
+            meta::remove(vfs, &topic.dir, TOPIC_FILE)?;
+            this.inner
+                .topics
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            for log in &topic.partitions {
+                let _ = log.close();
+            }
+            let dlqs: Vec<String> = lock(&topic.subscriptions)
+                .iter()
+                .filter(|(_, sub)| matches!(&***sub, Subscription::Shared(_)))
+                .map(|(name, _)| names::dlq_topic(&topic.name, name))
+                .collect();
+            for sub in lock(&topic.subscriptions).values() {
+                let _ = sub.close();
+            }
+            vfs.remove_dir_all(&topic.dir)
+                .map_err(|e| io_err("remove", &topic.dir, e))?;
+            for dlq in dlqs {
+                this.delete_topic_locked(&dlq)?;
+            }
+            let parent = this.inner.config.data_dir.join("topics");
+            vfs.sync_dir(&parent)
+                .map_err(|e| io_err("fsync", &parent, e))
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(e.to_string()))?
+    }
+
+    async fn publish(&self, topic_name: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
+        let topic = self.topic(topic_name)?;
+        topic
+            .publish(messages, self.inner.config.clock.as_ref())
+            .await
+    }
+
     async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
         let t = self.topic(topic)?;
         let log = t.partition(request.partition)?;
@@ -722,20 +854,20 @@ impl Engine for EmbeddedEngine {
         names::validate("subscription", name, false)?;
         config.validate()?;
         let t = self.topic(topic)?;
-        let stream_config = match &config {
-            SubscriptionConfig::Stream(s) => s.clone(),
-            SubscriptionConfig::Shared(_) => return Err(self.not_yet("shared subscriptions")),
-        };
+        if topic.starts_with(names::RESERVED_PREFIX) {
+            return Err(BrokerError::invalid(
+                "topic",
+                "dead-letter topics cannot have subscriptions; redrive instead",
+            ));
+        }
         let this = self.clone();
         let name = name.to_owned();
-        let topic_for_task = t.clone();
         tokio::task::spawn_blocking(move || {
-            let t = topic_for_task;
             let _admin = lock(&this.inner.admin);
+            let now = this.now();
             if let Some(existing) = lock(&t.subscriptions).get(&name).cloned() {
-                let Subscription::Stream(group) = &*existing;
-                return if group.config() == &stream_config {
-                    Ok(group.info(&t.name, this.now()))
+                return if existing.config() == config {
+                    Ok(existing.info(&t.name, now))
                 } else {
                     Err(BrokerError::SubscriptionExists {
                         topic: t.name.clone(),
@@ -749,17 +881,37 @@ impl Engine for EmbeddedEngine {
                 .map_err(|e| io_err("remove", &dir, e))?;
             vfs.create_dir_all(&dir)
                 .map_err(|e| io_err("create", &dir, e))?;
-            let group = StreamGroup::open(
-                &name,
-                stream_config.clone(),
-                &dir,
-                t.partitions.clone(),
-                &this.inner.config,
-                Some(&stream_config.start),
-            )?;
+            let sub = match &config {
+                SubscriptionConfig::Stream(c) => Subscription::Stream(StreamGroup::open(
+                    &name,
+                    c.clone(),
+                    &dir,
+                    t.partitions.clone(),
+                    &this.inner.config,
+                    Some(&c.start),
+                )?),
+                SubscriptionConfig::Shared(c) => {
+                    let dlq_config = TopicConfig {
+                        partitions: 1,
+                        ..TopicConfig::default()
+                    };
+                    let dlq =
+                        this.create_topic_locked(&names::dlq_topic(&t.name, &name), dlq_config)?;
+                    Subscription::Shared(SharedSub::open(
+                        &name,
+                        &t,
+                        c.clone(),
+                        &dir,
+                        dlq,
+                        &this.inner.config,
+                        true,
+                    )?)
+                }
+            };
+            // The commit point: the subscription exists once its settings file does.
             meta::write_json(vfs, &dir, SUB_FILE, &config)?;
-            let info = group.info(&t.name, this.now());
-            lock(&t.subscriptions).insert(name, Arc::new(Subscription::Stream(group)));
+            let info = sub.info(&t.name, now);
+            lock(&t.subscriptions).insert(name, Arc::new(sub));
             Ok(info)
         })
         .await
@@ -768,21 +920,14 @@ impl Engine for EmbeddedEngine {
 
     async fn describe_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
         let (t, sub) = self.stream_group(topic, name)?;
-        let Subscription::Stream(group) = &*sub;
-        Ok(group.info(&t.name, self.now()))
+        Ok(sub.info(&t.name, self.now()))
     }
 
     async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
         let t = self.topic(topic)?;
         let subs: Vec<Arc<Subscription>> = lock(&t.subscriptions).values().cloned().collect();
         let now = self.now();
-        Ok(subs
-            .iter()
-            .map(|s| {
-                let Subscription::Stream(group) = &**s;
-                group.info(&t.name, now)
-            })
-            .collect())
+        Ok(subs.iter().map(|s| s.info(&t.name, now)).collect())
     }
 
     async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
@@ -796,10 +941,13 @@ impl Engine for EmbeddedEngine {
             let dir = t.dir.join("subs").join(&name);
             meta::remove(vfs, &dir, SUB_FILE)?;
             lock(&t.subscriptions).remove(&name);
-            let Subscription::Stream(group) = &*sub;
-            let _ = group.close();
+            let _ = sub.close();
             vfs.remove_dir_all(&dir)
-                .map_err(|e| io_err("remove", &dir, e))
+                .map_err(|e| io_err("remove", &dir, e))?;
+            if matches!(&*sub, Subscription::Shared(_)) {
+                this.delete_topic_locked(&names::dlq_topic(&t.name, &name))?;
+            }
+            Ok(())
         })
         .await
         .map_err(|e| BrokerError::Internal(e.to_string()))?
@@ -807,20 +955,17 @@ impl Engine for EmbeddedEngine {
 
     async fn join(&self, topic: &str, sub: &str, member: Option<&str>) -> Result<Membership> {
         let (_, s) = self.stream_group(topic, sub)?;
-        let Subscription::Stream(group) = &*s;
-        group.join(member, self.now())
+        s.stream(sub)?.join(member, self.now())
     }
 
     async fn heartbeat(&self, topic: &str, sub: &str, member: &str) -> Result<Membership> {
         let (_, s) = self.stream_group(topic, sub)?;
-        let Subscription::Stream(group) = &*s;
-        group.heartbeat(member, self.now())
+        s.stream(sub)?.heartbeat(member, self.now())
     }
 
     async fn leave(&self, topic: &str, sub: &str, member: &str) -> Result<()> {
         let (_, s) = self.stream_group(topic, sub)?;
-        let Subscription::Stream(group) = &*s;
-        group.leave(member, self.now())
+        s.stream(sub)?.leave(member, self.now())
     }
 
     async fn fetch(
@@ -831,8 +976,7 @@ impl Engine for EmbeddedEngine {
         request: FetchRequest,
     ) -> Result<Vec<StoredMessage>> {
         let (_, s) = self.stream_group(topic, sub)?;
-        let Subscription::Stream(group) = &*s;
-        group
+        s.stream(sub)?
             .fetch(member, request, self.inner.config.clock.as_ref())
             .await
     }
@@ -845,69 +989,80 @@ impl Engine for EmbeddedEngine {
         offsets: Vec<Committed>,
     ) -> Result<Vec<Committed>> {
         let (_, s) = self.stream_group(topic, sub)?;
-        let Subscription::Stream(group) = &*s;
-        group.commit(member, offsets, self.now()).await
+        s.stream(sub)?.commit(member, offsets, self.now()).await
     }
 
     async fn reset(&self, topic: &str, sub: &str, to: ResetTo) -> Result<Vec<Committed>> {
         let (_, s) = self.stream_group(topic, sub)?;
-        let Subscription::Stream(group) = &*s;
-        group.reset(to).await
+        s.stream(sub)?.reset(to).await
     }
 
     async fn receive(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _request: ReceiveRequest,
+        topic: &str,
+        sub: &str,
+        request: ReceiveRequest,
     ) -> Result<Vec<Delivery>> {
-        Err(self.not_yet("receive (shared subscriptions)"))
+        let (_, s) = self.stream_group(topic, sub)?;
+        s.shared(sub)?.receive(request).await
     }
 
-    async fn ack(&self, _topic: &str, _sub: &str, _ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
-        Err(self.not_yet("ack (shared subscriptions)"))
+    async fn ack(&self, topic: &str, sub: &str, ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        s.shared(sub)?.ack(ack_ids).await
     }
 
     async fn nack(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _delay_ms: Option<u64>,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        delay_ms: Option<u64>,
     ) -> Result<Vec<AckOutcome>> {
-        Err(self.not_yet("nack (shared subscriptions)"))
+        let (_, s) = self.stream_group(topic, sub)?;
+        s.shared(sub)?.nack(ack_ids, delay_ms).await
     }
 
     async fn extend(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _lease_ms: u64,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        lease_ms: u64,
     ) -> Result<Vec<AckOutcome>> {
-        Err(self.not_yet("extend (shared subscriptions)"))
+        let (_, s) = self.stream_group(topic, sub)?;
+        s.shared(sub)?.extend(ack_ids, lease_ms).await
     }
 
     async fn terminate(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _reason: &str,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        reason: &str,
     ) -> Result<Vec<AckOutcome>> {
-        Err(self.not_yet("terminate (shared subscriptions)"))
+        let (_, s) = self.stream_group(topic, sub)?;
+        s.shared(sub)?.terminate(ack_ids, reason).await
     }
 
     async fn dead_letters(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _request: ReadRequest,
+        topic: &str,
+        sub: &str,
+        request: ReadRequest,
     ) -> Result<ReadResult> {
-        Err(self.not_yet("dead letters"))
+        let (_, s) = self.stream_group(topic, sub)?;
+        let shared = s.shared(sub)?;
+        let log = shared.dlq_log()?;
+        let request = ReadRequest {
+            partition: 0,
+            ..request
+        };
+        read_partition(&names::dlq_topic(topic, sub), 0, log, &request).await
     }
 
-    async fn redrive(&self, _topic: &str, _sub: &str, _max: usize) -> Result<u64> {
-        Err(self.not_yet("redrive"))
+    async fn redrive(&self, topic: &str, sub: &str, max: usize) -> Result<u64> {
+        let (_, s) = self.stream_group(topic, sub)?;
+        s.shared(sub)?.redrive(max).await
     }
 }

@@ -15,18 +15,16 @@
 //! may.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wharf_log::{Clock, Durability, Log, LogConfig, NewRecord, OffsetWait};
 
-use super::EmbeddedConfig;
+use super::{AnyReady, EmbeddedConfig};
 use crate::error::{BrokerError, Result};
 use crate::types::{
     Committed, FetchRequest, Membership, Position, ResetTo, StoredMessage, StreamConfig,
@@ -534,22 +532,9 @@ impl StreamGroup {
                 .collect(),
             members: st.members.keys().cloned().collect(),
             generation: st.generation,
+            in_flight: 0,
+            delayed: 0,
+            dead_lettered: 0,
         }
-    }
-}
-
-/// Completes when any of the waits completes.
-struct AnyReady(Vec<Pin<Box<OffsetWait>>>);
-
-impl Future for AnyReady {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        for w in self.0.iter_mut() {
-            if w.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
     }
 }

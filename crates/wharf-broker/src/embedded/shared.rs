@@ -1,0 +1,1006 @@
+//! Shared subscriptions (queues) on the embedded engine — the KIP-932 model (DESIGN.md §2b).
+//!
+//! Each *queue* — one per topic partition, plus the subscription's private retry log that
+//! redrive appends to — keeps a window `[start, end)` of offsets. Below `start` everything
+//! is finished (acknowledged or dead-lettered); records in the window are `Available` (from
+//! a time: delays and backoff), `Acquired` by a member until a lease deadline, `Finishing`
+//! (being dead-lettered) or `Done`. `start` advances over the finished prefix; the window is
+//! capped, which bounds memory and in-flight work.
+//!
+//! Durability: every change that must survive a crash is appended to the subscription's state
+//! log (`always` fsync) *before* the caller is answered — acquisitions (delivery counts),
+//! acks, nacks (with their availability time), archives (dead-lettered), the redrive cursor;
+//! snapshots compact it. Leases are not persisted: after a restart every leased record is
+//! available again (at-least-once) with its delivery count intact.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use wharf_log::{Clock, Durability, Log, LogConfig, NewRecord, OffsetWait};
+
+use super::{AnyReady, EmbeddedConfig, Topic};
+use crate::error::{BrokerError, Result};
+use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::types::{
+    AckOutcome, Delivery, HEADER_DELIVER_AT, Message, Position, ReceiveRequest, SharedConfig,
+    StoredMessage, SubscriptionConfig, SubscriptionInfo, SubscriptionPartition, header,
+};
+
+/// Most records a queue keeps in its window.
+const WINDOW: usize = 2048;
+/// Write a snapshot after this many state records.
+const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// Dead-letter headers (DESIGN.md §1).
+pub(crate) const DLQ_SOURCE_TOPIC: &str = "wharf-dlq-source-topic";
+pub(crate) const DLQ_SOURCE_PARTITION: &str = "wharf-dlq-source-partition";
+pub(crate) const DLQ_SOURCE_OFFSET: &str = "wharf-dlq-source-offset";
+pub(crate) const DLQ_DELIVERIES: &str = "wharf-dlq-deliveries";
+pub(crate) const DLQ_REASON: &str = "wharf-dlq-reason";
+pub(crate) const DLQ_TIME: &str = "wharf-dlq-time";
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct QueueSnap {
+    start: u64,
+    /// (offset, deliveries, available_at, done) for offsets at or after `start` that are
+    /// not in their initial state.
+    items: Vec<(u64, u32, i64, bool)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum StateRecord {
+    Snapshot {
+        queues: Vec<QueueSnap>,
+        redrive_cursor: u64,
+    },
+    Acquire {
+        q: u32,
+        items: Vec<(u64, u32)>,
+    },
+    Ack {
+        q: u32,
+        offsets: Vec<u64>,
+    },
+    Nack {
+        q: u32,
+        items: Vec<(u64, i64)>,
+    },
+    Archive {
+        q: u32,
+        offsets: Vec<u64>,
+    },
+    Redrive {
+        cursor: u64,
+    },
+}
+
+/// What recovery knows of a record not (yet) in the window.
+#[derive(Debug, Default, Clone, Copy)]
+struct Persisted {
+    deliveries: u32,
+    available_at: i64,
+    done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RecState {
+    Available { at: i64 },
+    Acquired { member: String, deadline: i64 },
+    Finishing,
+    Done,
+}
+
+#[derive(Debug)]
+struct Rec {
+    msg: StoredMessage,
+    deliveries: u32,
+    state: RecState,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    start: u64,
+    end: u64,
+    window: BTreeMap<u64, Rec>,
+    persisted: BTreeMap<u64, Persisted>,
+}
+
+struct State {
+    queues: Vec<Queue>,
+    redrive_cursor: u64,
+    records_since_snapshot: u64,
+    rng: u64,
+}
+
+/// A record to move to the dead-letter topic.
+struct DeadLetter {
+    q: usize,
+    offset: u64,
+    msg: StoredMessage,
+    deliveries: u32,
+    reason: String,
+}
+
+pub(crate) struct SharedSub {
+    name: String,
+    topic: String,
+    config: SharedConfig,
+    /// The topic's partitions, then the retry log.
+    logs: Vec<Arc<Log>>,
+    dlq: Arc<Topic>,
+    state_log: Log,
+    state: Mutex<State>,
+    /// Wakes long-polling receivers when something may have become available.
+    changed: Notify,
+    /// Part of every ack_id: ack_ids from before a restart are stale.
+    incarnation: u64,
+    clock: Arc<dyn Clock>,
+}
+
+fn encode(record: &StateRecord) -> Result<NewRecord> {
+    serde_json::to_vec(record)
+        .map(|v| NewRecord::new(Bytes::from(v)))
+        .map_err(|e| BrokerError::Internal(e.to_string()))
+}
+
+fn lock_config(engine: &EmbeddedConfig, segment: u64) -> LogConfig {
+    LogConfig {
+        durability: Durability::Always,
+        segment_max_bytes: segment,
+        segment_max_age: None,
+        vfs: engine.vfs.clone(),
+        clock: engine.clock.clone(),
+        ..LogConfig::default()
+    }
+}
+
+impl SharedSub {
+    /// Opens (or, with `init`, creates) the subscription's state under `dir`.
+    pub(crate) fn open(
+        name: &str,
+        topic: &Topic,
+        config: SharedConfig,
+        dir: &Path,
+        dlq: Arc<Topic>,
+        engine: &EmbeddedConfig,
+        init: bool,
+    ) -> Result<Self> {
+        let (state_log, _) = Log::open(dir.join("state"), lock_config(engine, 4 << 20))?;
+        let (retry_log, _) = Log::open(dir.join("retry"), lock_config(engine, 64 << 20))?;
+        let mut logs: Vec<Arc<Log>> = topic.partitions.clone();
+        logs.push(Arc::new(retry_log));
+        let n = logs.len();
+        // Replay the state log.
+        let mut snaps: Vec<QueueSnap> = Vec::new();
+        let mut redrive_cursor = 0;
+        let mut persisted: Vec<BTreeMap<u64, Persisted>> = vec![BTreeMap::new(); n];
+        let mut records_since_snapshot = 0;
+        let mut seen_snapshot = false;
+        let mut offset = state_log.start_offset();
+        let end = state_log.high_watermark();
+        while offset < end {
+            let records = state_log.read_records(offset, 1 << 20)?;
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            for r in records {
+                let record: StateRecord = serde_json::from_slice(&r.value).map_err(|e| {
+                    BrokerError::StorageUnavailable(format!(
+                        "subscription {name}: bad state record at {}: {e}",
+                        r.offset
+                    ))
+                })?;
+                records_since_snapshot += 1;
+                let slot = |q: u32, persisted: &mut Vec<BTreeMap<u64, Persisted>>| {
+                    let q = q as usize;
+                    if persisted.len() <= q {
+                        persisted.resize(q + 1, BTreeMap::new());
+                    }
+                    q
+                };
+                match record {
+                    StateRecord::Snapshot {
+                        queues,
+                        redrive_cursor: c,
+                    } => {
+                        persisted = vec![BTreeMap::new(); n.max(queues.len())];
+                        for (q, snap) in queues.iter().enumerate() {
+                            for &(o, deliveries, available_at, done) in &snap.items {
+                                persisted[q].insert(
+                                    o,
+                                    Persisted {
+                                        deliveries,
+                                        available_at,
+                                        done,
+                                    },
+                                );
+                            }
+                        }
+                        snaps = queues;
+                        redrive_cursor = c;
+                        records_since_snapshot = 0;
+                        seen_snapshot = true;
+                    }
+                    StateRecord::Acquire { q, items } => {
+                        let q = slot(q, &mut persisted);
+                        for (o, d) in items {
+                            let p = persisted[q].entry(o).or_default();
+                            p.deliveries = p.deliveries.max(d);
+                        }
+                    }
+                    StateRecord::Ack { q, offsets } | StateRecord::Archive { q, offsets } => {
+                        let q = slot(q, &mut persisted);
+                        for o in offsets {
+                            persisted[q].entry(o).or_default().done = true;
+                        }
+                    }
+                    StateRecord::Nack { q, items } => {
+                        let q = slot(q, &mut persisted);
+                        for (o, at) in items {
+                            persisted[q].entry(o).or_default().available_at = at;
+                        }
+                    }
+                    StateRecord::Redrive { cursor } => redrive_cursor = redrive_cursor.max(cursor),
+                }
+            }
+        }
+        let mut queues: Vec<Queue> = Vec::with_capacity(n);
+        for (q, log) in logs.iter().enumerate() {
+            let start = match snaps.get(q) {
+                Some(s) => s.start,
+                None if q + 1 == n => 0,
+                None => {
+                    let from = if seen_snapshot {
+                        Position::Earliest
+                    } else {
+                        config.start
+                    };
+                    match from {
+                        Position::Earliest => log.start_offset(),
+                        Position::Latest => log.high_watermark(),
+                        Position::Offset(o) => o.clamp(log.start_offset(), log.high_watermark()),
+                        Position::Timestamp(t) => {
+                            log.offset_for_timestamp(t)?.unwrap_or(log.high_watermark())
+                        }
+                    }
+                }
+            };
+            let start = start.max(log.start_offset());
+            let mut p = persisted.get_mut(q).map(std::mem::take).unwrap_or_default();
+            p.retain(|o, _| *o >= start);
+            queues.push(Queue {
+                start,
+                end: start,
+                window: BTreeMap::new(),
+                persisted: p,
+            });
+        }
+        let incarnation =
+            engine.clock.now_ms() as u64 ^ (std::process::id() as u64) << 32 ^ 0x5bd1_e995;
+        let sub = Self {
+            name: name.to_owned(),
+            topic: topic.name.clone(),
+            config,
+            logs,
+            dlq,
+            state_log,
+            state: Mutex::new(State {
+                queues,
+                redrive_cursor,
+                records_since_snapshot,
+                rng: incarnation | 1,
+            }),
+            changed: Notify::new(),
+            incarnation: incarnation & 0xffff_ffff,
+            clock: engine.clock.clone(),
+        };
+        if init || !seen_snapshot {
+            // Fix the starting positions durably.
+            let snapshot = sub.snapshot(&sub.lock());
+            sub.state_log.append_wait(&[encode(&snapshot)?])?;
+        }
+        Ok(sub)
+    }
+
+    pub(crate) fn config(&self) -> &SharedConfig {
+        &self.config
+    }
+
+    pub(crate) fn close(&self) -> wharf_log::Result<()> {
+        let retry = self.logs.last().map(|l| l.close());
+        self.state_log.close()?;
+        retry.unwrap_or(Ok(()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self, st: &State) -> StateRecord {
+        let queues = st
+            .queues
+            .iter()
+            .map(|q| {
+                let mut items: Vec<(u64, u32, i64, bool)> = q
+                    .persisted
+                    .iter()
+                    .map(|(o, p)| (*o, p.deliveries, p.available_at, p.done))
+                    .collect();
+                for (o, r) in &q.window {
+                    let (at, done) = match &r.state {
+                        RecState::Available { at } => (*at, false),
+                        RecState::Done => (0, true),
+                        _ => (0, false),
+                    };
+                    if r.deliveries > 0 || done || at > 0 {
+                        items.push((*o, r.deliveries, at, done));
+                    }
+                }
+                items.sort_unstable_by_key(|i| i.0);
+                QueueSnap {
+                    start: q.start,
+                    items,
+                }
+            })
+            .collect();
+        StateRecord::Snapshot {
+            queues,
+            redrive_cursor: st.redrive_cursor,
+        }
+    }
+
+    /// Exponential backoff after `deliveries` failed attempts, with jitter.
+    fn backoff(&self, st: &mut State, deliveries: u32) -> i64 {
+        let c = &self.config;
+        let exp = deliveries.saturating_sub(1).min(40);
+        let base = c
+            .backoff_initial_ms
+            .saturating_mul(1u64 << exp)
+            .min(c.backoff_max_ms);
+        let jitter = base * u64::from(c.backoff_jitter_pct) / 100;
+        let delay = if jitter == 0 {
+            base
+        } else {
+            // xorshift64*
+            st.rng ^= st.rng >> 12;
+            st.rng ^= st.rng << 25;
+            st.rng ^= st.rng >> 27;
+            let r = st.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            base - jitter + r % (2 * jitter + 1)
+        };
+        i64::try_from(delay.min(c.backoff_max_ms)).unwrap_or(i64::MAX)
+    }
+
+    /// Loads records from the logs into the windows.
+    fn fill(&self, st: &mut State) -> Result<()> {
+        let n_partitions = self.logs.len() - 1;
+        for (q, log) in self.logs.iter().enumerate() {
+            let queue = &mut st.queues[q];
+            let log_start = log.start_offset();
+            if queue.end < log_start {
+                // Retention deleted records the subscription had not finished.
+                queue.window.retain(|o, _| *o >= log_start);
+                queue.start = queue.start.max(log_start);
+                queue.end = log_start;
+            }
+            while queue.window.len() < WINDOW && queue.end < log.high_watermark() {
+                let records = match log.read_records(queue.end, 256 * 1024) {
+                    Ok(r) => r,
+                    Err(wharf_log::Error::OffsetOutOfRange { start, .. }) => {
+                        queue.end = start;
+                        queue.start = queue.start.max(start);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let Some(last) = records.last().map(|r| r.offset) else {
+                    break;
+                };
+                for r in records {
+                    if queue.window.len() >= WINDOW {
+                        break;
+                    }
+                    let offset = r.offset;
+                    queue.end = offset + 1;
+                    let p = queue.persisted.remove(&offset).unwrap_or_default();
+                    let deliver_at = header(&r.headers, HEADER_DELIVER_AT)
+                        .and_then(parse_rfc3339)
+                        .unwrap_or(0);
+                    let mut msg = StoredMessage::from_record(q as u32, r);
+                    if q == n_partitions {
+                        // A redriven copy: present it as the original message.
+                        if let (Some(p), Some(o)) = (
+                            header(&msg.headers, DLQ_SOURCE_PARTITION).and_then(|v| v.parse().ok()),
+                            header(&msg.headers, DLQ_SOURCE_OFFSET).and_then(|v| v.parse().ok()),
+                        ) {
+                            msg.partition = p;
+                            msg.offset = o;
+                        }
+                    }
+                    let state = if p.done {
+                        RecState::Done
+                    } else {
+                        RecState::Available {
+                            at: p.available_at.max(deliver_at),
+                        }
+                    };
+                    queue.window.insert(
+                        offset,
+                        Rec {
+                            msg,
+                            deliveries: p.deliveries,
+                            state,
+                        },
+                    );
+                }
+                if queue.end <= last {
+                    break;
+                }
+            }
+            Self::advance(queue);
+        }
+        Ok(())
+    }
+
+    /// Moves `start` over the finished prefix of the window.
+    fn advance(queue: &mut Queue) {
+        while let Some((&o, r)) = queue.window.first_key_value() {
+            if r.state != RecState::Done {
+                queue.start = o;
+                return;
+            }
+            queue.window.remove(&o);
+        }
+        queue.start = queue.end;
+    }
+
+    /// Ends failed deliveries (expired leases, nacks): back to available after the backoff
+    /// (or `delay`), or to the dead-letter topic after the last allowed delivery.
+    fn fail(
+        &self,
+        st: &mut State,
+        (q, offset): (usize, u64),
+        delay: Option<i64>,
+        reason: &str,
+        now: i64,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Option<(u64, i64)> {
+        let deliveries = st.queues[q].window.get(&offset)?.deliveries;
+        if deliveries >= self.config.max_deliveries {
+            let rec = st.queues[q].window.get_mut(&offset)?;
+            rec.state = RecState::Finishing;
+            dead.push(DeadLetter {
+                q,
+                offset,
+                msg: rec.msg.clone(),
+                deliveries,
+                reason: reason.to_owned(),
+            });
+            return None;
+        }
+        let at = now + delay.unwrap_or_else(|| self.backoff(st, deliveries));
+        st.queues[q].window.get_mut(&offset)?.state = RecState::Available { at };
+        Some((offset, at))
+    }
+
+    fn expire_leases(&self, st: &mut State, now: i64, dead: &mut Vec<DeadLetter>) {
+        for q in 0..st.queues.len() {
+            let expired: Vec<u64> = st.queues[q]
+                .window
+                .iter()
+                .filter(|(_, r)| matches!(&r.state, RecState::Acquired { deadline, .. } if *deadline <= now))
+                .map(|(o, _)| *o)
+                .collect();
+            for o in expired {
+                // Not persisted: after a restart the record is available at once anyway.
+                let _ = self.fail(st, (q, o), None, "lease_expired", now, dead);
+            }
+        }
+    }
+
+    fn ack_id(&self, q: usize, offset: u64, deliveries: u32) -> String {
+        format!("{:x}.{q}.{offset}.{deliveries}", self.incarnation)
+    }
+
+    fn parse_ack_id(&self, id: &str) -> std::result::Result<(usize, u64, u32), BrokerError> {
+        let bad = || BrokerError::BadAckId(id.chars().take(100).collect());
+        let mut parts = id.split('.');
+        let inc = u64::from_str_radix(parts.next().ok_or_else(bad)?, 16).map_err(|_| bad())?;
+        let q: usize = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let offset: u64 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let deliveries: u32 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        if parts.next().is_some() || q >= self.logs.len() {
+            return Err(bad());
+        }
+        if inc != self.incarnation {
+            return Err(BrokerError::LeaseExpired);
+        }
+        Ok((q, offset, deliveries))
+    }
+
+    /// Finds the live lease an ack_id names.
+    fn leased<'a>(
+        &self,
+        st: &'a mut State,
+        id: &str,
+        now: i64,
+    ) -> std::result::Result<(usize, u64, &'a mut Rec), BrokerError> {
+        let (q, offset, deliveries) = self.parse_ack_id(id)?;
+        let rec = st.queues[q]
+            .window
+            .get_mut(&offset)
+            .ok_or(BrokerError::LeaseExpired)?;
+        match &rec.state {
+            RecState::Acquired { deadline, .. }
+                if rec.deliveries == deliveries && *deadline > now =>
+            {
+                Ok((q, offset, rec))
+            }
+            _ => Err(BrokerError::LeaseExpired),
+        }
+    }
+
+    /// Appends state records and waits until they are durable.
+    async fn persist(&self, records: Vec<StateRecord>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let encoded = records.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        let ticket = self.state_log.append(&encoded)?;
+        ticket.await?;
+        let snapshot = {
+            let mut st = self.lock();
+            st.records_since_snapshot += records.len() as u64;
+            (st.records_since_snapshot >= SNAPSHOT_EVERY).then(|| {
+                st.records_since_snapshot = 0;
+                self.snapshot(&st)
+            })
+        };
+        if let Some(snapshot) = snapshot {
+            let done = self.state_log.append(&[encode(&snapshot)?])?.await?;
+            self.state_log.remove_before(done.base_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Moves records to the dead-letter topic, then records that durably.
+    async fn dead_letter(&self, dead: Vec<DeadLetter>) -> Result<()> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let messages: Vec<Message> = dead
+            .iter()
+            .map(|d| {
+                let mut headers: Vec<(String, String)> = d
+                    .msg
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("wharf-dlq-") && k != crate::types::HEADER_MESSAGE_ID
+                    })
+                    .cloned()
+                    .collect();
+                headers.extend([
+                    (DLQ_SOURCE_TOPIC.to_owned(), self.topic.clone()),
+                    (DLQ_SOURCE_PARTITION.to_owned(), d.msg.partition.to_string()),
+                    (DLQ_SOURCE_OFFSET.to_owned(), d.msg.offset.to_string()),
+                    (DLQ_DELIVERIES.to_owned(), d.deliveries.to_string()),
+                    (DLQ_REASON.to_owned(), d.reason.clone()),
+                    (DLQ_TIME.to_owned(), format_rfc3339(now)),
+                    // Makes a retry after a crash between the two steps below idempotent.
+                    (
+                        crate::types::HEADER_MESSAGE_ID.to_owned(),
+                        format!(
+                            "dlq/{}/{}/{}/{}/{}",
+                            self.name, d.q, d.offset, d.deliveries, self.topic
+                        ),
+                    ),
+                ]);
+                Message {
+                    key: d.msg.key.clone(),
+                    value: d.msg.value.clone(),
+                    headers,
+                    partition: Some(0),
+                }
+            })
+            .collect();
+        let published = self.dlq.publish(messages, self.clock.as_ref()).await;
+        let mut by_queue: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for d in &dead {
+            by_queue.entry(d.q).or_default().push(d.offset);
+        }
+        let persisted = match published {
+            Ok(_) => {
+                let records = by_queue
+                    .iter()
+                    .map(|(q, offsets)| StateRecord::Archive {
+                        q: *q as u32,
+                        offsets: offsets.clone(),
+                    })
+                    .collect();
+                self.persist(records).await
+            }
+            Err(e) => Err(e),
+        };
+        let mut st = self.lock();
+        for d in &dead {
+            if let Some(rec) = st.queues[d.q].window.get_mut(&d.offset) {
+                rec.state = if persisted.is_ok() {
+                    RecState::Done
+                } else {
+                    RecState::Available { at: now }
+                };
+            }
+        }
+        for q in by_queue.keys() {
+            Self::advance(&mut st.queues[*q]);
+        }
+        drop(st);
+        self.changed.notify_waiters();
+        persisted
+    }
+
+    pub(crate) async fn receive(&self, request: ReceiveRequest) -> Result<Vec<Delivery>> {
+        if request.max == 0 || request.max > 1000 {
+            return Err(BrokerError::invalid("max", "must be within 1..=1000"));
+        }
+        let lease_ms = request
+            .lease
+            .map_or(self.config.lease_ms, |d| d.as_millis() as u64);
+        if !(100..=12 * 3_600_000).contains(&lease_ms) {
+            return Err(BrokerError::invalid(
+                "lease_ms",
+                "must be within 100..=43200000",
+            ));
+        }
+        let member = request.member.clone().unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + request.wait;
+        loop {
+            let notified = self.changed.notified();
+            let now = self.clock.now_ms();
+            let mut dead = Vec::new();
+            let (deliveries, records, wake_at, waits) = {
+                let mut st = self.lock();
+                self.fill(&mut st)?;
+                self.expire_leases(&mut st, now, &mut dead);
+                let in_flight = st
+                    .queues
+                    .iter()
+                    .flat_map(|q| q.window.values())
+                    .filter(|r| matches!(&r.state, RecState::Acquired { member: m, .. } if *m == member))
+                    .count();
+                let room = request
+                    .max
+                    .min((self.config.max_in_flight_per_member as usize).saturating_sub(in_flight));
+                let mut out = Vec::new();
+                let mut records = Vec::new();
+                let mut wake_at: Option<i64> = None;
+                for q in 0..st.queues.len() {
+                    let mut blocked: HashSet<Bytes> = HashSet::new();
+                    let mut acquired = Vec::new();
+                    let queue = &mut st.queues[q];
+                    for (o, rec) in queue.window.iter_mut() {
+                        let key = rec.msg.key.clone();
+                        let ordered = self.config.ordered_by_key && key.is_some();
+                        if ordered && key.as_ref().is_some_and(|k| blocked.contains(k)) {
+                            continue;
+                        }
+                        match &rec.state {
+                            RecState::Available { at } if *at <= now && out.len() < room => {
+                                rec.deliveries += 1;
+                                let lease_deadline = now + lease_ms as i64;
+                                rec.state = RecState::Acquired {
+                                    member: member.clone(),
+                                    deadline: lease_deadline,
+                                };
+                                acquired.push((*o, rec.deliveries));
+                                out.push(Delivery {
+                                    ack_id: self.ack_id(q, *o, rec.deliveries),
+                                    message: rec.msg.clone(),
+                                    delivery_count: rec.deliveries,
+                                    lease_deadline,
+                                });
+                            }
+                            RecState::Available { at } => {
+                                if *at > now {
+                                    wake_at = Some(wake_at.map_or(*at, |w| w.min(*at)));
+                                }
+                            }
+                            RecState::Acquired { deadline, .. } => {
+                                wake_at = Some(wake_at.map_or(*deadline, |w| w.min(*deadline)));
+                            }
+                            RecState::Finishing | RecState::Done => {}
+                        }
+                        if ordered && rec.state != RecState::Done {
+                            // Later records of this key wait until this one is finished.
+                            if let Some(k) = key {
+                                blocked.insert(k);
+                            }
+                        }
+                    }
+                    if !acquired.is_empty() {
+                        records.push(StateRecord::Acquire {
+                            q: q as u32,
+                            items: acquired,
+                        });
+                    }
+                }
+                let waits: Vec<Pin<Box<OffsetWait>>> = self
+                    .logs
+                    .iter()
+                    .zip(&st.queues)
+                    .filter(|(_, q)| q.window.len() < WINDOW)
+                    .map(|(log, q)| Box::pin(log.wait_for(q.end)))
+                    .collect();
+                (out, records, wake_at, waits)
+            };
+            // Dead letters found on the way (leases that expired on a last delivery).
+            self.dead_letter(dead).await?;
+            if !deliveries.is_empty() {
+                // Delivery counts must survive a crash before anyone sees the delivery.
+                self.persist(records).await?;
+                return Ok(deliveries);
+            }
+            let now_instant = tokio::time::Instant::now();
+            if now_instant >= deadline {
+                return Ok(Vec::new());
+            }
+            // Sleep until: a publish, an ack/nack/release, a delay or lease coming due, or
+            // the deadline.
+            let due = wake_at.map(|at| {
+                let ms = u64::try_from(at.saturating_sub(self.clock.now_ms())).unwrap_or(0);
+                now_instant + Duration::from_millis(ms.max(1))
+            });
+            let until = due.map_or(deadline, |d| d.min(deadline));
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = notified => {}
+                _ = AnyReady(waits) => {}
+            }
+        }
+    }
+
+    /// Applies `f` to each live lease named by `ack_ids`; persists what `f` returns.
+    async fn settle(
+        &self,
+        ack_ids: &[String],
+        mut f: impl FnMut(
+            &Self,
+            &mut State,
+            usize,
+            u64,
+            i64,
+            &mut Vec<DeadLetter>,
+        ) -> Option<StateRecord>,
+    ) -> Result<Vec<AckOutcome>> {
+        if ack_ids.is_empty() || ack_ids.len() > 10_000 {
+            return Err(BrokerError::invalid("ack_ids", "give 1 to 10000 ack_ids"));
+        }
+        let now = self.clock.now_ms();
+        let mut dead = Vec::new();
+        let mut records = Vec::new();
+        let outcomes: Vec<AckOutcome> = {
+            let mut st = self.lock();
+            ack_ids
+                .iter()
+                .map(|id| {
+                    let error = match self.leased(&mut st, id, now) {
+                        Ok((q, offset, _)) => {
+                            if let Some(r) = f(self, &mut st, q, offset, now, &mut dead) {
+                                records.push(r);
+                            }
+                            None
+                        }
+                        Err(e) => Some(e.code().to_owned()),
+                    };
+                    AckOutcome {
+                        ack_id: id.clone(),
+                        error,
+                    }
+                })
+                .collect()
+        };
+        self.persist(records).await?;
+        {
+            let mut st = self.lock();
+            for q in &mut st.queues {
+                Self::advance(q);
+            }
+        }
+        self.dead_letter(dead).await?;
+        self.changed.notify_waiters();
+        Ok(outcomes)
+    }
+
+    pub(crate) async fn ack(&self, ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
+        self.settle(ack_ids, |_, st, q, offset, _, _| {
+            st.queues[q].window.get_mut(&offset)?.state = RecState::Done;
+            Some(StateRecord::Ack {
+                q: q as u32,
+                offsets: vec![offset],
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn nack(
+        &self,
+        ack_ids: &[String],
+        delay_ms: Option<u64>,
+    ) -> Result<Vec<AckOutcome>> {
+        let delay = delay_ms.map(|d| i64::try_from(d.min(7 * 86_400_000)).unwrap_or(0));
+        self.settle(ack_ids, |this, st, q, offset, now, dead| {
+            let (o, at) = this.fail(st, (q, offset), delay, "nack", now, dead)?;
+            Some(StateRecord::Nack {
+                q: q as u32,
+                items: vec![(o, at)],
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn extend(
+        &self,
+        ack_ids: &[String],
+        lease_ms: u64,
+    ) -> Result<Vec<AckOutcome>> {
+        if !(100..=12 * 3_600_000).contains(&lease_ms) {
+            return Err(BrokerError::invalid(
+                "lease_ms",
+                "must be within 100..=43200000",
+            ));
+        }
+        self.settle(ack_ids, |_, st, q, offset, now, _| {
+            if let RecState::Acquired { deadline, .. } =
+                &mut st.queues[q].window.get_mut(&offset)?.state
+            {
+                *deadline = now + lease_ms as i64;
+            }
+            None
+        })
+        .await
+    }
+
+    pub(crate) async fn terminate(
+        &self,
+        ack_ids: &[String],
+        reason: &str,
+    ) -> Result<Vec<AckOutcome>> {
+        let reason = if reason.is_empty() {
+            "terminated"
+        } else {
+            reason
+        };
+        let reason: String = reason.chars().take(1000).collect();
+        self.settle(ack_ids, |_, st, q, offset, _, dead| {
+            let rec = st.queues[q].window.get_mut(&offset)?;
+            rec.state = RecState::Finishing;
+            dead.push(DeadLetter {
+                q,
+                offset,
+                msg: rec.msg.clone(),
+                deliveries: rec.deliveries,
+                reason: reason.clone(),
+            });
+            None
+        })
+        .await
+    }
+
+    /// The dead-letter topic's log (one partition).
+    pub(crate) fn dlq_log(&self) -> Result<&Arc<Log>> {
+        self.dlq.partition(0)
+    }
+
+    /// Where listing dead letters starts by default: the first one not yet redriven.
+    pub(crate) fn redrive_cursor(&self) -> u64 {
+        self.lock().redrive_cursor
+    }
+
+    pub(crate) async fn redrive(&self, max: usize) -> Result<u64> {
+        if max == 0 || max > 100_000 {
+            return Err(BrokerError::invalid("max", "must be within 1..=100000"));
+        }
+        let dlq = self.dlq_log()?.clone();
+        let retry = self
+            .logs
+            .last()
+            .cloned()
+            .ok_or_else(|| BrokerError::Internal("no retry log".into()))?;
+        let mut cursor = self.redrive_cursor().max(dlq.start_offset());
+        let mut moved = 0u64;
+        while (moved as usize) < max && cursor < dlq.high_watermark() {
+            let records = dlq.read_records(cursor, 1 << 20)?;
+            if records.is_empty() {
+                break;
+            }
+            let take: Vec<_> = records.into_iter().take(max - moved as usize).collect();
+            let next = take.last().map_or(cursor, |r| r.offset + 1);
+            let copies: Vec<NewRecord> = take
+                .into_iter()
+                .map(|r| NewRecord {
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                })
+                .collect();
+            moved += copies.len() as u64;
+            // The copies are durable before the cursor moves past them: a crash in between
+            // redrives them twice (at-least-once), never zero times.
+            retry.append(&copies)?.await?;
+            self.persist(vec![StateRecord::Redrive { cursor: next }])
+                .await?;
+            self.lock().redrive_cursor = next;
+            cursor = next;
+        }
+        self.changed.notify_waiters();
+        Ok(moved)
+    }
+
+    pub(crate) fn info(&self, now: i64) -> SubscriptionInfo {
+        let mut st = self.lock();
+        let _ = self.fill(&mut st);
+        let n_partitions = self.logs.len() - 1;
+        let mut in_flight = 0;
+        let mut delayed = 0;
+        for q in &st.queues {
+            for r in q.window.values() {
+                match &r.state {
+                    RecState::Acquired { deadline, .. } if *deadline > now => in_flight += 1,
+                    RecState::Available { at } if *at > now => delayed += 1,
+                    _ => {}
+                }
+            }
+        }
+        let dead_lettered = self.dlq_log().map_or(0, |l| {
+            l.high_watermark()
+                .saturating_sub(st.redrive_cursor.max(l.start_offset()))
+        });
+        SubscriptionInfo {
+            topic: self.topic.clone(),
+            name: self.name.clone(),
+            config: SubscriptionConfig::Shared(self.config.clone()),
+            partitions: self
+                .logs
+                .iter()
+                .zip(&st.queues)
+                .take(n_partitions)
+                .enumerate()
+                .map(|(p, (log, q))| SubscriptionPartition {
+                    partition: p as u32,
+                    committed: q.start,
+                    lag: log.high_watermark().saturating_sub(q.start),
+                    behind_retention: q.start < log.start_offset(),
+                })
+                .collect(),
+            members: {
+                let mut m: Vec<String> = st
+                    .queues
+                    .iter()
+                    .flat_map(|q| q.window.values())
+                    .filter_map(|r| match &r.state {
+                        RecState::Acquired { member, deadline } if *deadline > now => {
+                            Some(member.clone())
+                        }
+                        _ => None,
+                    })
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                m.sort();
+                m
+            },
+            generation: 0,
+            in_flight,
+            delayed,
+            dead_lettered,
+        }
+    }
+}
