@@ -557,13 +557,18 @@ impl SharedSub {
         let snapshot = {
             let mut st = self.lock();
             st.records_since_snapshot += records.len() as u64;
-            (st.records_since_snapshot >= SNAPSHOT_EVERY).then(|| {
+            if st.records_since_snapshot >= SNAPSHOT_EVERY {
                 st.records_since_snapshot = 0;
-                self.snapshot(&st)
-            })
+                // Taken and queued under the lock: every state change is made in memory
+                // before its record is appended, so every record queued before the snapshot
+                // is reflected in it, and the journal before it can go.
+                Some(self.state_log.append(&[encode(&self.snapshot(&st))?])?)
+            } else {
+                None
+            }
         };
-        if let Some(snapshot) = snapshot {
-            let done = self.state_log.append(&[encode(&snapshot)?])?.await?;
+        if let Some(ticket) = snapshot {
+            let done = ticket.await?;
             self.state_log.remove_before(done.base_offset)?;
         }
         Ok(())
@@ -935,9 +940,10 @@ impl SharedSub {
             // The copies are durable before the cursor moves past them: a crash in between
             // redrives them twice (at-least-once), never zero times.
             retry.append(&copies)?.await?;
+            // In memory first (the copies are durable), so a snapshot taken meanwhile has it.
+            self.lock().redrive_cursor = next;
             self.persist(vec![StateRecord::Redrive { cursor: next }])
                 .await?;
-            self.lock().redrive_cursor = next;
             cursor = next;
         }
         self.changed.notify_waiters();

@@ -419,17 +419,20 @@ impl StreamGroup {
                     offset: c.offset,
                 })?);
             }
-            st.commits_since_snapshot += records.len() as u64;
-            self.state_log.append(&records)?
-        };
-        ticket.await?;
-        let (result, snapshot) = {
-            let mut st = self.lock();
+            let ticket = self.state_log.append(&records)?;
+            // Applied in memory as the records are queued (not once durable), so that a
+            // snapshot queued after them reflects them — see the snapshot below.
             for c in &offsets {
                 if let Some(slot) = st.committed.get_mut(c.partition as usize) {
                     *slot = (*slot).max(c.offset);
                 }
             }
+            st.commits_since_snapshot += records.len() as u64;
+            ticket
+        };
+        ticket.await?;
+        let (result, snapshot) = {
+            let mut st = self.lock();
             let result = offsets
                 .iter()
                 .map(|c| Committed {
@@ -437,17 +440,20 @@ impl StreamGroup {
                     offset: st.committed[c.partition as usize],
                 })
                 .collect();
-            let snapshot = (st.commits_since_snapshot >= SNAPSHOT_EVERY).then(|| {
+            let snapshot = if st.commits_since_snapshot >= SNAPSHOT_EVERY {
                 st.commits_since_snapshot = 0;
-                st.committed.clone()
-            });
+                // Queued under the lock: every commit queued before it is reflected in it.
+                let record = encode(&StateRecord::Snapshot {
+                    committed: st.committed.clone(),
+                })?;
+                Some(self.state_log.append(&[record])?)
+            } else {
+                None
+            };
             (result, snapshot)
         };
-        if let Some(committed) = snapshot {
-            let done = self
-                .state_log
-                .append(&[encode(&StateRecord::Snapshot { committed })?])?
-                .await?;
+        if let Some(ticket) = snapshot {
+            let done = ticket.await?;
             // Everything before the snapshot is now redundant.
             self.state_log.remove_before(done.base_offset)?;
         }
@@ -483,21 +489,25 @@ impl StreamGroup {
                 }
             }
         }
-        self.state_log
-            .append(&[encode(&StateRecord::Snapshot {
+        let ticket = {
+            // Queued and applied under the lock, so concurrent commits order the same way in
+            // memory and in the journal.
+            let mut st = self.lock();
+            let ticket = self.state_log.append(&[encode(&StateRecord::Snapshot {
                 committed: target.clone(),
-            })?])?
-            .await?;
-        let mut st = self.lock();
-        st.committed = target.clone();
-        st.commits_since_snapshot = 0;
-        // Members continue from the new offsets.
-        for member in st.members.values_mut() {
-            for (p, pos) in member.positions.iter_mut() {
-                *pos = target[*p as usize];
+            })?])?;
+            st.committed = target.clone();
+            st.commits_since_snapshot = 0;
+            // Members continue from the new offsets.
+            for member in st.members.values_mut() {
+                for (p, pos) in member.positions.iter_mut() {
+                    *pos = target[*p as usize];
+                }
             }
-        }
-        st.generation += 1;
+            st.generation += 1;
+            ticket
+        };
+        ticket.await?;
         Ok(target
             .iter()
             .enumerate()
