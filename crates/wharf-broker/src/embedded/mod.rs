@@ -41,6 +41,8 @@ use stream::StreamGroup;
 
 const TOPIC_FILE: &str = "topic.json";
 const SUB_FILE: &str = "sub.json";
+/// Most headers one message may carry.
+const MAX_HEADERS: usize = 100;
 
 /// Where and how the embedded engine keeps its data.
 #[derive(Clone, Debug)]
@@ -535,6 +537,28 @@ impl Topic {
                     size,
                     limit: topic.config.max_message_bytes,
                 });
+            }
+            if m.headers.len() > MAX_HEADERS {
+                return Err(BrokerError::invalid(
+                    "headers",
+                    format!(
+                        "{} headers; at most {MAX_HEADERS} are allowed",
+                        m.headers.len()
+                    ),
+                ));
+            }
+            if let Some((name, _)) = m
+                .headers
+                .iter()
+                .find(|(k, _)| k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
+            {
+                return Err(BrokerError::invalid(
+                    "headers",
+                    format!(
+                        "header name {:?} must be 1 to 256 characters without control characters",
+                        name.chars().take(40).collect::<String>()
+                    ),
+                ));
             }
             if let Some(at) = crate::types::header(&m.headers, crate::types::HEADER_DELIVER_AT)
                 && crate::time::parse_rfc3339(at).is_none()
