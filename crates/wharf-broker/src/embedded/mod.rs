@@ -168,6 +168,20 @@ impl std::future::Future for AnyReady {
     }
 }
 
+/// A random number, different in every call and every process (the standard library's
+/// per-instance hash keys are seeded from the OS), so ids minted after a restart never repeat
+/// ids from before it — even with a manual clock or a clock that stepped back.
+pub(crate) fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -281,8 +281,7 @@ impl SharedSub {
                 persisted: p,
             });
         }
-        let incarnation =
-            engine.clock.now_ms() as u64 ^ (std::process::id() as u64) << 32 ^ 0x5bd1_e995;
+        let incarnation = super::nonce();
         let sub = Self {
             name: name.to_owned(),
             topic: topic.name.clone(),

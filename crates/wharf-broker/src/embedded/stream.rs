@@ -53,6 +53,8 @@ struct GroupState {
     generation: u64,
     owner: Vec<Option<String>>,
     next_member: u64,
+    /// Random per open: member ids minted after a restart never repeat earlier ones.
+    incarnation: u64,
     commits_since_snapshot: u64,
 }
 
@@ -155,6 +157,7 @@ impl StreamGroup {
                 generation: 0,
                 owner: vec![None; n],
                 next_member: 0,
+                incarnation: super::nonce() & 0xffff_ffff,
                 commits_since_snapshot,
             }),
         })
@@ -241,10 +244,13 @@ impl StreamGroup {
         self.expire(&mut st, now);
         let id = match member {
             Some(id) => id.to_owned(),
-            None => {
+            None => loop {
                 st.next_member += 1;
-                format!("m-{:x}-{:x}", now, st.next_member)
-            }
+                let id = format!("m-{:08x}-{:x}", st.incarnation, st.next_member);
+                if !st.members.contains_key(&id) {
+                    break id;
+                }
+            },
         };
         let is_new = !st.members.contains_key(&id);
         st.members
