@@ -119,7 +119,6 @@ conformance::conformance_tests! { crate::harness;
         positions_earliest_latest_offset_timestamp,
         out_of_range,
         max_messages,
-        #[ignore = "BUG: a read returns a whole batch published together, ignoring max_bytes"]
         max_bytes,
         long_poll_woken_by_publish,
         short_wait_returns_empty,
@@ -134,7 +133,6 @@ conformance::conformance_tests! { crate::harness;
         leave_rebalances,
         session_timeout,
         fetch_owned_partitions_and_continue,
-        #[ignore = "BUG: a fetch returns a whole batch published together, ignoring max_bytes"]
         fetch_limits,
         commit_durable_across_restart,
         commit_not_owned,

@@ -726,6 +726,36 @@ fn message_size(m: &Message) -> u64 {
     (m.key.as_ref().map_or(0, Bytes::len) + m.value.len() + headers) as u64
 }
 
+/// Size of a record as the byte limits of reads count it: key, value and headers.
+pub(crate) fn record_size(r: &wharf_log::Record) -> usize {
+    r.key.as_ref().map_or(0, Bytes::len)
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The first records that fit in `max_messages` and about `max_bytes` (always at least one:
+/// a message larger than the limit still comes, alone).
+pub(crate) fn take_within(
+    records: Vec<wharf_log::Record>,
+    max_messages: usize,
+    max_bytes: usize,
+) -> impl Iterator<Item = wharf_log::Record> {
+    let mut used = 0usize;
+    let mut taken = 0usize;
+    records.into_iter().take_while(move |r| {
+        let size = record_size(r);
+        let fits = taken == 0 || (taken < max_messages && used + size <= max_bytes);
+        if fits {
+            used += size;
+            taken += 1;
+        }
+        fits && taken <= max_messages.max(1)
+    })
+}
+
 /// Reads from `log` per `request`, optionally waiting for new data.
 pub(crate) async fn read_partition(
     topic: &str,
@@ -767,11 +797,9 @@ pub(crate) async fn read_partition(
             Err(e) => return Err(e.into()),
         }
     };
-    let messages: Vec<StoredMessage> = records
-        .into_iter()
-        .take(max_messages)
+    let messages = take_within(records, max_messages, request.max_bytes)
         .map(|r| StoredMessage::from_record(partition, r))
-        .collect();
+        .collect::<Vec<_>>();
     Ok(ReadResult {
         next_offset: messages.last().map_or(from, |m| m.offset + 1),
         messages,

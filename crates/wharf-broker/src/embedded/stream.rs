@@ -330,12 +330,18 @@ impl StreamGroup {
                 let room = request.max_messages.max(1) - out.len();
                 let mut next = from;
                 for r in records.into_iter().take(room) {
-                    budget =
-                        budget.saturating_sub(r.value.len() + r.key.as_ref().map_or(0, Bytes::len));
+                    let size = super::record_size(&r);
+                    // Whole messages up to about max_bytes, but always at least one.
+                    if !out.is_empty() && size > budget {
+                        break;
+                    }
+                    budget = budget.saturating_sub(size);
                     next = r.offset + 1;
                     out.push(StoredMessage::from_record(p, r));
                 }
-                advanced.push((p, next));
+                if next > from {
+                    advanced.push((p, next));
+                }
             }
             if !out.is_empty() {
                 let mut st = self.lock();
