@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -64,6 +63,8 @@ pub(crate) struct StreamGroup {
     partitions: Vec<Arc<Log>>,
     state_log: Log,
     state: Mutex<GroupState>,
+    /// Woken on every rebalance and reset, so a waiting fetch sees its new assignment.
+    changed: tokio::sync::Notify,
 }
 
 fn resolve(log: &Log, position: &Position) -> Result<u64> {
@@ -151,6 +152,7 @@ impl StreamGroup {
             config,
             partitions,
             state_log,
+            changed: tokio::sync::Notify::new(),
             state: Mutex::new(GroupState {
                 committed,
                 members: BTreeMap::new(),
@@ -190,6 +192,7 @@ impl StreamGroup {
     /// fetch position on partitions they keep; new owners start at the committed offset.
     fn rebalance(&self, st: &mut GroupState) {
         st.generation += 1;
+        self.changed.notify_waiters();
         let ids: Vec<String> = st.members.keys().cloned().collect();
         for (p, owner) in st.owner.iter_mut().enumerate() {
             *owner = (!ids.is_empty()).then(|| ids[p % ids.len()].clone());
@@ -294,6 +297,7 @@ impl StreamGroup {
     ) -> Result<Vec<StoredMessage>> {
         let deadline = tokio::time::Instant::now() + request.wait;
         loop {
+            let notified = self.changed.notified();
             let (generation, plan) = {
                 let mut st = self.lock();
                 self.expire(&mut st, clock.now_ms());
@@ -370,15 +374,12 @@ impl StreamGroup {
                         .map(|log| Box::pin(log.wait_for(pos)))
                 })
                 .collect();
-            if waits.is_empty() {
-                // No partitions (more members than partitions): wait out the deadline in
-                // slices, so a rebalance that hands us a partition is noticed.
-                let slice = (deadline - now).min(Duration::from_millis(100));
-                tokio::time::sleep(slice).await;
-                continue;
+            // Woken by an append to an owned partition, a rebalance or reset, or the deadline.
+            tokio::select! {
+                _ = AnyReady(waits) => {}
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
             }
-            let any = AnyReady(waits);
-            let _ = tokio::time::timeout_at(deadline, any).await;
         }
     }
 
@@ -517,6 +518,7 @@ impl StreamGroup {
                 }
             }
             st.generation += 1;
+            self.changed.notify_waiters();
             ticket
         };
         ticket.await?;
