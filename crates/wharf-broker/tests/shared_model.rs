@@ -38,12 +38,11 @@
 //!    reason), with the source partition / offset / delivery count, the original key, value and
 //!    headers; `dead_lettered` is its size minus what was redriven.
 //!
-//! Relaxations, each shown by an ignored test below: per-key order is modelled as the engine
-//! implements it, per queue (a redriven copy in the retry queue is not held back by an
-//! in-flight record of its key in a partition, nor the other way round:
-//! `redriven_copy_respects_key_order`); dead letters and redriven copies are compared without
-//! their `wharf-message-id`, which the engine replaces by its own
-//! (`redriven_copy_keeps_its_message_id`).
+//! Per-key order holds across all queues, the retry queue read first
+//! (`redriven_copy_respects_key_order`). Dead letters carry the engine's own
+//! `wharf-message-id` (it makes the dead-letter publish idempotent) and keep the producer's in
+//! `wharf-dlq-message-id`; redriven copies get the producer's back
+//! (`redriven_copy_keeps_its_message_id`); the property compares them without it.
 //! Modelled quirk: under `ordered_by_key`, a record that a receive dead-letters (its lease
 //! expired on the last allowed delivery) still holds back its key during that receive.
 //!
@@ -357,8 +356,24 @@ impl Model {
             .count();
         let room = max.min((self.s.max_in_flight as usize).saturating_sub(in_flight));
         let mut out = Vec::new();
-        for q in 0..self.queues.len() {
-            let mut blocked: BTreeSet<Bytes> = BTreeSet::new();
+        // The retry queue first (it holds the oldest messages), then the partitions; per-key
+        // order holds across all of them.
+        let n = self.queues.len();
+        // A key with a delivery in flight (or being dead-lettered) anywhere waits.
+        let mut blocked: BTreeSet<Bytes> = BTreeSet::new();
+        if self.s.ordered_by_key {
+            for q in 0..n {
+                for o in 0..self.queues[q].len() {
+                    let r = &self.queues[q][o];
+                    if matches!(r.st, St::Leased { .. }) || finishing.contains(&(q, o)) {
+                        if let Some(k) = self.msgs[r.msg].key.clone() {
+                            blocked.insert(k);
+                        }
+                    }
+                }
+            }
+        }
+        for q in std::iter::once(n - 1).chain(0..n - 1) {
             for o in 0..self.queues[q].len() {
                 let key = self.msgs[self.queues[q][o].msg].key.clone();
                 let ordered = self.s.ordered_by_key && key.is_some();
@@ -454,9 +469,8 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Every published header is there. Relaxation: dead letters and redriven copies carry the
-/// engine's own `wharf-message-id` (`dlq/...`, which keeps the dead-letter publish
-/// idempotent) instead of the producer's: `redriven_copy_keeps_its_message_id` (ignored).
+/// Every published header is there (the message id of dead letters and copies is checked by
+/// `redriven_copy_keeps_its_message_id`).
 fn same_headers(got: &[(String, String)], want: &[(String, String)]) -> Result<(), TestCaseError> {
     let copy = header(got, "wharf-dlq-source-offset").is_some();
     for (k, v) in want {
@@ -1064,7 +1078,6 @@ proptest! {
 /// message of its key is still leased (found while writing the model above, which models
 /// the per-queue behaviour so that it can keep checking everything else).
 #[test]
-#[ignore = "BUG: ordered_by_key: a redriven copy is delivered while its key is in flight"]
 fn redriven_copy_respects_key_order() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1120,7 +1133,6 @@ fn redriven_copy_respects_key_order() {
 /// by the engine's internal dead-letter id `dlq/{sub}/{queue}/{offset}/{deliveries}/{topic}`;
 /// the producer's id is in neither the dead letter nor the copy.
 #[test]
-#[ignore = "BUG: dead letters and redriven copies lose the producer's wharf-message-id"]
 fn redriven_copy_keeps_its_message_id() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

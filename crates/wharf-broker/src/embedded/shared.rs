@@ -44,6 +44,8 @@ pub(crate) const DLQ_SOURCE_OFFSET: &str = "wharf-dlq-source-offset";
 pub(crate) const DLQ_DELIVERIES: &str = "wharf-dlq-deliveries";
 pub(crate) const DLQ_REASON: &str = "wharf-dlq-reason";
 pub(crate) const DLQ_TIME: &str = "wharf-dlq-time";
+/// The producer's `wharf-message-id`, kept aside on a dead letter and restored on redrive.
+pub(crate) const DLQ_MESSAGE_ID: &str = "wharf-dlq-message-id";
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct QueueSnap {
@@ -591,6 +593,13 @@ impl SharedSub {
                     })
                     .cloned()
                     .collect();
+                // The producer's id is kept aside (the dead-letter topic's own id below makes
+                // retries idempotent) and restored on redrive.
+                if let Some(id) =
+                    crate::types::header(&d.msg.headers, crate::types::HEADER_MESSAGE_ID)
+                {
+                    headers.push((DLQ_MESSAGE_ID.to_owned(), id.to_owned()));
+                }
                 headers.extend([
                     (DLQ_SOURCE_TOPIC.to_owned(), self.topic.clone()),
                     (DLQ_SOURCE_PARTITION.to_owned(), d.msg.partition.to_string()),
@@ -686,8 +695,24 @@ impl SharedSub {
                 let mut out = Vec::new();
                 let mut records = Vec::new();
                 let mut wake_at: Option<i64> = None;
-                for q in 0..st.queues.len() {
-                    let mut blocked: HashSet<Bytes> = HashSet::new();
+                // The retry log (redriven messages, older than anything still in the
+                // partitions) is read first; per-key order holds across all queues.
+                let n = st.queues.len();
+                let order = std::iter::once(n - 1).chain(0..n - 1);
+                // A key with a delivery in flight anywhere waits, whatever queue it is in.
+                let mut blocked: HashSet<Bytes> = if self.config.ordered_by_key {
+                    st.queues
+                        .iter()
+                        .flat_map(|q| q.window.values())
+                        .filter(|r| {
+                            matches!(r.state, RecState::Acquired { .. } | RecState::Finishing)
+                        })
+                        .filter_map(|r| r.msg.key.clone())
+                        .collect()
+                } else {
+                    HashSet::new()
+                };
+                for q in order {
                     let mut acquired = Vec::new();
                     let queue = &mut st.queues[q];
                     for (o, rec) in queue.window.iter_mut() {
@@ -929,10 +954,25 @@ impl SharedSub {
             let next = take.last().map_or(cursor, |r| r.offset + 1);
             let copies: Vec<NewRecord> = take
                 .into_iter()
-                .map(|r| NewRecord {
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
+                .map(|r| {
+                    // Give the copy back its producer's id (the dead-letter topic's own id is
+                    // internal).
+                    let original = header(&r.headers, DLQ_MESSAGE_ID).map(str::to_owned);
+                    let mut headers: Vec<(String, String)> = r
+                        .headers
+                        .into_iter()
+                        .filter(|(k, _)| {
+                            k != crate::types::HEADER_MESSAGE_ID && k != DLQ_MESSAGE_ID
+                        })
+                        .collect();
+                    if let Some(id) = original {
+                        headers.push((crate::types::HEADER_MESSAGE_ID.to_owned(), id));
+                    }
+                    NewRecord {
+                        key: r.key,
+                        value: r.value,
+                        headers,
+                    }
                 })
                 .collect();
             moved += copies.len() as u64;
