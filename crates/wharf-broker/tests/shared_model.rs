@@ -365,10 +365,10 @@ impl Model {
             for q in 0..n {
                 for o in 0..self.queues[q].len() {
                     let r = &self.queues[q][o];
-                    if matches!(r.st, St::Leased { .. }) || finishing.contains(&(q, o)) {
-                        if let Some(k) = self.msgs[r.msg].key.clone() {
-                            blocked.insert(k);
-                        }
+                    if (matches!(r.st, St::Leased { .. }) || finishing.contains(&(q, o)))
+                        && let Some(k) = self.msgs[r.msg].key.clone()
+                    {
+                        blocked.insert(k);
                     }
                 }
             }
