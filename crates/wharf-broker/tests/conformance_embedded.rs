@@ -143,4 +143,34 @@ conformance::conformance_tests! { crate::harness;
         long_poll_fetch,
         subscriptions_are_independent,
     }
+    shared {
+        create_describe_list_delete,
+        idempotent_and_conflicting_create,
+        bad_settings,
+        bad_requests,
+        wrong_kind,
+        receive_leases_to_one_member,
+        ack_is_final,
+        nack_delay_and_backoff,
+        extend_lease,
+        lease_expiry_redelivers,
+        #[ignore = "BUG: lease expiry is handled lazily in receive(); the backoff counts from that receive, not from the deadline"]
+        lease_expiry_backoff_counts_from_deadline,
+        #[ignore = "BUG: an expired lease is only processed by a receive(); describe/dead_letters miss it until then"]
+        expired_lease_accounted_without_receive,
+        #[ignore = "BUG: publish to a wharf.dlq.* topic is accepted; redrive then delivers it as a nonexistent partition"]
+        dead_letter_topic_refuses_publish,
+        max_deliveries_dead_letters,
+        terminate_dead_letters,
+        redrive,
+        deliver_at_delays,
+        ordered_by_key,
+        max_in_flight_per_member,
+        restart_keeps_acks_counts_and_delays,
+        restart_keeps_dead_letters_and_redrive,
+        long_poll_woken_by_publish,
+        long_poll_woken_by_nack,
+        stream_and_shared_on_one_topic_are_independent,
+        multiple_partitions,
+    }
 }

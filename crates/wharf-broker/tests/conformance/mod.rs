@@ -7,8 +7,8 @@
 //!   ([`Harness::advance_clock`]) and applies retention on demand
 //!   ([`Harness::enforce_retention`]).
 //! - Each case is a `pub(crate) async fn(impl Harness)` in one of the group modules below
-//!   ([`topics`], [`publish`], [`dedup`], [`read`], [`stream`]). A case asserts real
-//!   behaviour and panics (naming what differed) when the engine does not conform.
+//!   ([`topics`], [`publish`], [`dedup`], [`read`], [`stream`], [`shared`]). A case asserts
+//!   real behaviour and panics (naming what differed) when the engine does not conform.
 //! - An engine's test file (`tests/conformance_{engine}.rs`) declares `mod conformance;`,
 //!   implements [`Harness`], and lists the cases with [`conformance_tests!`], which
 //!   generates one `#[tokio::test]` per case, so a failure names the group and the case
@@ -16,8 +16,6 @@
 //!   there with `#[ignore = "..."]`.
 //! - Every case must be listed by every engine: a case an engine's file leaves out is dead
 //!   code in that test crate, which `clippy -D warnings` refuses.
-//!
-//! Shared subscriptions get their own group module (`shared`) once an engine implements them.
 //!
 //! Cases are fast and deterministic: time moves only through the harness clock, waits for a
 //! publish are woken by the publish (long timeouts are safety nets only), and nothing sleeps
@@ -27,6 +25,7 @@ pub(crate) mod common;
 pub(crate) mod dedup;
 pub(crate) mod publish;
 pub(crate) mod read;
+pub(crate) mod shared;
 pub(crate) mod stream;
 pub(crate) mod topics;
 
