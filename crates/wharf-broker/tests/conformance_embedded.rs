@@ -154,11 +154,8 @@ conformance::conformance_tests! { crate::harness;
         nack_delay_and_backoff,
         extend_lease,
         lease_expiry_redelivers,
-        #[ignore = "BUG: lease expiry is handled lazily in receive(); the backoff counts from that receive, not from the deadline"]
         lease_expiry_backoff_counts_from_deadline,
-        #[ignore = "BUG: an expired lease is only processed by a receive(); describe/dead_letters miss it until then"]
         expired_lease_accounted_without_receive,
-        #[ignore = "BUG: publish to a wharf.dlq.* topic is accepted; redrive then delivers it as a nonexistent partition"]
         dead_letter_topic_refuses_publish,
         max_deliveries_dead_letters,
         terminate_dead_letters,

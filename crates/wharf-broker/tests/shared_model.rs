@@ -325,6 +325,25 @@ impl Model {
         self.dlq.push((rec.msg, letter));
     }
 
+    /// Ends expired leases (in queue and offset order); the backoff counts from the
+    /// deadline. Returns the records this dead-lettered.
+    fn expire(&mut self, now: i64) -> BTreeSet<(usize, usize)> {
+        let mut finishing = BTreeSet::new();
+        for q in 0..self.queues.len() {
+            for o in 0..self.queues[q].len() {
+                if let St::Leased { deadline, .. } = self.queues[q][o].st
+                    && deadline <= now
+                {
+                    self.fail(q, o, None, "lease_expired", deadline);
+                    if self.queues[q][o].st == St::Dead {
+                        finishing.insert((q, o));
+                    }
+                }
+            }
+        }
+        finishing
+    }
+
     /// A receive: expired leases fail first (in queue and offset order); then, per queue in
     /// offset order, available records are leased up to the room the member has, skipping
     /// keys with an earlier unfinished record when ordered. Returns (queue, offset) leased.
@@ -337,17 +356,7 @@ impl Model {
     ) -> Vec<(usize, usize)> {
         // Records dead-lettered by this expiry are still being finished while the receive
         // picks: under `ordered_by_key` they hold back their key until the next receive.
-        let mut finishing = BTreeSet::new();
-        for q in 0..self.queues.len() {
-            for o in 0..self.queues[q].len() {
-                if matches!(self.queues[q][o].st, St::Leased { deadline, .. } if deadline <= now) {
-                    self.fail(q, o, None, "lease_expired", now);
-                    if self.queues[q][o].st == St::Dead {
-                        finishing.insert((q, o));
-                    }
-                }
-            }
-        }
+        let finishing = self.expire(now);
         let in_flight = self
             .queues
             .iter()
@@ -878,9 +887,11 @@ impl Harness {
     }
 
     /// Check 1 (and more) through `describe_subscription`.
-    async fn check_describe(&self) -> Result<(), TestCaseError> {
+    async fn check_describe(&mut self) -> Result<(), TestCaseError> {
         let now = self.now();
         let info = ok(self.e().describe_subscription(TOPIC, SUB).await, "describe")?;
+        // Describing ends expired leases, as a receive does.
+        self.m.expire(now);
         let m = &self.m;
         prop_assert_eq!(
             info.dead_lettered,

@@ -900,6 +900,12 @@ impl Engine for EmbeddedEngine {
 
     async fn publish(&self, topic_name: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
         let topic = self.topic(topic_name)?;
+        if topic_name.starts_with(names::RESERVED_PREFIX) {
+            return Err(BrokerError::invalid(
+                "topic",
+                format!("{topic_name:?} is written by Wharf only (dead letters)"),
+            ));
+        }
         topic
             .publish(messages, self.inner.config.clock.as_ref())
             .await
@@ -986,6 +992,10 @@ impl Engine for EmbeddedEngine {
 
     async fn describe_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
         let (t, sub) = self.stream_group(topic, name)?;
+        if let Subscription::Shared(shared) = &*sub {
+            // Expired leases end now, so the counts are current without a receive.
+            shared.maintain().await?;
+        }
         Ok(sub.info(&t.name, self.now()))
     }
 
@@ -1119,6 +1129,7 @@ impl Engine for EmbeddedEngine {
     ) -> Result<ReadResult> {
         let (_, s) = self.stream_group(topic, sub)?;
         let shared = s.shared(sub)?;
+        shared.maintain().await?;
         let log = shared.dlq_log()?;
         let request = ReadRequest {
             partition: 0,

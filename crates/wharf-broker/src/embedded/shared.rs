@@ -492,15 +492,20 @@ impl SharedSub {
 
     fn expire_leases(&self, st: &mut State, now: i64, dead: &mut Vec<DeadLetter>) {
         for q in 0..st.queues.len() {
-            let expired: Vec<u64> = st.queues[q]
+            let expired: Vec<(u64, i64)> = st.queues[q]
                 .window
                 .iter()
-                .filter(|(_, r)| matches!(&r.state, RecState::Acquired { deadline, .. } if *deadline <= now))
-                .map(|(o, _)| *o)
+                .filter_map(|(o, r)| match &r.state {
+                    RecState::Acquired { deadline, .. } if *deadline <= now => {
+                        Some((*o, *deadline))
+                    }
+                    _ => None,
+                })
                 .collect();
-            for o in expired {
+            for (o, deadline) in expired {
+                // The backoff counts from the deadline, not from when the expiry is noticed.
                 // Not persisted: after a restart the record is available at once anyway.
-                let _ = self.fail(st, (q, o), None, "lease_expired", now, dead);
+                let _ = self.fail(st, (q, o), None, "lease_expired", deadline, dead);
             }
         }
     }
@@ -658,6 +663,18 @@ impl SharedSub {
         drop(st);
         self.changed.notify_waiters();
         persisted
+    }
+
+    /// Ends expired leases (dead-lettering last deliveries) so that what `describe` and the
+    /// dead-letter listing report is current even when nobody is receiving.
+    pub(crate) async fn maintain(&self) -> Result<()> {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            self.fill(&mut st)?;
+            self.expire_leases(&mut st, self.clock.now_ms(), &mut dead);
+        }
+        self.dead_letter(dead).await
     }
 
     pub(crate) async fn receive(&self, request: ReceiveRequest) -> Result<Vec<Delivery>> {
