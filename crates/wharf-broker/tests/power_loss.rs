@@ -1028,9 +1028,6 @@ fn acknowledged_work_survives_power_loss_around_snapshots() {
 /// The same with two tasks committing concurrently as one stream member: a commit's answer
 /// (the offsets in force) must be durable too.
 #[test]
-#[ignore = "BUG: a commit answers offsets in force that are not durable yet: StreamGroup::commit \
-            applies offsets in memory when queued, so a concurrent commit's answer includes them; \
-            if that commit then fails (power cut), the answered offset is lost"]
 fn commit_answers_survive_power_loss_with_concurrent_commits() {
     let mode = Mode {
         stream_tasks: 2,
@@ -1045,9 +1042,6 @@ fn commit_answers_survive_power_loss_with_concurrent_commits() {
 /// producer does after an error) does not store it again, and republishing its id alone
 /// answers `duplicate`.
 #[test]
-#[ignore = "BUG: when one partition's append fails, publish releases the dedup reservations of \
-            every message, including those another partition stored durably; each retry stores \
-            them again"]
 fn a_publish_retried_after_a_partial_failure_is_not_stored_twice() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -686,12 +686,11 @@ impl Topic {
         {
             let mut dedup = lock(&topic.dedup);
             for id in &reserved {
-                match (
-                    failure.is_none(),
-                    first_of.get(id).and_then(|&i| results[i]),
-                ) {
-                    (true, Some(p)) => dedup.record(id.clone(), p),
-                    _ => dedup.release(id),
+                // A message whose partition stored it is stored, even if another partition
+                // of the same publish failed: a retry must find it as a duplicate.
+                match first_of.get(id).and_then(|&i| results[i]) {
+                    Some(p) => dedup.record(id.clone(), p),
+                    None => dedup.release(id),
                 }
             }
         }
@@ -980,8 +979,14 @@ impl Engine for EmbeddedEngine {
                     )?)
                 }
             };
-            // The commit point: the subscription exists once its settings file does.
+            // The commit point: the subscription exists once its settings file does — and
+            // its directory's entry in `subs/` (and that of `subs/` in the topic) is durable.
             meta::write_json(vfs, &dir, SUB_FILE, &config)?;
+            let subs_dir = t.dir.join("subs");
+            vfs.sync_dir(&subs_dir)
+                .map_err(|e| io_err("fsync", &subs_dir, e))?;
+            vfs.sync_dir(&t.dir)
+                .map_err(|e| io_err("fsync", &t.dir, e))?;
             let info = sub.info(&t.name, now);
             lock(&t.subscriptions).insert(name, Arc::new(sub));
             Ok(info)

@@ -47,7 +47,11 @@ struct Member {
 }
 
 struct GroupState {
+    /// Durable committed offsets: what is reported.
     committed: Vec<u64>,
+    /// Committed offsets including commits queued but not yet durable: what a snapshot
+    /// records (a snapshot is queued after them, so it is durable only after them).
+    queued: Vec<u64>,
     members: BTreeMap<String, Member>,
     generation: u64,
     owner: Vec<Option<String>>,
@@ -154,6 +158,7 @@ impl StreamGroup {
             state_log,
             changed: tokio::sync::Notify::new(),
             state: Mutex::new(GroupState {
+                queued: committed.clone(),
                 committed,
                 members: BTreeMap::new(),
                 generation: 0,
@@ -433,10 +438,10 @@ impl StreamGroup {
                 })?);
             }
             let ticket = self.state_log.append(&records)?;
-            // Applied in memory as the records are queued (not once durable), so that a
-            // snapshot queued after them reflects them — see the snapshot below.
+            // Recorded as queued now, so that a snapshot queued after them reflects them;
+            // reported as committed only once durable (below).
             for c in &offsets {
-                if let Some(slot) = st.committed.get_mut(c.partition as usize) {
+                if let Some(slot) = st.queued.get_mut(c.partition as usize) {
                     *slot = (*slot).max(c.offset);
                 }
             }
@@ -446,6 +451,12 @@ impl StreamGroup {
         ticket.await?;
         let (result, snapshot) = {
             let mut st = self.lock();
+            // Durable now: this commit, and every commit queued before it.
+            for c in &offsets {
+                if let Some(slot) = st.committed.get_mut(c.partition as usize) {
+                    *slot = (*slot).max(c.offset);
+                }
+            }
             let result = offsets
                 .iter()
                 .map(|c| Committed {
@@ -457,7 +468,7 @@ impl StreamGroup {
                 st.commits_since_snapshot = 0;
                 // Queued under the lock: every commit queued before it is reflected in it.
                 let record = encode(&StateRecord::Snapshot {
-                    committed: st.committed.clone(),
+                    committed: st.queued.clone(),
                 })?;
                 Some(self.state_log.append(&[record])?)
             } else {
@@ -510,6 +521,7 @@ impl StreamGroup {
                 committed: target.clone(),
             })?])?;
             st.committed = target.clone();
+            st.queued = target.clone();
             st.commits_since_snapshot = 0;
             // Members continue from the new offsets.
             for member in st.members.values_mut() {
