@@ -788,7 +788,7 @@ impl Totals {
 /// Brings both subscriptions' state logs to just short of their snapshot threshold (10 000
 /// records, fixed in the engine), so the workload that follows writes the snapshot and drops
 /// the journal before it (or the power goes out around that): publishes `messages` to
-/// partition 0, receives and acks them all (one record per receive and per ack), and commits
+/// partition 0, receives and acks them all (one record per receive and per ack call), and commits
 /// `commit_calls` times on both partitions (one record per partition).
 async fn preload(engine: &EmbeddedEngine, ctx: &str, l: &Shared, messages: u64, commit_calls: u64) {
     let ids: Vec<String> = (0..messages).map(|i| format!("pre-{i}")).collect();
@@ -832,10 +832,16 @@ async fn preload(engine: &EmbeddedEngine, ctx: &str, l: &Shared, messages: u64, 
             .collect();
         let ack: Vec<String> = place.keys().cloned().collect();
         ledger(l).ack_attempts.extend(place.values().copied());
-        let outcomes = engine
-            .ack(TOPIC, SHARED_SUB, &ack)
-            .await
-            .unwrap_or_else(|e| panic!("{ctx}: preload: ack failed: {e}"));
+        // One call per ack: the engine writes one journal record per call and queue.
+        let mut outcomes = Vec::with_capacity(ack.len());
+        for id in &ack {
+            outcomes.extend(
+                engine
+                    .ack(TOPIC, SHARED_SUB, std::slice::from_ref(id))
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: preload: ack failed: {e}")),
+            );
+        }
         let mut l = ledger(l);
         for o in outcomes {
             assert_eq!(o.error, None, "{ctx}: preload: ack failed");

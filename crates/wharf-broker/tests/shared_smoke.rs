@@ -250,3 +250,31 @@ async fn leased_messages_come_back_after_a_restart_with_their_counts() {
 fn clock_now(c: &ManualClock) -> i64 {
     wharf_log::Clock::now_ms(c)
 }
+
+/// More acknowledged messages than the window holds, then a restart: the finished prefix is
+/// skipped, not mistaken for an empty queue.
+#[tokio::test]
+async fn a_long_acknowledged_prefix_does_not_hide_new_messages_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let e = open(dir.path(), &clock);
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("t", "s", config()).await.unwrap();
+    let batch: Vec<Message> = (0..5_000).map(|i| Message::new(format!("m{i}"))).collect();
+    e.publish("t", batch).await.unwrap();
+    loop {
+        let d = e.receive("t", "s", receive(1000)).await.unwrap();
+        if d.is_empty() {
+            break;
+        }
+        let ids: Vec<String> = d.into_iter().map(|d| d.ack_id).collect();
+        e.ack("t", "s", &ids).await.unwrap();
+    }
+    e.close().unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    e.publish("t", vec![Message::new("new")]).await.unwrap();
+    let d = e.receive("t", "s", receive(10)).await.unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(&d[0].message.value[..], b"new");
+}

@@ -154,7 +154,8 @@ pub(crate) struct State {
     poisoned: Option<Arc<str>>,
     closing: bool,
     closed: bool,
-    wakers: Vec<(u64, Waker)>,
+    /// Async waiters by the offset the high watermark must pass.
+    wakers: BTreeMap<u64, Vec<Waker>>,
     committer: CommitterState,
     last_group: u64,
     last_sync: Duration,
@@ -190,7 +191,7 @@ impl Shared {
             std::mem::take(&mut st.wakers)
         };
         self.progress.notify_all();
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        wakers.into_values().flatten().for_each(Waker::wake);
     }
 
     /// Ready when the high watermark passes `target`.
@@ -208,13 +209,9 @@ impl Shared {
             return Poll::Ready(Err(Error::Closed));
         }
         if let Some(w) = waker {
-            match st
-                .wakers
-                .iter_mut()
-                .find(|(t, old)| *t == target && old.will_wake(w))
-            {
-                Some(_) => {}
-                None => st.wakers.push((target, w.clone())),
+            let slot = st.wakers.entry(target).or_default();
+            if !slot.iter().any(|old| old.will_wake(w)) {
+                slot.push(w.clone());
             }
         }
         Poll::Pending
@@ -384,7 +381,7 @@ impl Log {
             poisoned: None,
             closing: false,
             closed: false,
-            wakers: Vec::new(),
+            wakers: BTreeMap::new(),
             committer: CommitterState::Busy,
             last_group: 0,
             last_sync: Duration::ZERO,
@@ -972,7 +969,7 @@ impl Committer {
             std::mem::take(&mut st.wakers)
         };
         self.shared.progress.notify_all();
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        wakers.into_values().flatten().for_each(Waker::wake);
     }
 
     fn run_inner(&mut self) -> Result<()> {
@@ -1234,14 +1231,12 @@ impl Committer {
             {
                 v.readable_len = len;
             }
-            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.wakers)
-                .into_iter()
-                .partition(|(t, _)| *t < hw);
-            st.wakers = waiting;
-            ready
+            // Everything waiting for an offset below the new high watermark is done.
+            let waiting = st.wakers.split_off(&hw);
+            std::mem::replace(&mut st.wakers, waiting)
         };
         self.shared.progress.notify_all();
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        wakers.into_values().flatten().for_each(Waker::wake);
     }
 }
 

@@ -588,13 +588,21 @@ impl Topic {
         let mut results: Vec<Option<Published>> = vec![None; messages.len()];
         // Indexes of messages to store; ids this publish reserved; the channel that tells
         // waiting duplicates we are done (dropped at the end of this function).
-        let (done_tx, done_rx) = watch::channel(());
         let mut reserved: Vec<String> = Vec::new();
         let mut to_store: Vec<usize> = Vec::new();
         // Same id twice in one publish: the later ones are duplicates of the first.
         let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
         let mut dup_of: Vec<(usize, usize)> = Vec::new();
-        loop {
+        let dedup_needed = window > 0 && messages.iter().any(|m| m.id().is_some());
+        // Tells concurrent publishes of our ids that we are done (when dropped).
+        let (done_tx, done_rx) = if dedup_needed {
+            let (tx, rx) = watch::channel(());
+            (Some(tx), Some(rx))
+        } else {
+            to_store.extend(0..messages.len());
+            (None, None)
+        };
+        while let Some(done_rx) = &done_rx {
             let in_flight = {
                 let mut dedup = lock(&topic.dedup);
                 if window > 0 {
@@ -735,24 +743,36 @@ pub(crate) fn record_size(r: &wharf_log::Record) -> usize {
             .sum::<usize>()
 }
 
-/// The first records that fit in `max_messages` and about `max_bytes` (always at least one:
-/// a message larger than the limit still comes, alone).
-pub(crate) fn take_within(
-    records: Vec<wharf_log::Record>,
+/// Records from `from` on, at most `max_messages` and about `max_bytes` (always at least one
+/// if any is there: a message larger than the limit still comes, alone). Batches are decoded
+/// lazily, so a small `max_messages` does not pay for decoding a whole megabyte of records.
+pub(crate) fn read_limited(
+    log: &Log,
+    from: u64,
     max_messages: usize,
     max_bytes: usize,
-) -> impl Iterator<Item = wharf_log::Record> {
+) -> wharf_log::Result<Vec<wharf_log::Record>> {
+    let mut out = Vec::new();
     let mut used = 0usize;
-    let mut taken = 0usize;
-    records.into_iter().take_while(move |r| {
-        let size = record_size(r);
-        let fits = taken == 0 || (taken < max_messages && used + size <= max_bytes);
-        if fits {
+    for batch in log.read(from, max_bytes.max(1))? {
+        for record in batch.records() {
+            let record = record.map_err(|source| wharf_log::Error::Corrupt {
+                path: log.dir().to_path_buf(),
+                position: 0,
+                source,
+            })?;
+            if record.offset < from {
+                continue;
+            }
+            let size = record_size(&record);
+            if !out.is_empty() && (out.len() >= max_messages || used + size > max_bytes) {
+                return Ok(out);
+            }
             used += size;
-            taken += 1;
+            out.push(record);
         }
-        fits && taken <= max_messages.max(1)
-    })
+    }
+    Ok(out)
 }
 
 /// Reads from `log` per `request`, optionally waiting for new data.
@@ -786,7 +806,7 @@ pub(crate) async fn read_partition(
     }
     let max_messages = request.max_messages.max(1);
     let records = loop {
-        match log.read_records(from, request.max_bytes.max(1)) {
+        match read_limited(log, from, max_messages, request.max_bytes.max(1)) {
             Ok(r) => break r,
             Err(wharf_log::Error::OffsetOutOfRange { start, .. }) if from < start => {
                 // Retention removed it between our look and the read.
@@ -796,7 +816,8 @@ pub(crate) async fn read_partition(
             Err(e) => return Err(e.into()),
         }
     };
-    let messages = take_within(records, max_messages, request.max_bytes)
+    let messages = records
+        .into_iter()
         .map(|r| StoredMessage::from_record(partition, r))
         .collect::<Vec<_>>();
     Ok(ReadResult {

@@ -146,6 +146,30 @@ pub(crate) struct SharedSub {
     clock: Arc<dyn Clock>,
 }
 
+/// One `ack` and one `nack` record per queue instead of one per ack_id (they commute).
+fn coalesce(records: Vec<StateRecord>) -> Vec<StateRecord> {
+    let mut acks: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut nacks: BTreeMap<u32, Vec<(u64, i64)>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in records {
+        match r {
+            StateRecord::Ack { q, offsets } => acks.entry(q).or_default().extend(offsets),
+            StateRecord::Nack { q, items } => nacks.entry(q).or_default().extend(items),
+            other => out.push(other),
+        }
+    }
+    out.extend(
+        acks.into_iter()
+            .map(|(q, offsets)| StateRecord::Ack { q, offsets }),
+    );
+    out.extend(
+        nacks
+            .into_iter()
+            .map(|(q, items)| StateRecord::Nack { q, items }),
+    );
+    out
+}
+
 fn encode(record: &StateRecord) -> Result<NewRecord> {
     serde_json::to_vec(record)
         .map(|v| NewRecord::new(Bytes::from(v)))
@@ -391,7 +415,8 @@ impl SharedSub {
                 queue.end = log_start;
             }
             while queue.window.len() < WINDOW && queue.end < log.high_watermark() {
-                let records = match log.read_records(queue.end, 256 * 1024) {
+                let room = WINDOW - queue.window.len();
+                let records = match super::read_limited(log, queue.end, room, 256 * 1024) {
                     Ok(r) => r,
                     Err(wharf_log::Error::OffsetOutOfRange { start, .. }) => {
                         queue.end = start;
@@ -440,6 +465,8 @@ impl SharedSub {
                         },
                     );
                 }
+                // Finished records (acked before a restart) must not hold window places.
+                Self::advance(queue);
                 if queue.end <= last {
                     break;
                 }
@@ -853,7 +880,7 @@ impl SharedSub {
                 })
                 .collect()
         };
-        self.persist(records).await?;
+        self.persist(coalesce(records)).await?;
         {
             let mut st = self.lock();
             for q in &mut st.queues {

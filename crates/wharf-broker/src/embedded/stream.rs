@@ -331,14 +331,14 @@ impl StreamGroup {
                 if from >= log.high_watermark() {
                     continue;
                 }
-                let records = match log.read_records(from, budget) {
+                let room = request.max_messages.max(1) - out.len();
+                let records = match super::read_limited(log, from, room, budget) {
                     Ok(r) => r,
                     Err(wharf_log::Error::OffsetOutOfRange { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 };
-                let room = request.max_messages.max(1) - out.len();
                 let mut next = from;
-                for r in records.into_iter().take(room) {
+                for r in records {
                     let size = super::record_size(&r);
                     // Whole messages up to about max_bytes, but always at least one.
                     if !out.is_empty() && size > budget {
