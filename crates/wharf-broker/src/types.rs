@@ -390,6 +390,12 @@ impl SubscriptionConfig {
                         format!("{} is outside 100..=43200000", s.lease_ms),
                     ));
                 }
+                if s.backoff_max_ms > 7 * 86_400_000 {
+                    return Err(BrokerError::invalid(
+                        "backoff_max_ms",
+                        "at most 604800000 (7 days)",
+                    ));
+                }
                 if s.backoff_initial_ms > s.backoff_max_ms {
                     return Err(BrokerError::invalid(
                         "backoff_initial_ms",

@@ -41,6 +41,12 @@ use stream::StreamGroup;
 
 const TOPIC_FILE: &str = "topic.json";
 const SUB_FILE: &str = "sub.json";
+/// Longest long-poll wait honoured (longer waits are cut to this).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Most bytes one read or fetch returns (larger limits are cut to this).
+pub(crate) const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
+/// Most messages one read or fetch returns.
+pub(crate) const MAX_READ_MESSAGES: usize = 100_000;
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 100;
 
@@ -543,6 +549,19 @@ impl Topic {
             ));
         }
         // Validate everything before storing anything.
+        if messages.len() > 100_000 {
+            return Err(BrokerError::invalid(
+                "messages",
+                "at most 100000 messages per publish",
+            ));
+        }
+        let total: u64 = messages.iter().map(message_size).sum();
+        if total > 32 * 1024 * 1024 {
+            return Err(BrokerError::invalid(
+                "messages",
+                format!("{total} bytes in one publish; at most 33554432"),
+            ));
+        }
         let mut routes = Vec::with_capacity(messages.len());
         for m in &messages {
             let size = message_size(m);
@@ -588,7 +607,6 @@ impl Topic {
         let mut results: Vec<Option<Published>> = vec![None; messages.len()];
         // Indexes of messages to store; ids this publish reserved; the channel that tells
         // waiting duplicates we are done (dropped at the end of this function).
-        let mut reserved: Vec<String> = Vec::new();
         let mut to_store: Vec<usize> = Vec::new();
         // Same id twice in one publish: the later ones are duplicates of the first.
         let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
@@ -601,6 +619,12 @@ impl Topic {
         } else {
             to_store.extend(0..messages.len());
             (None, None)
+        };
+        // Declared after the channel so it is dropped first: if this publish is cancelled
+        // (its future dropped), the reservations are released before waiters wake.
+        let mut reserved = Reservations {
+            dedup: &topic.dedup,
+            ids: Vec::new(),
         };
         while let Some(done_rx) = &done_rx {
             let in_flight = {
@@ -632,7 +656,7 @@ impl Topic {
                             Check::Duplicate(p) => results[i] = Some(p),
                             Check::New | Check::Wait(_) => {
                                 dedup.reserve(id.to_owned(), done_rx.clone());
-                                reserved.push(id.to_owned());
+                                reserved.ids.push(id.to_owned());
                                 to_store.push(i);
                             }
                         }
@@ -642,7 +666,10 @@ impl Topic {
             };
             match in_flight {
                 Some(mut rx) => {
-                    let _ = rx.changed().await;
+                    if rx.changed().await.is_err() {
+                        // The other publish is gone; its reservation is being released.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 None => break,
             }
@@ -693,12 +720,12 @@ impl Topic {
         }
         {
             let mut dedup = lock(&topic.dedup);
-            for id in &reserved {
+            for id in std::mem::take(&mut reserved.ids) {
                 // A message whose partition stored it is stored, even if another partition
                 // of the same publish failed: a retry must find it as a duplicate.
-                match first_of.get(id).and_then(|&i| results[i]) {
-                    Some(p) => dedup.record(id.clone(), p),
-                    None => dedup.release(id),
+                match first_of.get(&id).and_then(|&i| results[i]) {
+                    Some(p) => dedup.record(id, p),
+                    None => dedup.release(&id),
                 }
             }
         }
@@ -731,6 +758,23 @@ impl Topic {
 fn message_size(m: &Message) -> u64 {
     let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     (m.key.as_ref().map_or(0, Bytes::len) + m.value.len() + headers) as u64
+}
+
+/// Dedup reservations of a publish in flight; released on drop unless taken over.
+struct Reservations<'a> {
+    dedup: &'a Mutex<Dedup>,
+    ids: Vec<String>,
+}
+
+impl Drop for Reservations<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            let mut dedup = lock(self.dedup);
+            for id in &self.ids {
+                dedup.release(id);
+            }
+        }
+    }
 }
 
 /// Size of a record as the byte limits of reads count it: key, value and headers.
@@ -802,11 +846,12 @@ pub(crate) async fn read_partition(
     };
     if from >= log.high_watermark() && !request.wait.is_zero() {
         // Woken by the append that makes `from` readable, not by polling.
-        let _ = tokio::time::timeout(request.wait, log.wait_for(from)).await;
+        let _ = tokio::time::timeout(request.wait.min(MAX_WAIT), log.wait_for(from)).await;
     }
-    let max_messages = request.max_messages.max(1);
+    let max_messages = request.max_messages.clamp(1, MAX_READ_MESSAGES);
+    let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
     let records = loop {
-        match read_limited(log, from, max_messages, request.max_bytes.max(1)) {
+        match read_limited(log, from, max_messages, max_bytes) {
             Ok(r) => break r,
             Err(wharf_log::Error::OffsetOutOfRange { start, .. }) if from < start => {
                 // Retention removed it between our look and the read.
@@ -983,12 +1028,22 @@ impl Engine for EmbeddedEngine {
                     Some(&c.start),
                 )?),
                 SubscriptionConfig::Shared(c) => {
+                    let dlq_name = names::dlq_topic(&t.name, &name);
+                    if this.topic(&dlq_name).is_ok() {
+                        // `wharf.dlq.a.b.c` is both (a, b.c) and (a.b, c).
+                        return Err(BrokerError::invalid(
+                            "subscription",
+                            format!("its dead-letter topic {dlq_name:?} already belongs to another subscription; choose another name"),
+                        ));
+                    }
                     let dlq_config = TopicConfig {
                         partitions: 1,
+                        // Room for the largest message any topic takes plus the dead-letter
+                        // headers, so a poison message can always be moved out of the way.
+                        max_message_bytes: 16 * 1024 * 1024 + 64 * 1024,
                         ..TopicConfig::default()
                     };
-                    let dlq =
-                        this.create_topic_locked(&names::dlq_topic(&t.name, &name), dlq_config)?;
+                    let dlq = this.create_topic_locked(&dlq_name, dlq_config)?;
                     Subscription::Shared(SharedSub::open(
                         &name,
                         &t,

@@ -108,6 +108,9 @@ struct Rec {
 
 #[derive(Debug, Default)]
 struct Queue {
+    /// Unfinished records retention deleted before the subscription finished them (since
+    /// open).
+    lost: u64,
     start: u64,
     end: u64,
     window: BTreeMap<u64, Rec>,
@@ -143,6 +146,8 @@ pub(crate) struct SharedSub {
     changed: Notify,
     /// Part of every ack_id: ack_ids from before a restart are stale.
     incarnation: u64,
+    /// One redrive at a time (two would copy the same dead letters twice).
+    redriving: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
 }
 
@@ -170,6 +175,37 @@ fn coalesce(records: Vec<StateRecord>) -> Vec<StateRecord> {
     out
 }
 
+/// Puts records that were being dead-lettered back to `Available` (after the longest
+/// backoff, so a failing dead-letter path does not spin) unless disarmed.
+struct FinishingGuard<'a> {
+    sub: &'a SharedSub,
+    items: Vec<(usize, u64)>,
+}
+
+impl Drop for FinishingGuard<'_> {
+    fn drop(&mut self) {
+        if self.items.is_empty() {
+            return;
+        }
+        let at = self
+            .sub
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(self.sub.config.backoff_max_ms).unwrap_or(0));
+        let mut st = self.sub.lock();
+        for &(q, offset) in &self.items {
+            if let Some(rec) = st
+                .queues
+                .get_mut(q)
+                .and_then(|queue| queue.window.get_mut(&offset))
+                && rec.state == RecState::Finishing
+            {
+                rec.state = RecState::Available { at };
+            }
+        }
+    }
+}
+
 fn encode(record: &StateRecord) -> Result<NewRecord> {
     serde_json::to_vec(record)
         .map(|v| NewRecord::new(Bytes::from(v)))
@@ -180,6 +216,8 @@ fn lock_config(engine: &EmbeddedConfig, segment: u64) -> LogConfig {
     LogConfig {
         durability: Durability::Always,
         segment_max_bytes: segment,
+        // Snapshots of many busy partitions can be large.
+        max_batch_bytes: 64 * 1024 * 1024,
         segment_max_age: None,
         vfs: engine.vfs.clone(),
         clock: engine.clock.clone(),
@@ -301,6 +339,7 @@ impl SharedSub {
             let mut p = persisted.get_mut(q).map(std::mem::take).unwrap_or_default();
             p.retain(|o, _| *o >= start);
             queues.push(Queue {
+                lost: 0,
                 start,
                 end: start,
                 window: BTreeMap::new(),
@@ -322,6 +361,7 @@ impl SharedSub {
                 rng: incarnation | 1,
             }),
             changed: Notify::new(),
+            redriving: tokio::sync::Mutex::new(()),
             incarnation: incarnation & 0xffff_ffff,
             clock: engine.clock.clone(),
         };
@@ -388,7 +428,7 @@ impl SharedSub {
             .backoff_initial_ms
             .saturating_mul(1u64 << exp)
             .min(c.backoff_max_ms);
-        let jitter = base * u64::from(c.backoff_jitter_pct) / 100;
+        let jitter = base.saturating_mul(u64::from(c.backoff_jitter_pct)) / 100;
         let delay = if jitter == 0 {
             base
         } else {
@@ -397,7 +437,7 @@ impl SharedSub {
             st.rng ^= st.rng << 25;
             st.rng ^= st.rng >> 27;
             let r = st.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-            base - jitter + r % (2 * jitter + 1)
+            base - jitter + r % (2 * jitter).saturating_add(1)
         };
         i64::try_from(delay.min(c.backoff_max_ms)).unwrap_or(i64::MAX)
     }
@@ -410,6 +450,12 @@ impl SharedSub {
             let log_start = log.start_offset();
             if queue.end < log_start {
                 // Retention deleted records the subscription had not finished.
+                queue.lost += queue
+                    .window
+                    .iter()
+                    .filter(|(o, r)| **o < log_start && r.state != RecState::Done)
+                    .count() as u64
+                    + (log_start - queue.end);
                 queue.window.retain(|o, _| *o >= log_start);
                 queue.start = queue.start.max(log_start);
                 queue.end = log_start;
@@ -512,7 +558,7 @@ impl SharedSub {
             });
             return None;
         }
-        let at = now + delay.unwrap_or_else(|| self.backoff(st, deliveries));
+        let at = now.saturating_add(delay.unwrap_or_else(|| self.backoff(st, deliveries)));
         st.queues[q].window.get_mut(&offset)?.state = RecState::Available { at };
         Some((offset, at))
     }
@@ -612,6 +658,12 @@ impl SharedSub {
         if dead.is_empty() {
             return Ok(());
         }
+        // If this future is dropped or the publish fails, the records must not stay
+        // `Finishing` (they would block their key and the window forever).
+        let mut guard = FinishingGuard {
+            sub: self,
+            items: dead.iter().map(|d| (d.q, d.offset)).collect(),
+        };
         let now = self.clock.now_ms();
         let messages: Vec<Message> = dead
             .iter()
@@ -657,39 +709,40 @@ impl SharedSub {
             })
             .collect();
         let published = self.dlq.publish(messages, self.clock.as_ref()).await;
+        if let Err(e) = published {
+            // The guard puts the records back (after a backoff) for another try.
+            drop(guard);
+            self.changed.notify_waiters();
+            return Err(e);
+        }
         let mut by_queue: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
         for d in &dead {
             by_queue.entry(d.q).or_default().push(d.offset);
         }
-        let persisted = match published {
-            Ok(_) => {
-                let records = by_queue
-                    .iter()
-                    .map(|(q, offsets)| StateRecord::Archive {
-                        q: *q as u32,
-                        offsets: offsets.clone(),
-                    })
-                    .collect();
-                self.persist(records).await
+        // Done in memory before the archive is journaled, so a snapshot queued meanwhile
+        // records them as done (the dead letters are durable already). If the journal write
+        // fails, a restart delivers them again: at-least-once, never lost.
+        {
+            let mut st = self.lock();
+            for d in &dead {
+                if let Some(rec) = st.queues[d.q].window.get_mut(&d.offset) {
+                    rec.state = RecState::Done;
+                }
             }
-            Err(e) => Err(e),
-        };
-        let mut st = self.lock();
-        for d in &dead {
-            if let Some(rec) = st.queues[d.q].window.get_mut(&d.offset) {
-                rec.state = if persisted.is_ok() {
-                    RecState::Done
-                } else {
-                    RecState::Available { at: now }
-                };
+            for q in by_queue.keys() {
+                Self::advance(&mut st.queues[*q]);
             }
         }
-        for q in by_queue.keys() {
-            Self::advance(&mut st.queues[*q]);
-        }
-        drop(st);
+        guard.items.clear();
         self.changed.notify_waiters();
-        persisted
+        let records = by_queue
+            .into_iter()
+            .map(|(q, offsets)| StateRecord::Archive {
+                q: q as u32,
+                offsets,
+            })
+            .collect();
+        self.persist(records).await
     }
 
     /// Ends expired leases (dead-lettering last deliveries) so that what `describe` and the
@@ -701,16 +754,19 @@ impl SharedSub {
             self.fill(&mut st)?;
             self.expire_leases(&mut st, self.clock.now_ms(), &mut dead);
         }
-        self.dead_letter(dead).await
+        // Best effort: a describe or a listing must keep working when writes fail; the
+        // records go back for another try.
+        let _ = self.dead_letter(dead).await;
+        Ok(())
     }
 
     pub(crate) async fn receive(&self, request: ReceiveRequest) -> Result<Vec<Delivery>> {
         if request.max == 0 || request.max > 1000 {
             return Err(BrokerError::invalid("max", "must be within 1..=1000"));
         }
-        let lease_ms = request
-            .lease
-            .map_or(self.config.lease_ms, |d| d.as_millis() as u64);
+        let lease_ms = request.lease.map_or(self.config.lease_ms, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        });
         if !(100..=12 * 3_600_000).contains(&lease_ms) {
             return Err(BrokerError::invalid(
                 "lease_ms",
@@ -718,7 +774,7 @@ impl SharedSub {
             ));
         }
         let member = request.member.clone().unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + request.wait;
+        let deadline = tokio::time::Instant::now() + request.wait.min(super::MAX_WAIT);
         loop {
             let notified = self.changed.notified();
             let now = self.clock.now_ms();
@@ -814,8 +870,9 @@ impl SharedSub {
                     .collect();
                 (out, records, wake_at, waits)
             };
-            // Dead letters found on the way (leases that expired on a last delivery).
-            self.dead_letter(dead).await?;
+            // Dead letters found on the way (leases that expired on a last delivery). Their
+            // failure is not this receiver's: the records go back for another try.
+            let _ = self.dead_letter(dead).await;
             if !deliveries.is_empty() {
                 // Delivery counts must survive a crash before anyone sees the delivery.
                 self.persist(records).await?;
@@ -880,6 +937,8 @@ impl SharedSub {
                 })
                 .collect()
         };
+        // Dead-letter first: its guard covers the `Finishing` records from here on.
+        let dead_lettered = self.dead_letter(dead).await;
         self.persist(coalesce(records)).await?;
         {
             let mut st = self.lock();
@@ -887,7 +946,7 @@ impl SharedSub {
                 Self::advance(q);
             }
         }
-        self.dead_letter(dead).await?;
+        dead_lettered?;
         self.changed.notify_waiters();
         Ok(outcomes)
     }
@@ -981,6 +1040,7 @@ impl SharedSub {
         if max == 0 || max > 100_000 {
             return Err(BrokerError::invalid("max", "must be within 1..=100000"));
         }
+        let _one_at_a_time = self.redriving.lock().await;
         let dlq = self.dlq_log()?.clone();
         let retry = self
             .logs
@@ -1066,7 +1126,7 @@ impl SharedSub {
                     partition: p as u32,
                     committed: q.start,
                     lag: log.high_watermark().saturating_sub(q.start),
-                    behind_retention: q.start < log.start_offset(),
+                    behind_retention: q.lost > 0 || q.start < log.start_offset(),
                 })
                 .collect(),
             members: {

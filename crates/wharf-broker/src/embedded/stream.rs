@@ -58,6 +58,9 @@ struct GroupState {
     next_member: u64,
     /// Random per open: member ids minted after a restart never repeat earlier ones.
     incarnation: u64,
+    /// Bumped by every reset: a commit queued before a reset must not raise the offsets the
+    /// reset set (the journal replays it before the reset's snapshot).
+    resets: u64,
     commits_since_snapshot: u64,
 }
 
@@ -165,6 +168,7 @@ impl StreamGroup {
                 owner: vec![None; n],
                 next_member: 0,
                 incarnation: super::nonce() & 0xffff_ffff,
+                resets: 0,
                 commits_since_snapshot,
             }),
         })
@@ -300,7 +304,12 @@ impl StreamGroup {
         request: FetchRequest,
         clock: &dyn Clock,
     ) -> Result<Vec<StoredMessage>> {
-        let deadline = tokio::time::Instant::now() + request.wait;
+        let deadline = tokio::time::Instant::now() + request.wait.min(super::MAX_WAIT);
+        let request = FetchRequest {
+            max_messages: request.max_messages.clamp(1, super::MAX_READ_MESSAGES),
+            max_bytes: request.max_bytes.clamp(1, super::MAX_READ_BYTES),
+            ..request
+        };
         loop {
             let notified = self.changed.notified();
             let (generation, plan) = {
@@ -446,15 +455,19 @@ impl StreamGroup {
                 }
             }
             st.commits_since_snapshot += records.len() as u64;
-            ticket
+            (ticket, st.resets)
         };
+        let (ticket, resets) = ticket;
         ticket.await?;
         let (result, snapshot) = {
             let mut st = self.lock();
-            // Durable now: this commit, and every commit queued before it.
-            for c in &offsets {
-                if let Some(slot) = st.committed.get_mut(c.partition as usize) {
-                    *slot = (*slot).max(c.offset);
+            // Durable now: this commit, and every commit queued before it — unless a reset
+            // came in between, whose snapshot (later in the journal) overrides it.
+            if st.resets == resets {
+                for c in &offsets {
+                    if let Some(slot) = st.committed.get_mut(c.partition as usize) {
+                        *slot = (*slot).max(c.offset);
+                    }
                 }
             }
             let result = offsets
@@ -522,6 +535,7 @@ impl StreamGroup {
             })?])?;
             st.committed = target.clone();
             st.queued = target.clone();
+            st.resets += 1;
             st.commits_since_snapshot = 0;
             // Members continue from the new offsets.
             for member in st.members.values_mut() {
