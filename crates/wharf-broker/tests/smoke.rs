@@ -121,3 +121,47 @@ async fn publish_read_dedup_and_a_stream_group_survive_a_restart() {
         Err(BrokerError::TopicNotFound(_))
     ));
 }
+
+/// A publish whose future is dropped while it waits for its fsync (a client that went away)
+/// must not leave its message id reserved: the next publish with that id completes.
+#[tokio::test]
+async fn a_cancelled_publish_does_not_jam_its_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    for i in 0..20 {
+        let id = format!("id-{i}");
+        let _ = tokio::time::timeout(
+            Duration::ZERO,
+            e.publish("t", vec![Message::new("x").with_id(&id)]),
+        )
+        .await;
+        let again = tokio::time::timeout(
+            Duration::from_secs(30),
+            e.publish("t", vec![Message::new("x").with_id(&id)]),
+        )
+        .await
+        .expect("a publish of a cancelled publish's id hung");
+        again.unwrap();
+    }
+}
+
+/// `wharf.dlq.a.b.c` is the dead-letter topic of both (a, b.c) and (a.b, c): the second
+/// subscription is refused instead of sharing (and later deleting) the first one's.
+#[tokio::test]
+async fn dead_letter_topic_names_cannot_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    e.create_topic("a", TopicConfig::default()).await.unwrap();
+    e.create_topic("a.b", TopicConfig::default()).await.unwrap();
+    let shared = || SubscriptionConfig::Shared(wharf_broker::SharedConfig::default());
+    e.create_subscription("a", "b.c", shared()).await.unwrap();
+    let err = e
+        .create_subscription("a.b", "c", shared())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_argument", "{err}");
+    e.close().unwrap();
+    drop(e);
+    engine(dir.path());
+}
