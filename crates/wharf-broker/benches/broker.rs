@@ -2,7 +2,7 @@
 //! measured in the same run, in the same process, on the same directory.
 //!
 //! ```text
-//! cargo bench -p wharf-broker --bench broker              # full run, about 2 minutes
+//! cargo bench -p wharf-broker --bench broker              # full run, about 1 minute
 //! cargo bench -p wharf-broker --bench broker -- --quick   # smoke run, a few seconds
 //! ```
 //!

@@ -32,9 +32,9 @@
 //! In a quarter of the rounds the power goes out while the topic and subscriptions are being
 //! created, so half-created ones are recovered too. Variants: state logs brought close to
 //! their snapshot threshold first, so snapshots happen under the power cut; two tasks
-//! committing concurrently as one stream member (ignored: it fails on a bug, see its
-//! `ignore` reason). A last, deterministic test covers dedup when a publish fails on one
-//! partition only (ignored: it fails on a bug).
+//! committing concurrently as one stream member (their answers must be durable too). A last,
+//! deterministic test covers dedup when a publish fails on one partition only. (Both found
+//! bugs, since fixed.)
 //!
 //! Seeds are printed; `WHARF_POWER_LOSS_SEED` replays one round's choices (operations, crash
 //! point, what the power loss keeps), though not the scheduling of the concurrent tasks and

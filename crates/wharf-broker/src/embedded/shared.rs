@@ -1031,7 +1031,7 @@ impl SharedSub {
         self.dlq.partition(0)
     }
 
-    /// Where listing dead letters starts by default: the first one not yet redriven.
+    /// The first dead letter not yet redriven (what `dead_lettered` counts from).
     pub(crate) fn redrive_cursor(&self) -> u64 {
         self.lock().redrive_cursor
     }
