@@ -278,3 +278,60 @@ async fn a_long_acknowledged_prefix_does_not_hide_new_messages_after_a_restart()
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(&d[0].message.value[..], b"new");
 }
+
+/// More far-future delayed messages than the window holds, at the head of a partition, do not
+/// block the messages behind them; they are delivered when due — also after a restart.
+#[tokio::test]
+async fn a_full_window_of_delayed_messages_does_not_block_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let e = open(dir.path(), &clock);
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("t", "s", config()).await.unwrap();
+    let later = wharf_broker::time::format_rfc3339(clock_now(&clock) + 3_600_000);
+    let delayed: Vec<Message> = (0..3_000)
+        .map(|i| Message::new(format!("later-{i}")).with_header("wharf-deliver-at", later.clone()))
+        .collect();
+    e.publish("t", delayed).await.unwrap();
+    e.publish("t", vec![Message::new("now-1"), Message::new("now-2")])
+        .await
+        .unwrap();
+    let d = e.receive("t", "s", receive(10)).await.unwrap();
+    let values: Vec<&[u8]> = d.iter().map(|d| &d.message.value[..]).collect();
+    assert_eq!(
+        values,
+        vec![&b"now-1"[..], b"now-2"],
+        "the undelayed messages come first"
+    );
+    let ids: Vec<String> = d.into_iter().map(|d| d.ack_id).collect();
+    e.ack("t", "s", &ids).await.unwrap();
+    let info = e.describe_subscription("t", "s").await.unwrap();
+    assert_eq!(info.delayed, 3_000, "{info:?}");
+    assert_eq!(
+        info.partitions[0].committed, 0,
+        "the delayed head is unfinished"
+    );
+    e.close().unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert!(
+        e.receive("t", "s", receive(10)).await.unwrap().is_empty(),
+        "still delayed after a restart"
+    );
+    clock.advance(3_600_000);
+    let mut got = 0;
+    loop {
+        let d = e.receive("t", "s", receive(1000)).await.unwrap();
+        if d.is_empty() {
+            break;
+        }
+        assert!(d.iter().all(|d| d.message.value.starts_with(b"later-")));
+        got += d.len();
+        let ids: Vec<String> = d.into_iter().map(|d| d.ack_id).collect();
+        e.ack("t", "s", &ids).await.unwrap();
+    }
+    assert_eq!(got, 3_000);
+    let info = e.describe_subscription("t", "s").await.unwrap();
+    assert_eq!(info.partitions[0].committed, 3_002, "{info:?}");
+    assert_eq!(info.partitions[0].lag, 0);
+}

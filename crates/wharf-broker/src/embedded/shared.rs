@@ -13,7 +13,7 @@
 //! snapshots compact it. Leases are not persisted: after a restart every leased record is
 //! available again (at-least-once) with its delivery count intact.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +34,11 @@ use crate::types::{
 
 /// Most records a queue keeps in its window.
 const WINDOW: usize = 2048;
+/// When the window is full, records not due for at least this long are parked outside it
+/// (offset, count, time, key only), so far-future delays do not block the queue.
+const PARK_AHEAD_MS: i64 = 1_000;
+/// Most parked records per queue (about 64 bytes each); beyond it a full window waits.
+const MAX_PARKED: usize = 200_000;
 /// Write a snapshot after this many state records.
 const SNAPSHOT_EVERY: u64 = 10_000;
 
@@ -106,6 +111,14 @@ struct Rec {
     state: RecState,
 }
 
+/// A parked record: everything but its content, which stays in the log.
+#[derive(Debug, Clone)]
+struct Parked {
+    deliveries: u32,
+    at: i64,
+    key: Option<Bytes>,
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     /// Unfinished records retention deleted before the subscription finished them (since
@@ -114,6 +127,8 @@ struct Queue {
     start: u64,
     end: u64,
     window: BTreeMap<u64, Rec>,
+    /// Delayed records taken out of a full window; reloaded from the log when due.
+    parked: BTreeMap<u64, Parked>,
     persisted: BTreeMap<u64, Persisted>,
 }
 
@@ -340,6 +355,7 @@ impl SharedSub {
             p.retain(|o, _| *o >= start);
             queues.push(Queue {
                 lost: 0,
+                parked: BTreeMap::new(),
                 start,
                 end: start,
                 window: BTreeMap::new(),
@@ -397,6 +413,9 @@ impl SharedSub {
                     .iter()
                     .map(|(o, p)| (*o, p.deliveries, p.available_at, p.done))
                     .collect();
+                for (o, p) in &q.parked {
+                    items.push((*o, p.deliveries, p.at, false));
+                }
                 for (o, r) in &q.window {
                     let (at, done) = match &r.state {
                         RecState::Available { at } => (*at, false),
@@ -443,8 +462,40 @@ impl SharedSub {
     }
 
     /// Loads records from the logs into the windows.
+    /// Turns a record read from queue `q`'s log into a window entry.
+    fn rec_from(&self, q: usize, r: wharf_log::Record, p: Persisted) -> Rec {
+        let deliver_at = header(&r.headers, HEADER_DELIVER_AT)
+            .and_then(parse_rfc3339)
+            .unwrap_or(0);
+        let mut msg = StoredMessage::from_record(q as u32, r);
+        if q == self.logs.len() - 1 {
+            // A redriven copy: present it as the original message.
+            if let (Some(p), Some(o)) = (
+                header(&msg.headers, DLQ_SOURCE_PARTITION).and_then(|v| v.parse().ok()),
+                header(&msg.headers, DLQ_SOURCE_OFFSET).and_then(|v| v.parse().ok()),
+            ) {
+                msg.partition = p;
+                msg.offset = o;
+            }
+        }
+        let state = if p.done {
+            RecState::Done
+        } else {
+            RecState::Available {
+                at: p.available_at.max(deliver_at),
+            }
+        };
+        Rec {
+            msg,
+            deliveries: p.deliveries,
+            state,
+        }
+    }
+
+    /// Loads records from the logs into the windows; parks far-future records out of a full
+    /// window and brings parked ones back when due.
     fn fill(&self, st: &mut State) -> Result<()> {
-        let n_partitions = self.logs.len() - 1;
+        let now = self.clock.now_ms();
         for (q, log) in self.logs.iter().enumerate() {
             let queue = &mut st.queues[q];
             let log_start = log.start_offset();
@@ -460,7 +511,75 @@ impl SharedSub {
                 queue.start = queue.start.max(log_start);
                 queue.end = log_start;
             }
-            while queue.window.len() < WINDOW && queue.end < log.high_watermark() {
+            let before = queue.parked.len();
+            queue.parked.retain(|o, _| *o >= log_start);
+            queue.lost += (before - queue.parked.len()) as u64;
+            // Parked records that are due come back (their content re-read from the log).
+            let due: Vec<u64> = queue
+                .parked
+                .iter()
+                .filter(|(_, p)| p.at <= now)
+                .map(|(o, _)| *o)
+                .take(WINDOW / 2)
+                .collect();
+            for o in due {
+                let Some(parked) = queue.parked.remove(&o) else {
+                    continue;
+                };
+                match super::read_limited(log, o, 1, 1) {
+                    Ok(records) => {
+                        if let Some(r) = records.into_iter().find(|r| r.offset == o) {
+                            let p = Persisted {
+                                deliveries: parked.deliveries,
+                                available_at: parked.at,
+                                done: false,
+                            };
+                            let rec = self.rec_from(q, r, p);
+                            queue.window.insert(o, rec);
+                        } else {
+                            queue.lost += 1;
+                        }
+                    }
+                    Err(wharf_log::Error::OffsetOutOfRange { .. }) => queue.lost += 1,
+                    Err(e) => {
+                        queue.parked.insert(o, parked);
+                        return Err(e.into());
+                    }
+                }
+            }
+            loop {
+                if queue.window.len() >= WINDOW {
+                    // Full: park what is not due soon, to make room for what is.
+                    if queue.parked.len() >= MAX_PARKED {
+                        break;
+                    }
+                    let far: Vec<u64> = queue
+                        .window
+                        .iter()
+                        .filter(|(_, r)| matches!(r.state, RecState::Available { at } if at > now + PARK_AHEAD_MS))
+                        .map(|(o, _)| *o)
+                        .collect();
+                    if far.is_empty() {
+                        break;
+                    }
+                    for o in far {
+                        if let Some(r) = queue.window.remove(&o)
+                            && let RecState::Available { at } = r.state
+                        {
+                            queue.parked.insert(
+                                o,
+                                Parked {
+                                    deliveries: r.deliveries,
+                                    at,
+                                    key: r.msg.key,
+                                },
+                            );
+                        }
+                    }
+                }
+                if queue.end >= log.high_watermark() {
+                    break;
+                }
                 let room = WINDOW - queue.window.len();
                 let records = match super::read_limited(log, queue.end, room, 256 * 1024) {
                     Ok(r) => r,
@@ -471,51 +590,18 @@ impl SharedSub {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let Some(last) = records.last().map(|r| r.offset) else {
+                if records.is_empty() {
                     break;
-                };
+                }
                 for r in records {
-                    if queue.window.len() >= WINDOW {
-                        break;
-                    }
                     let offset = r.offset;
                     queue.end = offset + 1;
                     let p = queue.persisted.remove(&offset).unwrap_or_default();
-                    let deliver_at = header(&r.headers, HEADER_DELIVER_AT)
-                        .and_then(parse_rfc3339)
-                        .unwrap_or(0);
-                    let mut msg = StoredMessage::from_record(q as u32, r);
-                    if q == n_partitions {
-                        // A redriven copy: present it as the original message.
-                        if let (Some(p), Some(o)) = (
-                            header(&msg.headers, DLQ_SOURCE_PARTITION).and_then(|v| v.parse().ok()),
-                            header(&msg.headers, DLQ_SOURCE_OFFSET).and_then(|v| v.parse().ok()),
-                        ) {
-                            msg.partition = p;
-                            msg.offset = o;
-                        }
-                    }
-                    let state = if p.done {
-                        RecState::Done
-                    } else {
-                        RecState::Available {
-                            at: p.available_at.max(deliver_at),
-                        }
-                    };
-                    queue.window.insert(
-                        offset,
-                        Rec {
-                            msg,
-                            deliveries: p.deliveries,
-                            state,
-                        },
-                    );
+                    let rec = self.rec_from(q, r, p);
+                    queue.window.insert(offset, rec);
                 }
                 // Finished records (acked before a restart) must not hold window places.
                 Self::advance(queue);
-                if queue.end <= last {
-                    break;
-                }
             }
             Self::advance(queue);
         }
@@ -526,12 +612,17 @@ impl SharedSub {
     fn advance(queue: &mut Queue) {
         while let Some((&o, r)) = queue.window.first_key_value() {
             if r.state != RecState::Done {
-                queue.start = o;
-                return;
+                break;
             }
             queue.window.remove(&o);
         }
-        queue.start = queue.end;
+        let first_window = queue.window.keys().next().copied();
+        let first_parked = queue.parked.keys().next().copied();
+        queue.start = first_window
+            .into_iter()
+            .chain(first_parked)
+            .min()
+            .unwrap_or(queue.end);
     }
 
     /// Ends failed deliveries (expired leases, nacks): back to available after the backoff
@@ -815,10 +906,25 @@ impl SharedSub {
                 for q in order {
                     let mut acquired = Vec::new();
                     let queue = &mut st.queues[q];
+                    // Parked (delayed) records hold back the later records of their key.
+                    let mut parked_first: HashMap<&Bytes, u64> = HashMap::new();
+                    if self.config.ordered_by_key {
+                        for (o, p) in &queue.parked {
+                            if let Some(k) = &p.key {
+                                parked_first.entry(k).or_insert(*o);
+                            }
+                        }
+                    }
+                    let parked_keys: Vec<Bytes> =
+                        parked_first.keys().map(|k| (*k).clone()).collect();
                     for (o, rec) in queue.window.iter_mut() {
                         let key = rec.msg.key.clone();
                         let ordered = self.config.ordered_by_key && key.is_some();
-                        if ordered && key.as_ref().is_some_and(|k| blocked.contains(k)) {
+                        if ordered
+                            && key.as_ref().is_some_and(|k| {
+                                blocked.contains(k) || parked_first.get(k).is_some_and(|p| *p < *o)
+                            })
+                        {
                             continue;
                         }
                         match &rec.state {
@@ -854,11 +960,19 @@ impl SharedSub {
                             }
                         }
                     }
+                    // ...and, like any unfinished record, those of the queues read after it.
+                    blocked.extend(parked_keys);
                     if !acquired.is_empty() {
                         records.push(StateRecord::Acquire {
                             q: q as u32,
                             items: acquired,
                         });
+                    }
+                }
+                // Parked records coming due wake a waiting receive too.
+                for queue in &st.queues {
+                    if let Some(at) = queue.parked.values().map(|p| p.at).min() {
+                        wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
                     }
                 }
                 let waits: Vec<Pin<Box<OffsetWait>>> = self
@@ -1107,6 +1221,7 @@ impl SharedSub {
                     _ => {}
                 }
             }
+            delayed += q.parked.values().filter(|p| p.at > now).count() as u64;
         }
         let dead_lettered = self.dlq_log().map_or(0, |l| {
             l.high_watermark()
