@@ -123,6 +123,7 @@ conformance::conformance_tests! { crate::harness;
         long_poll_woken_by_publish,
         short_wait_returns_empty,
         retention_skips_to_start,
+        age_retention,
     }
     stream {
         create_describe_list_delete,

@@ -377,3 +377,45 @@ pub(crate) async fn retention_skips_to_start(mut h: impl Harness) {
         "a member behind retention starts at the start"
     );
 }
+
+/// Age retention: once the clock passes `retention_ms` beyond the newest message of a
+/// segment, that segment goes (the active one is rolled first when it is old enough), and
+/// newer messages stay.
+pub(crate) async fn age_retention(mut h: impl Harness) {
+    let e = h.start().await;
+    e.create_topic(
+        "t",
+        TopicConfig {
+            retention_ms: Some(60_000),
+            segment_bytes: 65_536,
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let value = Bytes::from(vec![b'a'; 4_000]);
+    for _ in 0..40 {
+        e.publish("t", vec![Message::new(value.clone())])
+            .await
+            .unwrap();
+    }
+    h.enforce_retention().await;
+    assert_eq!(
+        e.describe_topic("t").await.unwrap().partitions[0].start_offset,
+        0,
+        "nothing is old yet"
+    );
+    h.advance_clock(120_000);
+    e.publish("t", vec![Message::new("fresh")]).await.unwrap();
+    h.enforce_retention().await;
+    let info = e.describe_topic("t").await.unwrap();
+    let start = info.partitions[0].start_offset;
+    assert!(start > 0, "old segments were removed: {info:?}");
+    assert_eq!(info.partitions[0].high_watermark, 41);
+    let last = read_at(&*e, 0, Position::Offset(40)).await;
+    assert_eq!(
+        &last.messages[0].value[..],
+        b"fresh",
+        "the fresh message stays"
+    );
+}
