@@ -1001,6 +1001,10 @@ impl Engine for EmbeddedEngine {
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
             let _admin = lock(&this.inner.admin);
+            // The topic may have been deleted (or recreated) since we looked it up.
+            if !this.topic(&t.name).is_ok_and(|now| Arc::ptr_eq(&now, &t)) {
+                return Err(BrokerError::TopicNotFound(t.name.clone()));
+            }
             let now = this.now();
             if let Some(existing) = lock(&t.subscriptions).get(&name).cloned() {
                 return if existing.config() == config {
