@@ -447,30 +447,24 @@ impl Topic {
         let since = now.saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
         let mut dedup = Dedup::default();
         for (p, log) in self.partitions.iter().enumerate() {
-            let Some(mut offset) = log.offset_for_timestamp(since)? else {
+            let Some(from) = log.offset_for_timestamp(since)? else {
                 continue;
             };
-            let end = log.high_watermark();
-            while offset < end {
-                let records = log.read_records(offset, 1 << 20)?;
-                let Some(last) = records.last() else { break };
-                offset = last.offset + 1;
-                for r in records {
-                    if let Some(id) =
-                        crate::types::header(&r.headers, crate::types::HEADER_MESSAGE_ID)
-                    {
-                        dedup.record(
-                            id.to_owned(),
-                            Published {
-                                partition: p as u32,
-                                offset: r.offset,
-                                timestamp: r.timestamp,
-                                duplicate: false,
-                            },
-                        );
-                    }
+            for_each_record(log, from, |r| {
+                if let Some(id) = crate::types::header(&r.headers, crate::types::HEADER_MESSAGE_ID)
+                {
+                    dedup.record(
+                        id.to_owned(),
+                        Published {
+                            partition: p as u32,
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            duplicate: false,
+                        },
+                    );
                 }
-            }
+                Ok(())
+            })?;
         }
         dedup.expire(now, window);
         self.dedup = Mutex::new(dedup);
@@ -775,6 +769,42 @@ impl Drop for Reservations<'_> {
             }
         }
     }
+}
+
+/// Calls `f` with every acknowledged record of `log` from `from` on.
+pub(crate) fn for_each_record(
+    log: &Log,
+    from: u64,
+    mut f: impl FnMut(wharf_log::Record) -> Result<()>,
+) -> Result<()> {
+    let mut offset = from.max(log.start_offset());
+    let end = log.high_watermark();
+    while offset < end {
+        let records = log.read_records(offset, 1 << 20)?;
+        let Some(last) = records.last() else { break };
+        offset = last.offset + 1;
+        for r in records {
+            f(r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Replays a subscription's state journal: every record, decoded from JSON.
+pub(crate) fn replay<T: serde::de::DeserializeOwned>(
+    journal: &Log,
+    subscription: &str,
+    mut f: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    for_each_record(journal, journal.start_offset(), |r| {
+        let record = serde_json::from_slice(&r.value).map_err(|e| {
+            BrokerError::StorageUnavailable(format!(
+                "subscription {subscription}: bad state record at {}: {e}",
+                r.offset
+            ))
+        })?;
+        f(record)
+    })
 }
 
 /// Size of a record as the byte limits of reads count it: key, value and headers.

@@ -262,73 +262,61 @@ impl SharedSub {
         let mut persisted: Vec<BTreeMap<u64, Persisted>> = vec![BTreeMap::new(); n];
         let mut records_since_snapshot = 0;
         let mut seen_snapshot = false;
-        let mut offset = state_log.start_offset();
-        let end = state_log.high_watermark();
-        while offset < end {
-            let records = state_log.read_records(offset, 1 << 20)?;
-            let Some(last) = records.last() else { break };
-            offset = last.offset + 1;
-            for r in records {
-                let record: StateRecord = serde_json::from_slice(&r.value).map_err(|e| {
-                    BrokerError::StorageUnavailable(format!(
-                        "subscription {name}: bad state record at {}: {e}",
-                        r.offset
-                    ))
-                })?;
-                records_since_snapshot += 1;
-                let slot = |q: u32, persisted: &mut Vec<BTreeMap<u64, Persisted>>| {
-                    let q = q as usize;
-                    if persisted.len() <= q {
-                        persisted.resize(q + 1, BTreeMap::new());
-                    }
-                    q
-                };
-                match record {
-                    StateRecord::Snapshot {
-                        queues,
-                        redrive_cursor: c,
-                    } => {
-                        persisted = vec![BTreeMap::new(); n.max(queues.len())];
-                        for (q, snap) in queues.iter().enumerate() {
-                            for &(o, deliveries, available_at, done) in &snap.items {
-                                persisted[q].insert(
-                                    o,
-                                    Persisted {
-                                        deliveries,
-                                        available_at,
-                                        done,
-                                    },
-                                );
-                            }
-                        }
-                        snaps = queues;
-                        redrive_cursor = c;
-                        records_since_snapshot = 0;
-                        seen_snapshot = true;
-                    }
-                    StateRecord::Acquire { q, items } => {
-                        let q = slot(q, &mut persisted);
-                        for (o, d) in items {
-                            let p = persisted[q].entry(o).or_default();
-                            p.deliveries = p.deliveries.max(d);
-                        }
-                    }
-                    StateRecord::Ack { q, offsets } | StateRecord::Archive { q, offsets } => {
-                        let q = slot(q, &mut persisted);
-                        for o in offsets {
-                            persisted[q].entry(o).or_default().done = true;
-                        }
-                    }
-                    StateRecord::Nack { q, items } => {
-                        let q = slot(q, &mut persisted);
-                        for (o, at) in items {
-                            persisted[q].entry(o).or_default().available_at = at;
-                        }
-                    }
-                    StateRecord::Redrive { cursor } => redrive_cursor = redrive_cursor.max(cursor),
+        super::replay(&state_log, name, |record: StateRecord| {
+            records_since_snapshot += 1;
+            let slot = |q: u32, persisted: &mut Vec<BTreeMap<u64, Persisted>>| {
+                let q = q as usize;
+                if persisted.len() <= q {
+                    persisted.resize(q + 1, BTreeMap::new());
                 }
+                q
+            };
+            match record {
+                StateRecord::Snapshot {
+                    queues,
+                    redrive_cursor: c,
+                } => {
+                    persisted = vec![BTreeMap::new(); n.max(queues.len())];
+                    for (q, snap) in queues.iter().enumerate() {
+                        for &(o, deliveries, available_at, done) in &snap.items {
+                            persisted[q].insert(
+                                o,
+                                Persisted {
+                                    deliveries,
+                                    available_at,
+                                    done,
+                                },
+                            );
+                        }
+                    }
+                    snaps = queues;
+                    redrive_cursor = c;
+                    records_since_snapshot = 0;
+                    seen_snapshot = true;
+                }
+                StateRecord::Acquire { q, items } => {
+                    let q = slot(q, &mut persisted);
+                    for (o, d) in items {
+                        let p = persisted[q].entry(o).or_default();
+                        p.deliveries = p.deliveries.max(d);
+                    }
+                }
+                StateRecord::Ack { q, offsets } | StateRecord::Archive { q, offsets } => {
+                    let q = slot(q, &mut persisted);
+                    for o in offsets {
+                        persisted[q].entry(o).or_default().done = true;
+                    }
+                }
+                StateRecord::Nack { q, items } => {
+                    let q = slot(q, &mut persisted);
+                    for (o, at) in items {
+                        persisted[q].entry(o).or_default().available_at = at;
+                    }
+                }
+                StateRecord::Redrive { cursor } => redrive_cursor = redrive_cursor.max(cursor),
             }
-        }
+            Ok(())
+        })?;
         let mut queues: Vec<Queue> = Vec::with_capacity(n);
         for (q, log) in logs.iter().enumerate() {
             let start = match snaps.get(q) {

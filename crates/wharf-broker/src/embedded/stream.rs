@@ -113,33 +113,21 @@ impl StreamGroup {
         let n = partitions.len();
         let mut committed = Vec::new();
         let mut commits_since_snapshot = 0;
-        let mut offset = state_log.start_offset();
-        let end = state_log.high_watermark();
-        while offset < end {
-            let records = state_log.read_records(offset, 1 << 20)?;
-            let Some(last) = records.last() else { break };
-            offset = last.offset + 1;
-            for r in records {
-                let record: StateRecord = serde_json::from_slice(&r.value).map_err(|e| {
-                    BrokerError::StorageUnavailable(format!(
-                        "subscription {name}: bad state record at {}: {e}",
-                        r.offset
-                    ))
-                })?;
-                match record {
-                    StateRecord::Snapshot { committed: c } => {
-                        committed = c;
-                        commits_since_snapshot = 0;
+        super::replay(&state_log, name, |record: StateRecord| {
+            match record {
+                StateRecord::Snapshot { committed: c } => {
+                    committed = c;
+                    commits_since_snapshot = 0;
+                }
+                StateRecord::Commit { partition, offset } => {
+                    if let Some(slot) = committed.get_mut(partition as usize) {
+                        *slot = (*slot).max(offset);
                     }
-                    StateRecord::Commit { partition, offset } => {
-                        if let Some(slot) = committed.get_mut(partition as usize) {
-                            *slot = (*slot).max(offset);
-                        }
-                        commits_since_snapshot += 1;
-                    }
+                    commits_since_snapshot += 1;
                 }
             }
-        }
+            Ok(())
+        })?;
         let fresh = committed.is_empty();
         if fresh {
             let start = init.cloned().unwrap_or(config.start);
