@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::types::{
-    AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Membership, Message, Published,
-    ReadRequest, ReadResult, ReceiveRequest, ResetTo, SubscriptionConfig, SubscriptionInfo,
-    TopicConfig, TopicInfo,
+    AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Health, Membership, Message,
+    Published, ReadRequest, ReadResult, ReceiveRequest, ResetTo, StorageStats, SubscriptionConfig,
+    SubscriptionInfo, TopicConfig, TopicInfo,
 };
 
 /// A message engine with Wharf's semantics (DESIGN.md §1–2b).
@@ -22,6 +22,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// What this engine supports natively, through Wharf's layer, or not at all.
     fn capabilities(&self) -> Capabilities;
+
+    /// Whether the engine accepts writes right now (cheap; polled by `/readyz`). The embedded
+    /// engine refuses writes for good once a write or fsync failed or the disk filled up
+    /// (until a restart recovers); reads keep working.
+    fn health(&self) -> Health;
+
+    /// Storage counters for metrics, if the engine keeps its own storage.
+    fn storage_stats(&self) -> Option<StorageStats> {
+        None
+    }
 
     // ---- topics -------------------------------------------------------------------------
 

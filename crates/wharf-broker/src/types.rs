@@ -576,3 +576,23 @@ pub struct Capabilities {
     /// Retention by age and size.
     pub retention: Support,
 }
+
+/// Whether an engine accepts writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// True when publishes, acks and commits can be made durable.
+    pub writable: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+}
+
+/// Counters of an engine's own storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Number of logs (partitions, subscription journals, retry logs).
+    pub logs: u64,
+    /// Bytes held in segment files.
+    pub size_bytes: u64,
+    /// Durations of the fsyncs on the write path, over all logs.
+    pub fsync_latency: wharf_log::FsyncHistogram,
+}

@@ -54,6 +54,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, LogConfig, Retention};
 pub use error::{Error, FormatError, Result};
 pub use format::{Batch, Records};
-pub use log::{AppendTicket, Appended, Log, LogStats, OffsetWait, RetentionOutcome};
+pub use log::{
+    AppendTicket, Appended, FSYNC_BUCKETS_US, FsyncHistogram, Log, LogStats, OffsetWait,
+    RetentionOutcome,
+};
 pub use record::{NewRecord, Record};
 pub use recovery::{RecoveryReport, Truncation};

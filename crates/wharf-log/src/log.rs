@@ -115,13 +115,14 @@ struct Pending {
     next_offset: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counters {
     appends: u64,
     records: u64,
     bytes: u64,
     fsyncs: u64,
     synced_appends: u64,
+    fsync_latency: FsyncHistogram,
 }
 
 /// What the committer thread is doing, so appenders know whether to wake it.
@@ -340,8 +341,56 @@ pub struct LogStats {
     pub fsyncs: u64,
     /// Appends completed by those fsyncs (`synced_appends / fsyncs` = appends per fsync).
     pub synced_appends: u64,
+    /// How long the append path's fsyncs took.
+    pub fsync_latency: FsyncHistogram,
     /// Why the log refuses writes, if it does.
     pub poisoned: Option<String>,
+}
+
+/// Upper bounds, in microseconds, of the buckets of [`FsyncHistogram`].
+pub const FSYNC_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// A histogram of fsync durations: `counts[i]` fsyncs took at most `FSYNC_BUCKETS_US[i]`
+/// microseconds (and more than the bucket before); the last count is everything slower.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsyncHistogram {
+    /// Per-bucket counts (not cumulative), one more than [`FSYNC_BUCKETS_US`].
+    pub counts: [u64; FSYNC_BUCKETS_US.len() + 1],
+    /// Sum of all durations in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl FsyncHistogram {
+    /// Records one fsync.
+    pub fn record(&mut self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = FSYNC_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(FSYNC_BUCKETS_US.len());
+        if let Some(c) = self.counts.get_mut(bucket) {
+            *c += 1;
+        }
+        self.sum_nanos = self
+            .sum_nanos
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds another histogram's counts to this one.
+    pub fn merge(&mut self, other: &FsyncHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_nanos = self.sum_nanos.saturating_add(other.sum_nanos);
+    }
+
+    /// Number of fsyncs recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// What [`Log::enforce_retention`] removed.
@@ -695,6 +744,7 @@ impl Log {
             bytes: st.counters.bytes,
             fsyncs: st.counters.fsyncs,
             synced_appends: st.counters.synced_appends,
+            fsync_latency: st.counters.fsync_latency.clone(),
             poisoned: st.poisoned.as_deref().map(str::to_owned),
         }
     }
@@ -1209,6 +1259,7 @@ impl Committer {
             if let Some(t) = sync_time {
                 st.durable_offset = st.written_offset;
                 st.counters.fsyncs += 1;
+                st.counters.fsync_latency.record(t);
                 st.last_sync = t;
                 if durability == Durability::Always {
                     st.counters.synced_appends += appends;

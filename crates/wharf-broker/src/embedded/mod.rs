@@ -31,9 +31,10 @@ use crate::error::{BrokerError, Result};
 use crate::murmur2::partition_for_key;
 use crate::names;
 use crate::types::{
-    AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Membership, Message,
+    AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Health, Membership, Message,
     PartitionInfo, Position, Published, ReadRequest, ReadResult, ReceiveRequest, ResetTo,
-    StoredMessage, SubscriptionConfig, SubscriptionInfo, Support, TopicConfig, TopicInfo,
+    StorageStats, StoredMessage, SubscriptionConfig, SubscriptionInfo, Support, TopicConfig,
+    TopicInfo,
 };
 use dedup::{Check, Dedup};
 use shared::SharedSub;
@@ -109,6 +110,13 @@ pub(crate) enum Subscription {
 }
 
 impl Subscription {
+    fn own_logs(&self) -> Vec<&Log> {
+        match self {
+            Subscription::Stream(g) => g.own_logs(),
+            Subscription::Shared(s) => s.own_logs(),
+        }
+    }
+
     fn close(&self) -> wharf_log::Result<()> {
         match self {
             Subscription::Stream(g) => g.close(),
@@ -292,6 +300,28 @@ impl EmbeddedEngine {
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
+        }
+    }
+
+    /// Visits every log of the engine: partitions, subscription journals and retry logs.
+    fn for_each_log(&self, mut f: impl FnMut(&Log)) {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            for log in &topic.partitions {
+                f(log);
+            }
+            for sub in lock(&topic.subscriptions).values() {
+                for log in sub.own_logs() {
+                    f(log);
+                }
+            }
         }
     }
 
@@ -908,6 +938,30 @@ pub(crate) async fn read_partition(
 impl Engine for EmbeddedEngine {
     fn name(&self) -> &'static str {
         "embedded"
+    }
+
+    fn health(&self) -> Health {
+        let mut reason = None;
+        self.for_each_log(|log| {
+            if reason.is_none() {
+                reason = log.stats().poisoned;
+            }
+        });
+        Health {
+            writable: reason.is_none(),
+            reason,
+        }
+    }
+
+    fn storage_stats(&self) -> Option<StorageStats> {
+        let mut stats = StorageStats::default();
+        self.for_each_log(|log| {
+            let s = log.stats();
+            stats.logs += 1;
+            stats.size_bytes += s.size_bytes;
+            stats.fsync_latency.merge(&s.fsync_latency);
+        });
+        Some(stats)
     }
 
     fn capabilities(&self) -> Capabilities {

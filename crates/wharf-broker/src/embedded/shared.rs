@@ -381,6 +381,13 @@ impl SharedSub {
         &self.config
     }
 
+    /// The subscription's own logs (state journal, retry log), for health and metrics.
+    pub(crate) fn own_logs(&self) -> Vec<&Log> {
+        let mut logs = vec![&self.state_log];
+        logs.extend(self.logs.last().map(|l| &**l));
+        logs
+    }
+
     pub(crate) fn close(&self) -> wharf_log::Result<()> {
         let retry = self.logs.last().map(|l| l.close());
         self.state_log.close()?;

@@ -166,6 +166,11 @@ impl StreamGroup {
         &self.config
     }
 
+    /// The group's own log (its state journal), for health and metrics.
+    pub(crate) fn own_logs(&self) -> Vec<&Log> {
+        vec![&self.state_log]
+    }
+
     pub(crate) fn close(&self) -> wharf_log::Result<()> {
         self.state_log.close()
     }
