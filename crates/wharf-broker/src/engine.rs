@@ -28,6 +28,13 @@ pub trait Engine: Send + Sync + 'static {
     /// (until a restart recovers); reads keep working.
     fn health(&self) -> Health;
 
+    /// Applies every topic's retention policy now; returns how many segments were deleted.
+    /// The server calls it periodically. Engines whose storage applies retention itself keep
+    /// this default.
+    async fn apply_retention(&self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Storage counters for metrics, if the engine keeps its own storage.
     fn storage_stats(&self) -> Option<StorageStats> {
         None

@@ -16,18 +16,26 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the Wharf server (REST, gRPC, SSE on one port) on embedded storage.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:7400", env = "WHARF_LISTEN")]
-        listen: String,
-        /// Data directory.
-        #[arg(long, default_value = "./wharf-data", env = "WHARF_DATA")]
-        data: PathBuf,
-    },
+    /// Run the Wharf server (REST + SSE, metrics, health on one port) on embedded storage.
+    Serve(crate::serve::ServeArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Inspect a partition log directory on disk (offline: the server must not be running).
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default wharf.toml, every key documented.
+    Default,
+    /// Load and validate a configuration (file < WHARF_* env), then print it resolved.
+    Check {
+        /// The file (default: $WHARF_CONFIG, else the defaults alone).
+        #[arg(long, env = "WHARF_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,15 +63,30 @@ enum LogCommand {
 pub(crate) enum CliError {
     #[error("{0}")]
     Log(#[from] wharf_log::Error),
-    #[error(
-        "`wharf serve` is not supported yet: the server arrives with the REST API (issue #4); this build has the storage engine only (`wharf log check|dump`)"
-    )]
-    NotYet,
+    #[error("{0}")]
+    Config(#[from] wharf_server::ConfigError),
+    #[error("{0}")]
+    Serve(String),
 }
 
 pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { .. } => Err(CliError::NotYet),
+        Command::Serve(args) => crate::serve::run(args),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", wharf_server::config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { config }) => {
+            let c = wharf_server::Config::load(
+                config.as_deref(),
+                std::env::vars(),
+                &wharf_server::Overrides::default(),
+            )?;
+            let text = toml::to_string_pretty(&c)
+                .map_err(|e| CliError::Serve(format!("cannot print the config: {e}")))?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Log(LogCommand::Check { dir }) => {
             let (log, report) = Log::open(&dir, LogConfig::default())?;
             let stats = log.stats();

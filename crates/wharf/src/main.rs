@@ -2,6 +2,7 @@
 //! `cli`, the work in the library crates.
 
 mod cli;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -953,6 +953,13 @@ impl Engine for EmbeddedEngine {
         }
     }
 
+    async fn apply_retention(&self) -> Result<u64> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.enforce_retention())
+            .await
+            .map_err(|e| BrokerError::Internal(e.to_string()))?
+    }
+
     fn storage_stats(&self) -> Option<StorageStats> {
         let mut stats = StorageStats::default();
         self.for_each_log(|log| {

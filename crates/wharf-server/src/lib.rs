@@ -1,0 +1,37 @@
+//! Wharf's server: the API surfaces on one listener.
+//!
+//! REST (axum) with Server-Sent Events, the OpenAPI document at `/openapi.json`, Prometheus
+//! metrics at `/metrics`, `/healthz` and `/readyz`, bearer-token auth with scopes, TLS
+//! (rustls), CORS, limits on every input, and graceful shutdown. Errors become
+//! `{code, message}` in one place ([`error`]). gRPC joins this listener in a later version;
+//! until then gRPC requests get `UNIMPLEMENTED`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use wharf_broker::{EmbeddedConfig, EmbeddedEngine};
+//!
+//! let engine = EmbeddedEngine::open(EmbeddedConfig::new("./wharf-data"))?;
+//! let config = wharf_server::Config::default();
+//! let server = wharf_server::start(config, Arc::new(engine.clone())).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! engine.close()?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+mod routes;
+mod server;
+pub mod state;
+pub mod trace;
+pub mod wire;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use error::{ApiError, CODES, ErrorBody};
+pub use routes::{openapi_json, router};
+pub use server::{ServeError, ServerHandle, start};

@@ -1,0 +1,245 @@
+//! Prometheus metrics. Counters and histograms of the request path live in a recorder owned by
+//! the server (not the process-global one, so several servers in one process keep their own);
+//! the state of topics, subscriptions and storage is read from the engine at scrape time.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use metrics::{Key, Label, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use wharf_broker::Engine;
+
+/// Latency buckets of request histograms, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The server's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new("wharf_server", metrics::Level::INFO, Some("wharf_server"));
+
+fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
+    pairs
+        .iter()
+        .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+        .collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let this = Self { recorder };
+        this.describe();
+        this
+    }
+
+    fn describe(&self) {
+        let r = &self.recorder;
+        for (name, help) in [
+            (
+                "wharf_http_requests_total",
+                "HTTP requests by method, route and status.",
+            ),
+            (
+                "wharf_messages_published_total",
+                "Messages published, per topic (duplicates excluded).",
+            ),
+            (
+                "wharf_published_bytes_total",
+                "Key + value bytes published, per topic.",
+            ),
+            (
+                "wharf_messages_delivered_total",
+                "Messages handed to consumers, per topic and subscription (reads: subscription \"\").",
+            ),
+            (
+                "wharf_delivered_bytes_total",
+                "Key + value bytes handed to consumers.",
+            ),
+        ] {
+            r.describe_counter(name.into(), None, help.into());
+        }
+        r.describe_histogram(
+            "wharf_http_request_duration_seconds".into(),
+            Some(metrics::Unit::Seconds),
+            "Time to the response head, by method, route and status.".into(),
+        );
+    }
+
+    /// One finished request.
+    pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let status = status.to_string();
+        let l = labels(&[("method", method), ("route", route), ("status", &status)]);
+        let key = Key::from_parts("wharf_http_requests_total", l.clone());
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+        let key = Key::from_parts("wharf_http_request_duration_seconds", l);
+        self.recorder
+            .register_histogram(&key, &METADATA)
+            .record(took.as_secs_f64());
+    }
+
+    /// Messages stored by a publish.
+    pub fn published(&self, topic: &str, messages: u64, bytes: u64) {
+        let l = labels(&[("topic", topic)]);
+        self.counter("wharf_messages_published_total", l.clone(), messages);
+        self.counter("wharf_published_bytes_total", l, bytes);
+    }
+
+    /// Messages handed to a consumer.
+    pub fn delivered(&self, topic: &str, subscription: &str, messages: u64, bytes: u64) {
+        if messages == 0 {
+            return;
+        }
+        let l = labels(&[("topic", topic), ("subscription", subscription)]);
+        self.counter("wharf_messages_delivered_total", l.clone(), messages);
+        self.counter("wharf_delivered_bytes_total", l, bytes);
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>, n: u64) {
+        let key = Key::from_parts(name, labels);
+        self.recorder.register_counter(&key, &METADATA).increment(n);
+    }
+
+    /// The text exposition: recorded metrics plus the engine's state now.
+    pub async fn render(&self, engine: &dyn Engine) -> String {
+        let mut out = self.recorder.handle().render();
+        let health = engine.health();
+        gauge_header(
+            &mut out,
+            "wharf_storage_writable",
+            "1 if the engine accepts writes.",
+        );
+        let _ = writeln!(out, "wharf_storage_writable {}", u8::from(health.writable));
+        if let Some(stats) = engine.storage_stats() {
+            gauge_header(
+                &mut out,
+                "wharf_storage_bytes",
+                "Bytes held in segment files.",
+            );
+            let _ = writeln!(out, "wharf_storage_bytes {}", stats.size_bytes);
+            let h = &stats.fsync_latency;
+            let _ = writeln!(
+                out,
+                "# HELP wharf_fsync_duration_seconds Duration of fsyncs on the write path (all logs)."
+            );
+            let _ = writeln!(out, "# TYPE wharf_fsync_duration_seconds histogram");
+            let mut cumulative = 0;
+            for (i, bound) in wharf_log::FSYNC_BUCKETS_US.iter().enumerate() {
+                cumulative += h.counts.get(i).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "wharf_fsync_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                    *bound as f64 / 1e6
+                );
+            }
+            let _ = writeln!(
+                out,
+                "wharf_fsync_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+                h.count()
+            );
+            let _ = writeln!(
+                out,
+                "wharf_fsync_duration_seconds_sum {}",
+                h.sum_nanos as f64 / 1e9
+            );
+            let _ = writeln!(out, "wharf_fsync_duration_seconds_count {}", h.count());
+        }
+        let Ok(topics) = engine.list_topics().await else {
+            return out;
+        };
+        let mut held = String::new();
+        let mut subs = [
+            (
+                "wharf_subscription_lag",
+                "Messages not yet consumed.",
+                String::new(),
+            ),
+            (
+                "wharf_subscription_in_flight",
+                "Deliveries under a live lease.",
+                String::new(),
+            ),
+            (
+                "wharf_subscription_delayed",
+                "Messages waiting for a delay or backoff.",
+                String::new(),
+            ),
+            (
+                "wharf_subscription_dead_lettered",
+                "Messages in the dead-letter topic.",
+                String::new(),
+            ),
+        ];
+        for t in &topics {
+            let messages: u64 = t
+                .partitions
+                .iter()
+                .map(|p| p.high_watermark.saturating_sub(p.start_offset))
+                .sum();
+            let _ = writeln!(
+                held,
+                "wharf_topic_messages{{topic=\"{}\"}} {messages}",
+                esc(&t.name)
+            );
+            let Ok(list) = engine.list_subscriptions(&t.name).await else {
+                continue;
+            };
+            for s in list {
+                let lag: u64 = s.partitions.iter().map(|p| p.lag).sum();
+                let l = format!(
+                    "topic=\"{}\",subscription=\"{}\"",
+                    esc(&t.name),
+                    esc(&s.name)
+                );
+                for (i, v) in [lag, s.in_flight, s.delayed, s.dead_lettered]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let Some((name, _, text)) = subs.get_mut(i) {
+                        let _ = writeln!(text, "{name}{{{l}}} {v}");
+                    }
+                }
+            }
+        }
+        gauge_header(&mut out, "wharf_topic_messages", "Messages held per topic.");
+        out.push_str(&held);
+        for (name, help, text) in &subs {
+            gauge_header(&mut out, name, help);
+            out.push_str(text);
+        }
+        out
+    }
+}
+
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
+/// Escapes a label value (names are restricted already; this keeps it true for any input).
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

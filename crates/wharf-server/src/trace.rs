@@ -1,0 +1,139 @@
+//! W3C trace context (`traceparent`): parsed from each request, continued by the request's
+//! span, and stored on published messages so every consumer sees the producer's trace.
+
+use std::fmt;
+
+/// A parsed `traceparent` (version 00).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 16-byte trace id.
+    pub trace_id: u128,
+    /// 8-byte id of the parent span.
+    pub span_id: u64,
+    /// Trace flags (bit 0 = sampled).
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; `None` if malformed or all-zero ids (the W3C
+    /// rule: such a header is ignored and a new trace starts).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let span = parts.next()?;
+        let flags = parts.next()?;
+        let lower_hex = |p: &str, n: usize| {
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !lower_hex(version, 2)
+            || version == "ff"
+            || !lower_hex(trace, 32)
+            || !lower_hex(span, 16)
+            || !lower_hex(flags, 2)
+        {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            span_id,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        })
+    }
+
+    /// A child of this context with a new span id (the server's span).
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: random_nonzero_u64(),
+            ..*self
+        }
+    }
+
+    /// A new trace (sampled), for requests that bring none.
+    pub fn new_root() -> Self {
+        let hi = u128::from(random_nonzero_u64());
+        let lo = u128::from(random_nonzero_u64());
+        Self {
+            trace_id: (hi << 64) | lo,
+            span_id: random_nonzero_u64(),
+            flags: 1,
+        }
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
+    }
+}
+
+fn random_nonzero_u64() -> u64 {
+    loop {
+        let v = rand::random::<u64>();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// The trace context of one request: the incoming parent (if any) and the server's span.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestTrace {
+    /// The caller's context, if it sent a valid `traceparent`.
+    pub parent: Option<TraceParent>,
+    /// The server's own span in that trace (or in a new one).
+    pub span: TraceParent,
+}
+
+impl RequestTrace {
+    /// From the request's `traceparent` header.
+    pub fn from_header(value: Option<&str>) -> Self {
+        let parent = value.and_then(TraceParent::parse);
+        let span = parent.map_or_else(TraceParent::new_root, |p| p.child());
+        Self { parent, span }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints() {
+        let s = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = TraceParent::parse(s).expect("valid");
+        assert_eq!(t.to_string(), s);
+        let c = t.child();
+        assert_eq!(c.trace_id, t.trace_id);
+        assert_ne!(c.span_id, t.span_id);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for s in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(TraceParent::parse(s).is_none(), "{s:?}");
+        }
+    }
+}
