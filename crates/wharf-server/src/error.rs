@@ -225,7 +225,7 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
             message: self.message,
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, crate::extract::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             response
                 .headers_mut()

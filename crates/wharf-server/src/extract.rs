@@ -112,3 +112,28 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
             .map_err(|e| ApiError::new("invalid_argument", e.body_text()))
     }
 }
+
+/// A JSON response body, ending with a newline (so `curl` output stays readable).
+#[derive(Debug, Clone)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut buf = Vec::with_capacity(128);
+        match serde_json::to_writer(&mut buf, &self.0) {
+            Ok(()) => {
+                buf.push(b'\n');
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        axum::http::HeaderValue::from_static("application/json"),
+                    )],
+                    buf,
+                )
+                    .into_response()
+            }
+            Err(e) => ApiError::new("internal", format!("cannot serialise the answer: {e}"))
+                .into_response(),
+        }
+    }
+}

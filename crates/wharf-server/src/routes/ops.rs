@@ -1,6 +1,6 @@
 //! Operations: liveness, readiness, metrics, stats and the OpenAPI document.
 
-use axum::Json;
+use crate::extract::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

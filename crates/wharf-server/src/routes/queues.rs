@@ -1,6 +1,6 @@
 //! Queues: sugar for a topic plus one shared subscription of the same name.
 
-use axum::Json;
+use crate::extract::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use wharf_broker::BrokerError;

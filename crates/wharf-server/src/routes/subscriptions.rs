@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::Json;
+use crate::extract::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use wharf_broker::{Committed, FetchRequest, Position, ReadRequest, ReceiveRequest};

@@ -1,6 +1,6 @@
 //! Topics and their messages: create, describe, list, delete; publish; read and replay.
 
-use axum::Json;
+use crate::extract::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use wharf_broker::{BrokerError, Position, ReadRequest};
