@@ -96,7 +96,7 @@ fn glob(pattern: &str, name: &str) -> bool {
                 star = Some((pi, ni));
                 pi += 1;
             }
-            Some(&c) if c == n[ni] => {
+            Some(&c) if Some(&c) == n.get(ni) => {
                 pi += 1;
                 ni += 1;
             }
@@ -110,7 +110,7 @@ fn glob(pattern: &str, name: &str) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    p.get(pi..).unwrap_or_default().iter().all(|&c| c == b'*')
 }
 
 /// Who is calling.

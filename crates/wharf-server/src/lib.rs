@@ -20,6 +20,17 @@
 //! # Ok(()) }
 //! ```
 
+// Nothing derived from a request may panic the server: no unwrap/expect/panic outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod auth;
 pub mod config;
 pub mod error;

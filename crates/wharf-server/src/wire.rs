@@ -87,6 +87,7 @@ pub struct MessageIn {
 #[serde(deny_unknown_fields)]
 pub struct BatchIn {
     /// The messages, in order.
+    #[schema(min_items = 1)]
     pub messages: Vec<MessageIn>,
     /// Encoding of every message's `key` and `value` unless it sets its own.
     pub encoding: Option<Encoding>,
@@ -237,8 +238,10 @@ pub struct ReadQuery {
     /// `earliest` (the default) or `latest` when neither `offset` nor `from_time` is given.
     pub from: Option<FromPosition>,
     /// At most this many messages (default 100; at most limits.max_read_messages).
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
     /// About this many bytes at most (default 1 MiB; at least one message is returned).
+    #[param(minimum = 1)]
     pub max_bytes: Option<u32>,
     /// If nothing is there yet, wait up to this long for a publish (default 0).
     pub wait_ms: Option<u64>,
@@ -322,6 +325,7 @@ pub enum DurabilityMode {
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
     /// Delete segments whose newest message is older than this.
+    #[schema(minimum = 1)]
     pub max_age_ms: Option<u64>,
     /// Delete the oldest segments while a partition is larger than this.
     pub max_bytes: Option<u64>,
@@ -332,18 +336,22 @@ pub struct RetentionSettings {
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {
     /// Partitions, 1..=1024 (default 1).
+    #[schema(minimum = 1, maximum = 1024)]
     pub partitions: Option<u32>,
     /// Default `always`.
     pub durability: Option<DurabilityMode>,
     /// The fsync interval of `interval` durability (default 100).
+    #[schema(minimum = 1)]
     pub sync_interval_ms: Option<u64>,
     /// Default: keep everything.
     pub retention: Option<RetentionSettings>,
     /// Window of `wharf-message-id` dedup (default 120000; 0 = off).
     pub dedup_window_ms: Option<u64>,
     /// Largest message (default 1 MiB, at most 16 MiB).
+    #[schema(minimum = 1, maximum = 16777216)]
     pub max_message_bytes: Option<u64>,
     /// Segment file size (default 128 MiB).
+    #[schema(minimum = 65536, maximum = 1073741824)]
     pub segment_bytes: Option<u64>,
 }
 
@@ -462,10 +470,13 @@ pub enum SubscriptionKind {
 #[serde(deny_unknown_fields)]
 pub struct BackoffSettings {
     /// First retry delay (default 1000).
+    #[schema(maximum = 604800000)]
     pub initial_ms: Option<u64>,
     /// Longest retry delay (default 60000).
+    #[schema(maximum = 604800000)]
     pub max_ms: Option<u64>,
     /// Random spread in percent, 0..=100 (default 20).
+    #[schema(maximum = 100)]
     pub jitter_pct: Option<u32>,
 }
 
@@ -482,16 +493,20 @@ pub struct SubscriptionSettings {
     /// Start at this time instead: RFC 3339 or ms since the Unix epoch.
     pub start_time: Option<String>,
     /// Stream: a member silent this long is removed (default 30000).
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub session_timeout_ms: Option<u64>,
     /// Shared: deliveries before dead-lettering (default 5).
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_deliveries: Option<u32>,
     /// Shared: default lease of a delivery (default 30000).
+    #[schema(minimum = 100, maximum = 43200000)]
     pub lease_ms: Option<u64>,
     /// Shared: retry backoff.
     pub backoff: Option<BackoffSettings>,
     /// Shared: one message in flight per key, in order (default false).
     pub ordered_by_key: Option<bool>,
     /// Shared: most deliveries one member holds at once (default 1000).
+    #[schema(minimum = 1)]
     pub max_in_flight_per_member: Option<u32>,
     /// Reserved for push delivery to an app (arrives with service invocation).
     #[schema(ignore)]
@@ -728,8 +743,10 @@ pub struct FetchRequestIn {
     /// The member.
     pub member_id: String,
     /// At most this many messages (default 100).
+    #[schema(minimum = 1)]
     pub max_messages: Option<u32>,
     /// About this many bytes at most (default 1 MiB).
+    #[schema(minimum = 1)]
     pub max_bytes: Option<u32>,
     /// Wait up to this long if nothing is there (default 0).
     pub wait_ms: Option<u64>,
@@ -826,10 +843,12 @@ pub struct ReceiveRequestIn {
     /// Who receives (for the per-member in-flight limit).
     pub member: Option<String>,
     /// At most this many deliveries (default 1).
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: Option<u32>,
     /// Wait up to this long if nothing is available (default 0).
     pub wait_ms: Option<u64>,
     /// Lease of these deliveries (default: the subscription's).
+    #[schema(minimum = 100, maximum = 43200000)]
     pub lease_ms: Option<u64>,
     /// Encoding of keys and values in the answer.
     pub encoding: Option<Encoding>,
@@ -872,6 +891,7 @@ pub struct DeliveryList {
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// 1..=1000 ack ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ack_ids: Vec<String>,
 }
 
@@ -880,6 +900,7 @@ pub struct AckRequest {
 #[serde(deny_unknown_fields)]
 pub struct NackRequest {
     /// 1..=1000 ack ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ack_ids: Vec<String>,
     /// Deliver again after this long (default: the subscription's backoff).
     pub delay_ms: Option<u64>,
@@ -890,6 +911,7 @@ pub struct NackRequest {
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     /// 1..=1000 ack ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ack_ids: Vec<String>,
     /// The new lease, from now.
     pub lease_ms: u64,
@@ -900,6 +922,7 @@ pub struct ExtendRequest {
 #[serde(deny_unknown_fields)]
 pub struct TerminateRequest {
     /// 1..=1000 ack ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ack_ids: Vec<String>,
     /// Why (goes into the `wharf-dlq-reason` header).
     pub reason: Option<String>,
@@ -944,6 +967,7 @@ pub struct DeadLetterQuery {
     /// Start at this offset of the dead-letter topic (default: the oldest held).
     pub offset: Option<u64>,
     /// At most this many (default 100).
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
     /// Encoding of keys and values in the answer.
     pub encoding: Option<Encoding>,
@@ -954,6 +978,7 @@ pub struct DeadLetterQuery {
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     /// At most this many (default: all, up to 100000).
+    #[schema(minimum = 1, maximum = 100000)]
     pub max: Option<u32>,
 }
 
@@ -981,14 +1006,17 @@ pub struct QueueSettings {
 #[serde(deny_unknown_fields)]
 pub struct QueueSubscriptionSettings {
     /// Deliveries before dead-lettering (default 5).
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_deliveries: Option<u32>,
     /// Default lease of a delivery (default 30000).
+    #[schema(minimum = 100, maximum = 43200000)]
     pub lease_ms: Option<u64>,
     /// Retry backoff.
     pub backoff: Option<BackoffSettings>,
     /// One message in flight per key, in order (default false).
     pub ordered_by_key: Option<bool>,
     /// Most deliveries one member holds at once (default 1000).
+    #[schema(minimum = 1)]
     pub max_in_flight_per_member: Option<u32>,
 }
 

@@ -332,15 +332,14 @@ async fn stream_events(
                 offset: *o,
             })
             .collect();
-        if !owned.is_empty() {
-            if let Err(e) = s
+        if !owned.is_empty()
+            && let Err(e) = s
                 .engine
                 .commit(&topic, &sub, &membership.member_id, owned)
                 .await
-            {
-                let _ = s.engine.leave(&topic, &sub, &membership.member_id).await;
-                return Err(e.into());
-            }
+        {
+            let _ = s.engine.leave(&topic, &sub, &membership.member_id).await;
+            return Err(e.into());
         }
     }
     let (tx, rx) = mpsc::channel::<Item>(1);

@@ -303,13 +303,14 @@ const ERROR_STATUSES: &[&str] = &[
 /// limits filled in (so a generated client, or a fuzzer, knows e.g. the longest `wait_ms`).
 pub fn openapi_json(config: &Config) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
-    doc["servers"] = json!([{ "url": "/" }]);
-    doc["components"]["responses"]["Error"] = json!({
+    *field(&mut doc, &["servers"]) = json!([{ "url": "/" }]);
+    *field(&mut doc, &["components", "responses", "Error"]) = json!({
         "description": "An error: see the code list in the README",
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } }
     });
-    doc["components"]["securitySchemes"]["bearer"] = json!({ "type": "http", "scheme": "bearer" });
-    doc["security"] = json!([{}, { "bearer": [] }]);
+    *field(&mut doc, &["components", "securitySchemes", "bearer"]) =
+        json!({ "type": "http", "scheme": "bearer" });
+    *field(&mut doc, &["security"]) = json!([{}, { "bearer": [] }]);
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for item in paths.values_mut() {
             let Some(item) = item.as_object_mut() else {
@@ -338,6 +339,21 @@ pub fn openapi_json(config: &Config) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_owned())
 }
 
+/// The value at `path`, creating objects on the way (replacing non-objects).
+fn field<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
+    let mut cur = v;
+    for key in path {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let Value::Object(map) = cur else {
+            unreachable!("made an object above")
+        };
+        cur = map.entry((*key).to_owned()).or_insert(Value::Null);
+    }
+    cur
+}
+
 /// Sets `maximum` on every property or parameter named like a capped field.
 fn cap_fields(v: &mut Value, caps: &[(&str, u64)]) {
     match v {
@@ -352,10 +368,10 @@ fn cap_fields(v: &mut Value, caps: &[(&str, u64)]) {
             let is_param = map.get("in").is_some_and(|i| i == "query");
             if is_param {
                 let name = map.get("name").and_then(Value::as_str).map(str::to_owned);
-                if let (Some(name), Some(schema)) = (name, map.get_mut("schema")) {
-                    if let Some((_, max)) = caps.iter().find(|(n, _)| *n == name) {
-                        set_maximum(schema, *max);
-                    }
+                if let (Some(name), Some(schema)) = (name, map.get_mut("schema"))
+                    && let Some((_, max)) = caps.iter().find(|(n, _)| *n == name)
+                {
+                    set_maximum(schema, *max);
                 }
             }
             for child in map.values_mut() {
@@ -376,10 +392,10 @@ fn set_maximum(schema: &mut Value, max: u64) {
     if let Some(branches) = schema.get_mut("oneOf").and_then(Value::as_array_mut) {
         for b in branches {
             if b.get("type").is_some_and(|t| t != "null") {
-                b["maximum"] = json!(max);
+                *field(b, &["maximum"]) = json!(max);
             }
         }
     } else if schema.is_object() {
-        schema["maximum"] = json!(max);
+        *field(schema, &["maximum"]) = json!(max);
     }
 }
