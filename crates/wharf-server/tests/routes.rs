@@ -1168,7 +1168,8 @@ async fn subscriptions_create_describe_list_delete_and_kind_mismatch() {
     );
 
     // DELETE: 204, gone, and a shared one takes its dead-letter topic along.
-    assert!(ok(s.get("/v1/topics/wharf.dlq.t.work").await)["name"] == "wharf.dlq.t.work");
+    let dlq = ok(s.get("/v1/topics/wharf.dlq.t.work").await);
+    assert_eq!(dlq["name"], "wharf.dlq.t.work");
     let (st, _) = s.delete("/v1/topics/t/subscriptions/work").await;
     assert_eq!(st, 204);
     assert_error(
@@ -1506,7 +1507,6 @@ async fn shared_receive_ack_nack_extend_terminate_dead_letters_redrive() {
     .await;
 
     // Receive two under a lease.
-    let before = tokio::time::Instant::now();
     let r = ok(s
         .post(
             &format!("{base}/receive"),
@@ -2197,30 +2197,73 @@ async fn stream_subscription_events_assignment_messages_and_resume() {
         d["members"] == json!([])
     })
     .await;
+    let d = ok(s.get(base).await);
+    assert_eq!(
+        d["partitions"][0]["committed"], 2,
+        "no auto_commit: unchanged"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subscription_events_auto_commit_and_refusals() {
+    let s = TestServer::start().await;
+    create_topic(&s, "ev", json!({"partitions": 2})).await;
+    let base = "/v1/topics/ev/subscriptions/g";
+    ok(s.put(base, json!({"kind": "stream"})).await);
+    publish(
+        &s,
+        "ev",
+        json!({"messages": [
+            {"value": "a0", "partition": 0},
+            {"value": "a1", "partition": 0},
+            {"value": "b0", "partition": 1}
+        ]}),
+    )
+    .await;
 
     // auto_commit: what was sent is committed before the next fetch.
     let mut r = s
         .events(&format!("{base}/events?auto_commit=true"), None)
         .await;
-    let evs = r.take(3, TIMEOUT).await;
+    let evs = r.take(4, TIMEOUT).await;
     assert_eq!(evs[0].event, "assignment");
-    assert_eq!(evs[1].json()["offset"], 2);
-    assert_eq!(evs[2].json()["offset"], 3);
+    assert_eq!(evs[0].json()["partitions"], json!([0, 1]));
+    let got: Vec<&str> = evs[1..]
+        .iter()
+        .map(|e| e.id.as_deref().expect("id"))
+        .collect();
+    assert_eq!(got, ["0:1", "0:2", "0:2,1:1"]);
     wait_until(&s, base, "the auto-commit", |d| {
-        d["partitions"][0]["committed"] == 4
+        d["partitions"][0]["committed"] == 2 && d["partitions"][1]["committed"] == 1
+    })
+    .await;
+    // Live messages are committed too.
+    publish(&s, "ev", json!({"value": "b1", "partition": 1})).await;
+    let e = r.take(1, TIMEOUT).await;
+    assert_eq!(e[0].json()["value"], "b1");
+    assert_eq!(e[0].id.as_deref(), Some("0:2,1:2"));
+    wait_until(&s, base, "the auto-commit", |d| {
+        d["partitions"][1]["committed"] == 2 && d["partitions"][1]["lag"] == 0
     })
     .await;
     drop(r);
 
     // Shared-only options on a stream subscription: 400.
+    for q in ["ack=auto", "member=m", "lease_ms=1000"] {
+        let (st, _, body) = raw(&s, Method::GET, &format!("{base}/events?{q}"), &[], None).await;
+        assert_error(&(st, body), 400, "invalid_argument");
+    }
     let (st, _, body) = raw(
         &s,
         Method::GET,
-        &format!("{base}/events?ack=auto"),
-        &[],
+        &format!("{base}/events"),
+        &[("last-event-id", "0-1")],
         None,
     )
     .await;
+    assert_error(&(st, body), 400, "invalid_argument");
+    let (st, _, body) = raw(&s, Method::GET, &format!("{base}/events?max=0"), &[], None).await;
     assert_error(&(st, body), 400, "invalid_argument");
     let (st, _, body) = raw(
         &s,
@@ -2333,14 +2376,17 @@ async fn shared_and_queue_events_deliver_and_ack() {
     })
     .await;
     drop(r);
-    let mut r = s.events("/v1/queues/mail/events", None).await;
-    ok(s.post("/v1/queues/mail/messages", json!({"value": "q2"}))
+    // (Another queue: the dropped connection above may still be polling this one.)
+    ok(s.put("/v1/queues/mail2", json!({})).await);
+    let mut r = s.events("/v1/queues/mail2/events", None).await;
+    ok(s.post("/v1/queues/mail2/messages", json!({"value": "q2"}))
         .await);
     let e = r.take(1, TIMEOUT).await;
     let d = e[0].json();
     assert_eq!(d["message"]["value"], "q2");
+    assert_eq!(e[0].id.as_deref(), d["ack_id"].as_str());
     let acked = ok(s
-        .post("/v1/queues/mail/ack", json!({"ack_ids": [d["ack_id"]]}))
+        .post("/v1/queues/mail2/ack", json!({"ack_ids": [d["ack_id"]]}))
         .await);
     assert_eq!(acked["results"][0]["error"], Value::Null);
     drop(r);
@@ -2378,7 +2424,10 @@ async fn health_readiness_metrics_and_stats() {
             .await,
     );
     let r = ok(s
-        .post("/v1/topics/m1/subscriptions/q/receive", json!({}))
+        .post(
+            "/v1/topics/m1/subscriptions/q/receive",
+            json!({"member": "w"}),
+        )
         .await);
     assert_eq!(deliveries(&r).len(), 1);
     ok(s.post("/v1/topics/m1/subscriptions/s/members", json!({}))
@@ -2629,15 +2678,17 @@ async fn unknown_routes_wrong_methods_and_grpc() {
     assert_error(&(st, body), 404, "not_found");
 
     // A body that is not JSON.
-    let (st, _, body) = raw(
-        &s,
-        Method::PUT,
-        "/v1/topics/x",
-        &[("content-type", "application/json")],
-        Some(Value::String("{".into())),
-    )
-    .await;
-    // (A JSON string is valid JSON but not the settings object.)
+    let resp = s
+        .client
+        .put(s.url("/v1/topics/x"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("request");
+    let st = resp.status();
+    let body: Value = resp.json().await.expect("JSON error body");
     assert_error(&(st, body), 400, "invalid_json");
+    assert_error(&s.get("/v1/topics/x").await, 404, "topic_not_found");
     s.stop().await;
 }
