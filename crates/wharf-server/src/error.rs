@@ -204,8 +204,9 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         let message = e.to_string();
         match &e {
-            // The broker says "invalid_argument" for a kind mismatch; give it its own code.
-            BrokerError::InvalidArgument { field, .. } if *field == "subscription" => {
+            // The broker says "invalid_argument" (field "kind") for a stream operation on a
+            // shared subscription or the reverse; give it its own code.
+            BrokerError::InvalidArgument { field, .. } if *field == "kind" => {
                 ApiError::new("wrong_kind", message)
             }
             BrokerError::StorageUnavailable(_) => ApiError::new(e.code(), message).retry_after(5),

@@ -348,7 +348,9 @@ pub struct TopicSettings {
     /// Window of `wharf-message-id` dedup (default 120000; 0 = off).
     pub dedup_window_ms: Option<u64>,
     /// Largest message (default 1 MiB, at most 16 MiB).
-    #[schema(minimum = 1, maximum = 16777216)]
+    // No maximum in the schema: reserved dead-letter topics hold a little more than 16 MiB
+    // (a dead letter carries extra headers); PUT is capped by limits.max_message_bytes.
+    #[schema(minimum = 1)]
     pub max_message_bytes: Option<u64>,
     /// Segment file size (default 128 MiB).
     #[schema(minimum = 65536, maximum = 1073741824)]

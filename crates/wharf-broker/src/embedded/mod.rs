@@ -142,7 +142,7 @@ impl Subscription {
         match self {
             Subscription::Stream(g) => Ok(g),
             Subscription::Shared(_) => Err(BrokerError::invalid(
-                "subscription",
+                "kind",
                 format!(
                     "{name:?} is a shared subscription: use receive/ack, not join/fetch/commit"
                 ),
@@ -154,7 +154,7 @@ impl Subscription {
         match self {
             Subscription::Shared(s) => Ok(s),
             Subscription::Stream(_) => Err(BrokerError::invalid(
-                "subscription",
+                "kind",
                 format!(
                     "{name:?} is a stream subscription: use join/fetch/commit, not receive/ack"
                 ),

@@ -197,6 +197,18 @@ pub(crate) async fn topic_events(
     let resume = parse_cursor(&headers)?.unwrap_or_default();
     let (tx, rx) = mpsc::channel::<(u32, Item)>(64);
     for p in partitions {
+        // `latest` is resolved now, before the answer, so a publish made right after the
+        // stream opened is part of it.
+        let latest = info
+            .partitions
+            .iter()
+            .find(|i| i.partition == p)
+            .map_or(Position::Latest, |i| Position::Offset(i.high_watermark));
+        let start = if start == Position::Latest {
+            latest
+        } else {
+            start
+        };
         let from = resume.get(&p).map_or(start, |o| Position::Offset(*o));
         tokio::spawn(tail(s.clone(), topic.clone(), p, from, tx.clone()));
     }
@@ -347,6 +359,7 @@ async fn stream_events(
     let heartbeat_every = Duration::from_millis((session_timeout_ms / 3).max(100));
     let task_state = s.clone();
     let (t, n) = (topic.clone(), sub.clone());
+    let floor = resume.clone().unwrap_or_default();
     tokio::spawn(async move {
         let s = task_state;
         let mut m = membership;
@@ -410,6 +423,11 @@ async fn stream_events(
             match r {
                 Ok(messages) => {
                     for msg in messages {
+                        // After a resume, the member's first fetch starts at the commit it
+                        // joined with; what the client already saw is skipped.
+                        if floor.get(&msg.partition).is_some_and(|f| msg.offset < *f) {
+                            continue;
+                        }
                         sent.insert(msg.partition, msg.offset + 1);
                         if tx.send(Item::Message(msg)).await.is_err() {
                             break;

@@ -278,7 +278,7 @@ async fn method_not_allowed(req: Request) -> Response {
         queues::put, queues::get, queues::delete, queues::send, queues::receive,
         queues::ack, queues::nack, queues::extend, queues::terminate,
         queues::dead_letters, queues::redrive,
-        ops::healthz, ops::readyz, ops::metrics, ops::stats,
+        ops::healthz, ops::readyz, ops::metrics, ops::stats, ops::openapi,
     ),
     components(schemas(crate::error::ErrorBody)),
     tags(

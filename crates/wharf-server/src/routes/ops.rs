@@ -106,6 +106,8 @@ pub(crate) async fn stats(State(s): State<AppState>, caller: Caller) -> ApiResul
 }
 
 /// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
 pub(crate) async fn openapi(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
