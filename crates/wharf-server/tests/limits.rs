@@ -48,11 +48,14 @@ async fn limited() -> TestServer {
         })
         .start()
         .await;
+    // Explicit sizes: a PUT with the default size (1 MiB) is refused by this server (see
+    // `topic_max_message_bytes_above_the_server_limit_is_refused_at_put`).
+    let size = json!({ "max_message_bytes": MAX_MESSAGE });
     for (path, body) in [
-        ("/v1/topics/lim", json!({})),
+        ("/v1/topics/lim", size.clone()),
         ("/v1/topics/lim/subscriptions/st", json!({"kind": "stream"})),
         ("/v1/topics/lim/subscriptions/sh", json!({"kind": "shared"})),
-        ("/v1/queues/q", json!({})),
+        ("/v1/queues/q", json!({ "topic": size })),
     ] {
         let (st, resp) = s.put(path, body).await;
         assert_eq!(st, 200, "{path}: {resp}");
@@ -95,33 +98,18 @@ async fn publish(s: &TestServer, path: &str, body: Value) -> (StatusCode, Value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_message_bytes_counts_key_value_and_headers() {
+async fn max_message_bytes_refuses_larger_messages() {
     let s = limited().await;
     let topic = "/v1/topics/lim/messages";
     let x = |n: usize| "x".repeat(n);
-
-    // Exactly at the limit: accepted (key + value + header names and values).
-    let (st, body) = publish(&s, topic, json!({"key": "k", "value": x(99)})).await;
-    assert_eq!(st, 200, "{body}");
-    let (st, body) = publish(
-        &s,
-        topic,
-        json!({"value": x(89), "headers": {"h": "0123456789"}}),
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
-    // The decoded size counts, not the base64 text (136 characters for 100 bytes).
-    let b64_100 = "eHh4".repeat(33) + "eA==";
-    let (st, body) = publish(
-        &s,
-        topic,
-        json!({"value": b64_100.clone(), "encoding": "base64"}),
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
+    for v in ["a", "b"] {
+        let (st, body) = publish(&s, topic, json!({ "value": v })).await;
+        assert_eq!(st, 200, "{body}");
+    }
     let before = stored(&s, "lim").await;
-    assert_eq!(before.len(), 3);
+    assert_eq!(before, ["a", "b"]);
 
+    // One byte over, counting key + value + header names and values (decoded, for base64).
     let too_big = [
         ("value", json!({"value": x(101)})),
         ("key + value", json!({"key": x(50), "value": x(51)})),
@@ -141,12 +129,13 @@ async fn max_message_bytes_counts_key_value_and_headers() {
     for (what, body) in &too_big {
         for path in [topic, "/v1/queues/q/messages", "/v1/queues/q2/messages"] {
             let (st, resp) = publish(&s, path, body.clone()).await;
-            assert_error(
-                st,
-                &resp,
-                413,
-                "message_too_large",
-                &format!("{what} {path}"),
+            let ctx = format!("{what} {path}");
+            assert_error(st, &resp, 413, "message_too_large", &ctx);
+            assert!(
+                resp["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("limits.max_message_bytes")),
+                "{ctx}: not refused by the server's limit: {resp}"
             );
         }
     }
@@ -154,6 +143,29 @@ async fn max_message_bytes_counts_key_value_and_headers() {
     assert_eq!(stored(&s, "q").await, Vec::<String>::new());
     let (st, body) = s.get("/v1/queues/q2").await;
     assert_eq!(st, 404, "a refused send created a queue: {body}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_exactly_max_message_bytes_is_accepted() {
+    // The topic allows as much as the server: 100 bytes of key + value + headers.
+    let s = limited().await;
+    let x = |n: usize| "x".repeat(n);
+    // 100 bytes decoded (136 characters of base64).
+    let b64_100 = "eHh4".repeat(33) + "eA==";
+    for (what, body) in [
+        ("key + value", json!({"key": "k", "value": x(99)})),
+        (
+            "headers + value",
+            json!({"value": x(89), "headers": {"h": "0123456789"}}),
+        ),
+        ("base64", json!({"value": b64_100, "encoding": "base64"})),
+    ] {
+        for path in ["/v1/topics/lim/messages", "/v1/queues/q/messages"] {
+            let (st, resp) = publish(&s, path, body.clone()).await;
+            assert_eq!(st, 200, "{what} {path}: {resp}");
+        }
+    }
     s.stop().await;
 }
 
@@ -350,18 +362,19 @@ async fn topic_max_message_bytes_above_the_server_limit_is_refused_at_put() {
         "after a refused queue PUT",
     );
 
-    // The default topic size (1 MiB) is above this server's limit too.
-    let (st, body) = s.put("/v1/topics/default-size", json!({})).await;
-    assert_eq!(
-        st, 200,
-        "the default must fit, or every PUT would fail: {body}"
-    );
-
     let (st, body) = s
         .put("/v1/topics/big", json!({"max_message_bytes": MAX_MESSAGE}))
         .await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["settings"]["max_message_bytes"], MAX_MESSAGE);
+
+    // A PUT that asks for no size gets the topic default (1 MiB), which is above this
+    // server's limit; it must not be refused for a value the client never sent (a send to a
+    // new queue creates a default topic without complaint).
+    for path in ["/v1/topics/default-size", "/v1/queues/default-queue"] {
+        let (st, body) = s.put(path, json!({})).await;
+        assert_eq!(st, 200, "{path}: refused for the default size: {body}");
+    }
     s.stop().await;
 }
 
