@@ -178,10 +178,8 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
             let _permit = permit;
             match tls {
                 None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    let io = FirstByteDeadline::new(stream, handshake_timeout);
+                    serve_io(builder, service, watcher, io).await;
                 }
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
@@ -189,7 +187,8 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
                     else {
                         return;
                     };
-                    serve_io(builder, service, watcher, stream).await;
+                    let io = FirstByteDeadline::new(stream, handshake_timeout);
+                    serve_io(builder, service, watcher, io).await;
                 }
             }
         });
@@ -217,6 +216,94 @@ async fn serve_io<I>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let _ = watcher.watch(conn).await;
+}
+
+/// A connection must send its first byte within the header read timeout: hyper's own timer
+/// starts only once it has read enough to tell HTTP/1.1 from HTTP/2, so without this a client
+/// that connects and sends nothing would hold a connection slot forever.
+struct FirstByteDeadline<I> {
+    inner: I,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstByteDeadline<I> {
+    fn new(inner: I, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within limits.header_read_timeout_ms",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Answers a connection over the limit with `503 too_many_connections` (plain HTTP only; a

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use wharf_broker::BrokerError;
 
 use super::subscriptions::{Settle, do_dead_letters, do_receive, do_redrive, do_settle};
-use super::topics::{do_publish, limit_topic_message_size};
+use super::topics::{do_publish, topic_config};
 use crate::auth::{Caller, Scope};
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, JsonValue, PathParams, QueryParams};
@@ -30,8 +30,7 @@ pub(crate) async fn put(
     JsonBody(body): JsonBody<QueueSettings>,
 ) -> ApiResult<Json<QueueOut>> {
     caller.require(Scope::Admin, &queue)?;
-    let topic_config = body.topic.unwrap_or_default().to_config()?;
-    limit_topic_message_size(&s, topic_config.max_message_bytes)?;
+    let topic_config = topic_config(&s, &body.topic.unwrap_or_default())?;
     let sub_config = body
         .subscription
         .unwrap_or_default()

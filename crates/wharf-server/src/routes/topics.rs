@@ -3,7 +3,7 @@
 use crate::extract::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use wharf_broker::{BrokerError, Position, ReadRequest};
+use wharf_broker::{BrokerError, Position, ReadRequest, TopicConfig};
 
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ApiResult};
@@ -44,12 +44,24 @@ pub(crate) async fn put_topic(
     JsonBody(body): JsonBody<TopicSettings>,
 ) -> ApiResult<Json<TopicOut>> {
     caller.require(Scope::Admin, &topic)?;
-    let config = body.to_config()?;
-    limit_topic_message_size(&s, config.max_message_bytes)?;
+    let config = topic_config(&s, &body)?;
     Ok(Json(s.engine.create_topic(&topic, config).await?.into()))
 }
 
-pub(crate) fn limit_topic_message_size(s: &AppState, max: u64) -> ApiResult<()> {
+/// A topic's config from its settings, within this server's limits: an unset
+/// `max_message_bytes` is the topic default capped at `limits.max_message_bytes`; a set one
+/// above that limit is refused.
+pub(crate) fn topic_config(s: &AppState, settings: &TopicSettings) -> ApiResult<TopicConfig> {
+    let mut config = settings.to_config()?;
+    let limit = s.config.limits.max_message_bytes;
+    match settings.max_message_bytes {
+        None => config.max_message_bytes = config.max_message_bytes.min(limit),
+        Some(max) => limit_topic_message_size(s, max)?,
+    }
+    Ok(config)
+}
+
+fn limit_topic_message_size(s: &AppState, max: u64) -> ApiResult<()> {
     let limit = s.config.limits.max_message_bytes;
     if max > limit {
         return Err(ApiError::limit(
@@ -134,6 +146,7 @@ pub(crate) async fn do_publish(
     }
     let traceparent = trace.span.to_string();
     let mut messages = Vec::with_capacity(incoming.len());
+    let mut added_trace = Vec::with_capacity(incoming.len());
     let mut bytes = 0u64;
     for (i, (m, encoding)) in incoming.into_iter().enumerate() {
         if m.headers.len() > limits.max_headers {
@@ -173,16 +186,22 @@ pub(crate) async fn do_publish(
                 ),
             ));
         }
-        if !msg.headers.iter().any(|(k, _)| k == "traceparent") {
+        let traced = !msg.headers.iter().any(|(k, _)| k == "traceparent");
+        if traced {
             msg.headers
                 .push(("traceparent".to_owned(), traceparent.clone()));
         }
+        added_trace.push(traced);
         bytes += (msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len()) as u64;
         messages.push(msg);
     }
     let results = match s.engine.publish(topic, messages.clone()).await {
         Err(BrokerError::TopicNotFound(_)) if create_queue => {
             create_queue_with_defaults(s, topic).await?;
+            publish_untraced_if_too_large(s, topic, messages, &added_trace).await?
+        }
+        Err(BrokerError::MessageTooLarge { .. }) if added_trace.contains(&true) => {
+            strip_trace(&mut messages, &added_trace);
             s.engine.publish(topic, messages).await?
         }
         r => r?,
@@ -199,9 +218,36 @@ pub(crate) async fn do_publish(
     })
 }
 
+/// The trace context the server added must not make a message too large for its topic: such
+/// a publish is retried without it (and fails only if the client's own message is too large,
+/// with the client's size in the message).
+async fn publish_untraced_if_too_large(
+    s: &AppState,
+    topic: &str,
+    mut messages: Vec<wharf_broker::Message>,
+    added_trace: &[bool],
+) -> ApiResult<Vec<wharf_broker::Published>> {
+    match s.engine.publish(topic, messages.clone()).await {
+        Err(BrokerError::MessageTooLarge { .. }) if added_trace.contains(&true) => {
+            strip_trace(&mut messages, added_trace);
+            Ok(s.engine.publish(topic, messages).await?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Removes the `traceparent` headers the server added (always the last header).
+fn strip_trace(messages: &mut [wharf_broker::Message], added: &[bool]) {
+    for (m, added) in messages.iter_mut().zip(added) {
+        if *added {
+            m.headers.pop();
+        }
+    }
+}
+
 /// Creates the topic and the shared subscription of a queue, with defaults.
 pub(crate) async fn create_queue_with_defaults(s: &AppState, name: &str) -> ApiResult<()> {
-    let topic = crate::wire::TopicSettings::default().to_config()?;
+    let topic = topic_config(s, &TopicSettings::default())?;
     match s.engine.create_topic(name, topic).await {
         Ok(_) | Err(BrokerError::TopicExists(_)) => {}
         Err(e) => return Err(e.into()),
