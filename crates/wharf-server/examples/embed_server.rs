@@ -19,10 +19,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:7401".into());
     let data = args.next().unwrap_or_else(|| "./embedded-data".into());
 
-    let engine = tokio::task::spawn_blocking(move || {
-        EmbeddedEngine::open(EmbeddedConfig::new(data))
-    })
-    .await??;
+    let engine =
+        tokio::task::spawn_blocking(move || EmbeddedEngine::open(EmbeddedConfig::new(data)))
+            .await??;
     let mut config = Config::default();
     config.server.listen = listen;
     config.limits.max_wait_ms = 10_000;
