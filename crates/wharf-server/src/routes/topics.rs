@@ -12,7 +12,7 @@ use crate::state::AppState;
 use crate::trace::RequestTrace;
 use crate::wire::{
     FromPosition, PublishRequest, PublishResponse, PublishedOut, ReadQuery, ReadResponse,
-    SubscriptionKind, SubscriptionSettings, TopicList, TopicOut, TopicSettings, parse_time,
+    TopicList, TopicOut, TopicSettings, parse_time,
 };
 
 /// Lists the topics the caller can see.
@@ -252,20 +252,9 @@ pub(crate) async fn create_queue_with_defaults(s: &AppState, name: &str) -> ApiR
         Ok(_) | Err(BrokerError::TopicExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let sub = SubscriptionSettings {
-        kind: SubscriptionKind::Shared,
-        start: None,
-        start_offset: None,
-        start_time: None,
-        session_timeout_ms: None,
-        max_deliveries: None,
-        lease_ms: None,
-        backoff: None,
-        ordered_by_key: None,
-        max_in_flight_per_member: None,
-        push: None,
-    }
-    .to_config()?;
+    let sub = crate::wire::QueueSubscriptionSettings::default()
+        .to_settings()
+        .to_config()?;
     match s.engine.create_subscription(name, name, sub).await {
         Ok(_) | Err(BrokerError::SubscriptionExists { .. }) => Ok(()),
         Err(e) => Err(e.into()),
