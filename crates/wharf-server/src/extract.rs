@@ -13,10 +13,6 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
-/// The raw JSON body as a value (for bodies with more than one shape).
-#[derive(Debug, Clone)]
-pub struct JsonValue(pub serde_json::Value);
-
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
@@ -73,14 +69,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-impl<S: Send + Sync> FromRequest<S> for JsonValue {
+/// The raw body bytes, with the same content-type, size and deadline checks as [`JsonBody`]
+/// (for bodies parsed by the handler).
+#[derive(Debug, Clone)]
+pub struct RawBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = body_bytes(req, state).await?;
-        serde_json::from_slice(&bytes)
-            .map(JsonValue)
-            .map_err(|e| ApiError::new("invalid_json", format!("invalid body: {e}")))
+        body_bytes(req, state).await.map(RawBody)
     }
 }
 

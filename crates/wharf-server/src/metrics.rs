@@ -121,6 +121,12 @@ impl Metrics {
         self.recorder.register_counter(&key, &METADATA).increment(n);
     }
 
+    /// Folds recorded histogram samples into their buckets, so memory stays bounded when
+    /// nobody scrapes (the server calls it every few seconds).
+    pub fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
+
     /// The text exposition: recorded metrics plus the engine's state now.
     pub async fn render(&self, engine: &dyn Engine) -> String {
         let mut out = self.recorder.handle().render();

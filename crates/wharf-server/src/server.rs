@@ -324,8 +324,19 @@ async fn refuse(mut stream: TcpStream, plain: bool) {
     }
 }
 
-/// Applies retention every `storage.retention_check_ms`.
+/// Housekeeping: metrics upkeep every 5 s, retention every `storage.retention_check_ms`.
 async fn retention_loop(state: AppState) {
+    let metrics = state.metrics.clone();
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => metrics.upkeep(),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
     let every = Duration::from_millis(state.config.storage.retention_check_ms);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

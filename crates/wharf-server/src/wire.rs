@@ -104,6 +104,26 @@ pub enum PublishRequest {
 }
 
 impl PublishRequest {
+    /// Parses a body. Fast path: straight into the shape the bytes point to (a batch has a
+    /// `"messages"` key; that byte sequence cannot occur inside a JSON string). If that fails,
+    /// the body is parsed again the exact way, so the error is about the shape meant.
+    pub fn from_slice(body: &[u8]) -> Result<Self, ApiError> {
+        let batch = body.windows(10).any(|w| w == b"\"messages\"");
+        let fast = if batch {
+            serde_json::from_slice(body).map(PublishRequest::Batch)
+        } else {
+            serde_json::from_slice(body).map(PublishRequest::One)
+        };
+        match fast {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                let value: serde_json::Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::new("invalid_json", format!("invalid body: {e}")))?;
+                Self::from_json(value)
+            }
+        }
+    }
+
     /// Parses a body, telling apart the two shapes by the `messages` field so errors are
     /// about the shape the client meant.
     pub fn from_json(value: serde_json::Value) -> Result<Self, ApiError> {
@@ -1108,4 +1128,27 @@ pub struct StatsOut {
     pub writable: bool,
     /// Topics (reserved dead-letter topics included).
     pub topics: Vec<TopicStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_bodies_parse_by_shape() {
+        let one = PublishRequest::from_slice(br#"{"value":"v","headers":{"messages":"x"}}"#)
+            .expect("one message whose header is named messages");
+        assert!(matches!(one, PublishRequest::One(ref m) if m.value == "v"));
+        let batch = PublishRequest::from_slice(br#"{"messages":[{"value":"a"},{"value":"b"}]}"#)
+            .expect("batch");
+        assert_eq!(batch.into_messages().len(), 2);
+        let quoted = PublishRequest::from_slice(br#"{"value":"say \"messages\""}"#)
+            .expect("a value mentioning messages");
+        assert!(matches!(quoted, PublishRequest::One(_)));
+        let e = PublishRequest::from_slice(br#"{"messages":[{"valu":"a"}]}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        assert!(e.message.contains("valu"), "{}", e.message);
+        let e = PublishRequest::from_slice(b"[1,2]").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+    }
 }

@@ -458,7 +458,13 @@ impl SharedSub {
 
     /// Loads records from the logs into the windows.
     /// Turns a record read from queue `q`'s log into a window entry.
-    fn rec_from(&self, q: usize, r: wharf_log::Record, p: Persisted) -> Rec {
+    fn rec_from(&self, q: usize, mut r: wharf_log::Record, p: Persisted) -> Rec {
+        // A record may wait in the window for hours. Its key and value are slices of the
+        // buffer the read decoded them from (up to 256 KiB, shared by every record of that
+        // read), so one record refilled alone would keep the whole buffer alive: 2,048 slots
+        // could pin half a gigabyte. Copy them out.
+        r.key = r.key.map(|k| Bytes::copy_from_slice(&k));
+        r.value = Bytes::copy_from_slice(&r.value);
         let deliver_at = header(&r.headers, HEADER_DELIVER_AT)
             .and_then(parse_rfc3339)
             .unwrap_or(0);

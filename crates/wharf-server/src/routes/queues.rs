@@ -9,7 +9,7 @@ use super::subscriptions::{Settle, do_dead_letters, do_receive, do_redrive, do_s
 use super::topics::{do_publish, topic_config};
 use crate::auth::{Caller, Scope};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, JsonValue, PathParams, QueryParams};
+use crate::extract::{JsonBody, PathParams, QueryParams, RawBody};
 use crate::state::AppState;
 use crate::trace::RequestTrace;
 use crate::wire::{
@@ -108,7 +108,7 @@ pub(crate) async fn send(
     caller: Caller,
     axum::Extension(trace): axum::Extension<RequestTrace>,
     PathParams(queue): PathParams<String>,
-    JsonValue(body): JsonValue,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<PublishResponse>> {
     caller.require(Scope::Publish, &queue)?;
     Ok(Json(do_publish(&s, &trace, &queue, body, true).await?))

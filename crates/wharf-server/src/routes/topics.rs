@@ -7,7 +7,7 @@ use wharf_broker::{BrokerError, Position, ReadRequest, TopicConfig};
 
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, JsonValue, PathParams, QueryParams};
+use crate::extract::{JsonBody, PathParams, QueryParams, RawBody};
 use crate::state::AppState;
 use crate::trace::RequestTrace;
 use crate::wire::{
@@ -112,7 +112,7 @@ pub(crate) async fn publish(
     caller: Caller,
     axum::Extension(trace): axum::Extension<RequestTrace>,
     PathParams(topic): PathParams<String>,
-    JsonValue(body): JsonValue,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<PublishResponse>> {
     caller.require(Scope::Publish, &topic)?;
     Ok(Json(do_publish(&s, &trace, &topic, body, false).await?))
@@ -125,11 +125,11 @@ pub(crate) async fn do_publish(
     s: &AppState,
     trace: &RequestTrace,
     topic: &str,
-    body: serde_json::Value,
+    body: bytes::Bytes,
     create_queue: bool,
 ) -> ApiResult<PublishResponse> {
     let limits = &s.config.limits;
-    let request = PublishRequest::from_json(body)?;
+    let request = PublishRequest::from_slice(&body)?;
     let incoming = request.into_messages();
     if incoming.is_empty() {
         return Err(ApiError::invalid(
