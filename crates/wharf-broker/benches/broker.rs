@@ -41,25 +41,26 @@
 //! comma-separated subset of `publish,target,consume,shared,latency`, for profiling);
 //! unknown arguments (such as the `--bench` that `cargo bench` passes) are ignored.
 
-use std::error::Error;
-use std::fmt::Write as _;
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::runtime::Runtime;
+use wharf_benchkit::{
+    BoxError, BoxResult, LOG_COMMITTER_THREAD, MB, Report, Table, Target, ThreadSnap, ThreadStat,
+    bench_base, elapsed_ns, end_lines, env_parse, env_path, env_secs, exit_on_error, fixed,
+    grouped, median, micros, payload, percentile_us, reproduce_command, run_header, secs_of,
+    size_label, stopped_by, sum_secs, temp_data_dir, write_markdown,
+};
 use wharf_broker::{
     Committed, EmbeddedConfig, EmbeddedEngine, Engine, FetchRequest, Message, ReceiveRequest,
     SharedConfig, StreamConfig, SubscriptionConfig, TopicConfig,
 };
 use wharf_log::{Durability, Log, LogConfig, NewRecord};
-
-type BoxError = Box<dyn Error + Send + Sync>;
-type BoxResult<T> = Result<T, BoxError>;
 
 const RECORD_SIZES: [usize; 2] = [100, 1024];
 const IN_FLIGHT: [usize; 3] = [1, 16, 256];
@@ -85,7 +86,6 @@ const LATENCY_MAX_SECS: f64 = 10.0;
 const TOPIC: &str = "bench";
 const SUB: &str = "sub";
 const RT_THREAD: &str = "wharf-bench-rt";
-const MB: f64 = 1e6;
 const KNOBS: [&str; 4] = [
     "WHARF_BENCH_DIR",
     "WHARF_BENCH_SECS",
@@ -119,16 +119,6 @@ struct Settings {
     only: Vec<String>,
 }
 
-fn env_parse<T: std::str::FromStr>(key: &str) -> BoxResult<Option<T>> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => match v.trim().parse() {
-            Ok(x) => Ok(Some(x)),
-            Err(_) => Err(format!("{key}={v:?} is not a valid value").into()),
-        },
-        _ => Ok(None),
-    }
-}
-
 impl Settings {
     fn from_env() -> BoxResult<Self> {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -145,16 +135,9 @@ impl Settings {
                 format!("--only: unknown part {bad:?} (known: {})", PARTS.join(",")).into(),
             );
         }
-        let secs: f64 = env_parse("WHARF_BENCH_SECS")?.unwrap_or(if quick { 0.2 } else { 2.0 });
-        if !(secs > 0.0 && secs.is_finite()) {
-            return Err("WHARF_BENCH_SECS must be a positive number of seconds".into());
-        }
+        let secs = env_secs(if quick { 0.2 } else { 2.0 })?;
         let max_records: u64 =
             env_parse("WHARF_BENCH_MAX_RECORDS")?.unwrap_or(if quick { 2_000 } else { 2_000_000 });
-        let base = match std::env::var_os("WHARF_BENCH_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => default_base(),
-        };
         Ok(Self {
             quick,
             secs: Duration::from_secs_f64(secs),
@@ -163,10 +146,8 @@ impl Settings {
             shared_records: if quick { 2_000 } else { 100_000 },
             latency_count: if quick { 1_000 } else { 20_000 },
             rounds: if quick { 1 } else { 3 },
-            base,
-            md_path: std::env::var_os("WHARF_BENCH_MD")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
+            base: bench_base(),
+            md_path: env_path("WHARF_BENCH_MD"),
             only,
         })
     }
@@ -176,223 +157,19 @@ impl Settings {
     }
 
     fn command(&self) -> String {
-        let mut cmd = String::new();
-        for key in KNOBS {
-            if let Ok(v) = std::env::var(key) {
-                let _ = write!(cmd, "{key}={v} ");
-            }
-        }
-        cmd.push_str("cargo bench -p wharf-broker --bench broker");
-        let mut extra = Vec::new();
+        let mut args = Vec::new();
         if self.quick {
-            extra.push("--quick".to_owned());
+            args.push("--quick".to_owned());
         }
         if !self.only.is_empty() {
-            extra.push(format!("--only={}", self.only.join(",")));
+            args.push(format!("--only={}", self.only.join(",")));
         }
-        if !extra.is_empty() {
-            let _ = write!(cmd, " -- {}", extra.join(" "));
-        }
-        cmd
+        reproduce_command(&KNOBS, "cargo bench -p wharf-broker --bench broker", args)
     }
-}
-
-/// `<target dir>/wharf-bench` (the bench runs from `<target>/<profile>/deps/`), unless that is
-/// on tmpfs; else `/var/tmp`.
-fn default_base() -> PathBuf {
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        let deps = exe.parent()?;
-        (deps.file_name()? == "deps")
-            .then(|| deps.parent()?.parent().map(|t| t.join("wharf-bench")))?
-    });
-    if let Some(dir) = from_exe
-        && fs::create_dir_all(&dir).is_ok()
-        && !mount_of(&dir).is_some_and(|m| m.is_memory())
-    {
-        return dir;
-    }
-    PathBuf::from("/var/tmp")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine
-
-struct Mount {
-    device: String,
-    point: String,
-    fstype: String,
-    options: String,
-}
-
-impl Mount {
-    fn is_memory(&self) -> bool {
-        matches!(self.fstype.as_str(), "tmpfs" | "ramfs")
-    }
-}
-
-/// The mount holding `path`: the longest mount point that is a prefix of it.
-fn mount_of(path: &Path) -> Option<Mount> {
-    let path = fs::canonicalize(path).ok()?;
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
-    let mut best: Option<Mount> = None;
-    for line in mounts.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(device), Some(point), Some(fstype), Some(options)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let point = point.replace("\\040", " ");
-        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
-            best = Some(Mount {
-                device: device.into(),
-                point,
-                fstype: fstype.into(),
-                options: options.into(),
-            });
-        }
-    }
-    best
-}
-
-fn proc_field(file: &str, key: &str) -> Option<String> {
-    let text = fs::read_to_string(file).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-}
-
-fn cpu_model() -> String {
-    proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into())
-}
-
-fn mem_total() -> String {
-    proc_field("/proc/meminfo", "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or_else(
-            || "unknown".into(),
-            |kb| format!("{:.1} GiB", kb / (1024.0 * 1024.0)),
-        )
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn kernel() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
-}
-
-fn git_rev() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Now, as `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Threads: CPU time and context switches from /proc
-
-#[derive(Clone, Copy, Debug, Default)]
-struct ThreadStat {
-    cpu_ns: u64,
-    switches: u64,
-    /// Write-family system calls (`syscw` of `/proc/.../io`): the committers issue one
-    /// `pwrite` per group commit (two when a group exceeds 256 KiB).
-    writes: u64,
-}
-
-impl ThreadStat {
-    fn read(task: &Path) -> Option<Self> {
-        let sched = fs::read_to_string(task.join("schedstat")).ok()?;
-        let cpu_ns = sched.split_whitespace().next()?.parse().ok()?;
-        let status = fs::read_to_string(task.join("status")).ok()?;
-        let switches = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-            .sum();
-        let writes = fs::read_to_string(task.join("io"))
-            .ok()
-            .and_then(|io| {
-                io.lines()
-                    .find_map(|l| l.strip_prefix("syscw:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0);
-        Some(Self {
-            cpu_ns,
-            switches,
-            writes,
-        })
-    }
-
-    fn add(&mut self, other: Self) {
-        self.cpu_ns += other.cpu_ns;
-        self.switches += other.switches;
-        self.writes += other.writes;
-    }
-}
-
-/// Every thread of the process: (tid, name, stats).
-struct ThreadSnap(Vec<(u64, String, ThreadStat)>);
-
-impl ThreadSnap {
-    fn take() -> Self {
-        let mut out = Vec::new();
-        let Ok(dir) = fs::read_dir("/proc/self/task") else {
-            return Self(out);
-        };
-        for e in dir.filter_map(|e| e.ok()) {
-            let path = e.path();
-            let Some(tid) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let comm = fs::read_to_string(path.join("comm"))
-                .map(|c| c.trim().to_owned())
-                .unwrap_or_default();
-            if let Some(stat) = ThreadStat::read(&path) {
-                out.push((tid, comm, stat));
-            }
-        }
-        Self(out)
-    }
-}
 
 /// Who does the client's work in a cell.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -414,28 +191,16 @@ struct Cpu {
 impl Cpu {
     /// Since `before` (threads that appeared since count in full; threads that ended are lost).
     fn since(before: &ThreadSnap, client: Client) -> Self {
-        let now = ThreadSnap::take();
         let main_tid = u64::from(std::process::id());
         let mut out = Cpu::default();
-        for (tid, comm, stat) in &now.0 {
-            let old = before
-                .0
-                .iter()
-                .find(|(t, c, _)| t == tid && c == comm)
-                .map(|(_, _, s)| *s)
-                .unwrap_or_default();
-            let delta = ThreadStat {
-                cpu_ns: stat.cpu_ns.saturating_sub(old.cpu_ns),
-                switches: stat.switches.saturating_sub(old.switches),
-                writes: stat.writes.saturating_sub(old.writes),
-            };
+        for (tid, comm, delta) in ThreadSnap::take().since(before) {
             let is_client = match client {
                 Client::Runtime => comm.starts_with(RT_THREAD),
-                Client::Main => *tid == main_tid,
+                Client::Main => tid == main_tid,
             };
             if is_client {
                 out.client.add(delta);
-            } else if comm.starts_with("wharf-log-comm") {
+            } else if comm.starts_with(LOG_COMMITTER_THREAD) {
                 out.committers.add(delta);
             } else {
                 out.other.add(delta);
@@ -451,57 +216,6 @@ impl Cpu {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn payload(size: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(size);
-    Bytes::from(out)
-}
-
-fn size_label(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-fn elapsed_ns(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Nearest-rank percentile of sorted nanoseconds, in microseconds.
-fn percentile_us(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted.get(rank - 1).map_or(f64::NAN, |&ns| ns as f64 / 1e3)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
-    match n {
-        0 => f64::NAN,
-        n if n % 2 == 1 => at(n / 2),
-        n => (at(n / 2 - 1) + at(n / 2)) / 2.0,
-    }
-}
-
-fn secs_of(d: Duration) -> f64 {
-    d.as_secs_f64().max(1e-9)
-}
 
 /// Runs `fut` as a task on the runtime's workers (not on the thread calling `block_on`), so
 /// that its CPU is the workers'.
@@ -1182,143 +896,17 @@ fn read_stamp(value: &[u8], at: usize) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output
-
-struct Table {
-    title: String,
-    head: Vec<String>,
-    /// Columns left-aligned (the first `left` ones); the rest are right-aligned.
-    left: usize,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(title: &str, head: &[&str], left: usize) -> Self {
-        Self {
-            title: title.into(),
-            head: head.iter().map(|h| (*h).to_owned()).collect(),
-            left,
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn text(&self) -> String {
-        let mut widths: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut out = String::new();
-            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-                let pad = " ".repeat(w - c.chars().count());
-                if i > 0 {
-                    out.push_str("  ");
-                }
-                if i < self.left {
-                    let _ = write!(out, "{c}{pad}");
-                } else {
-                    let _ = write!(out, "{pad}{c}");
-                }
-            }
-            out.trim_end().to_owned()
-        };
-        let mut out = format!("{}\n", self.title);
-        out.push_str(&line(&self.head));
-        out.push('\n');
-        let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
-        out.push_str(&"-".repeat(total));
-        out.push('\n');
-        for row in &self.rows {
-            out.push_str(&line(row));
-            out.push('\n');
-        }
-        out
-    }
-
-    fn markdown(&self) -> String {
-        let mut out = format!("#### {}\n\n| {} |\n|", self.title, self.head.join(" | "));
-        for i in 0..self.head.len() {
-            out.push_str(if i < self.left { ":---|" } else { "---:|" });
-        }
-        out.push('\n');
-        for row in &self.rows {
-            let _ = writeln!(out, "| {} |", row.join(" | "));
-        }
-        out
-    }
-}
-
-/// `1234567.8` as `1,234,568`.
-fn grouped(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
-}
-
-fn fixed(x: f64, decimals: usize) -> String {
-    if x.is_finite() {
-        format!("{x:.decimals$}")
-    } else {
-        "-".into()
-    }
-}
-
-/// Latency in µs with a sensible precision.
-fn micros(x: f64) -> String {
-    match x {
-        x if !x.is_finite() => "-".into(),
-        x if x < 10.0 => format!("{x:.1}"),
-        x => grouped(x),
-    }
-}
-
-fn stopped_by(by_time: bool) -> String {
-    if by_time { "time" } else { "count" }.into()
-}
-
-fn sum_secs(ns: &[u64]) -> f64 {
-    ns.iter().sum::<u64>() as f64 / 1e9
-}
-
-struct Target {
-    pass: bool,
-    text: String,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Main
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("wharf-broker bench failed: {e}");
-        std::process::exit(1);
-    }
+    exit_on_error("wharf-broker bench", run());
 }
 
 #[allow(clippy::too_many_lines)]
 fn run() -> BoxResult<()> {
     let s = Settings::from_env()?;
-    fs::create_dir_all(&s.base)?;
-    let root = tempfile::Builder::new()
-        .prefix("wharf-broker-bench-")
-        .tempdir_in(&s.base)?;
+    let root = temp_data_dir(&s.base, "wharf-broker-bench-")?;
     let data = root.path().to_path_buf();
-    let mount = mount_of(&data);
     let started = Instant::now();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1328,52 +916,28 @@ fn run() -> BoxResult<()> {
         .build()?;
 
     // --- Header ---------------------------------------------------------------------------
-    let mut header = vec![
-        format!("command: `{}`", s.command()),
-        format!(
-            "date: {}{}",
-            utc_now(),
-            git_rev()
-                .map(|r| format!(", commit {r}"))
-                .unwrap_or_default()
-        ),
-        format!("data dir: {}", data.display()),
-        match &mount {
-            Some(m) => format!(
-                "filesystem: {} on {} mounted at {} ({})",
-                m.fstype, m.device, m.point, m.options
+    let mut header = run_header(
+        &s.command(),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &data,
+        [
+            format!(
+                "runtime: tokio multi-thread, {workers} workers; engine: EmbeddedEngine, topics `always`, TopicConfig::default() otherwise; log baseline: LogConfig::default() but `always`"
             ),
-            None => "filesystem: unknown".into(),
-        },
-        format!(
-            "machine: nproc {}, CPU {}, memory {}, kernel {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model(),
-            mem_total(),
-            kernel()
-        ),
-        format!(
-            "runtime: tokio multi-thread, {workers} workers; engine: EmbeddedEngine, topics `always`, TopicConfig::default() otherwise; log baseline: LogConfig::default() but `always`"
-        ),
-        format!(
-            "limits per cell: {:.1} s, {} publishes; consume pre-fill {} messages (at most {:.0} MB), shared pre-fill {}; latency {} messages at {} msg/s (at most {:.0} s){}",
-            s.secs.as_secs_f64(),
-            grouped(s.max_records as f64),
-            grouped(s.consume_records as f64),
-            PREFILL_MAX_BYTES as f64 / MB,
-            grouped(s.shared_records as f64),
-            grouped(s.latency_count as f64),
-            grouped(LATENCY_RATE),
-            LATENCY_MAX_SECS,
-            if s.quick { " (--quick)" } else { "" }
-        ),
-        format!("load average at start: {}", loadavg()),
-    ];
-    if mount.as_ref().is_some_and(Mount::is_memory) {
-        header.push(
-            "WARNING: the data dir is on a memory file system; fsync numbers mean nothing".into(),
-        );
-    }
+            format!(
+                "limits per cell: {:.1} s, {} publishes; consume pre-fill {} messages (at most {:.0} MB), shared pre-fill {}; latency {} messages at {} msg/s (at most {:.0} s){}",
+                s.secs.as_secs_f64(),
+                grouped(s.max_records as f64),
+                grouped(s.consume_records as f64),
+                PREFILL_MAX_BYTES as f64 / MB,
+                grouped(s.shared_records as f64),
+                grouped(s.latency_count as f64),
+                grouped(LATENCY_RATE),
+                LATENCY_MAX_SECS,
+                if s.quick { " (--quick)" } else { "" }
+            ),
+        ],
+    );
     println!("wharf-broker benchmark");
     for h in &header {
         println!("  {h}");
@@ -1771,11 +1335,7 @@ fn run() -> BoxResult<()> {
         tables.push(table);
     }
 
-    header.push(format!("load average at end: {}", loadavg()));
-    header.push(format!(
-        "wall time: {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
+    header.extend(end_lines(started));
     drop(rt);
 
     // --- Print -----------------------------------------------------------------------------
@@ -1786,52 +1346,15 @@ fn run() -> BoxResult<()> {
         "cpu busy % = CPU time of every thread of the process over the cell's wall time (200% = both cores).",
         "pacing lag: how late the publisher thread issued a message against its slot (start + i/rate); `p99 from slot` measures delivery from the slot instead of from the publish call, so it also counts that lag and any delay before the publish task ran (no coordinated omission).",
     ];
-    for t in &tables {
-        println!("{}", t.text());
-    }
-    println!("Notes:");
-    for n in notes {
-        println!("  - {n}");
-    }
-    println!();
-    if !targets.is_empty() {
-        println!("Targets (verdicts from the interleaved rounds):");
-        for t in &targets {
-            println!("  {}  {}", if t.pass { "PASS" } else { "MISS" }, t.text);
-        }
-        println!();
-    }
-    for h in header.iter().skip(header.len() - 2) {
-        println!("  {h}");
-    }
-
-    if let Some(path) = &s.md_path {
-        let mut md = String::new();
-        for h in &header {
-            let _ = writeln!(md, "- {h}");
-        }
-        md.push('\n');
-        for t in &tables {
-            md.push_str(&t.markdown());
-            md.push('\n');
-        }
-        md.push_str("Notes:\n\n");
-        for n in notes {
-            let _ = writeln!(md, "- {n}");
-        }
-        if !targets.is_empty() {
-            md.push_str("\n#### Targets (verdicts from the interleaved rounds)\n\n");
-            for t in &targets {
-                let _ = writeln!(
-                    md,
-                    "- **{}** {}",
-                    if t.pass { "PASS" } else { "MISS" },
-                    t.text
-                );
-            }
-        }
-        fs::write(path, md)?;
-        eprintln!("markdown written to {}", path.display());
-    }
+    let tables: Vec<&Table> = tables.iter().collect();
+    let report = Report {
+        header: &header,
+        tables: &tables,
+        notes: &notes,
+        targets_about: "verdicts from the interleaved rounds",
+        targets: &targets,
+    };
+    print!("{}", report.text());
+    write_markdown(s.md_path.as_deref(), &report.markdown())?;
     Ok(())
 }

@@ -33,18 +33,19 @@
 //! `cargo bench` passes) are ignored.
 
 use std::collections::VecDeque;
-use std::error::Error;
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::hint::black_box;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use wharf_benchkit::{
+    BoxResult, LOG_COMMITTER_THREAD, MB, Report, Table, Target, ThreadStat, bench_base, elapsed_ns,
+    end_lines, env_parse, env_path, env_secs, exit_on_error, fixed, grouped, has_arg, median,
+    micros, payload, percentile_us, reproduce_command, run_header, secs_of, size_label, stopped_by,
+    temp_data_dir, write_markdown,
+};
 use wharf_log::{Durability, Log, LogConfig, NewRecord};
-
-type BoxResult<T> = Result<T, Box<dyn Error>>;
 
 const RECORD_SIZES: [usize; 2] = [100, 1024];
 const BATCHES: [usize; 2] = [1, 100];
@@ -53,7 +54,6 @@ const MODES: [Mode; 3] = [Mode::None, Mode::Interval, Mode::Always];
 /// `max_bytes` of each `Log::read` call of the read benchmark.
 const READ_CHUNK: usize = 1 << 20;
 const INTERVAL: Duration = Duration::from_millis(10);
-const MB: f64 = 1e6;
 const KNOBS: [&str; 6] = [
     "WHARF_BENCH_DIR",
     "WHARF_BENCH_SECS",
@@ -84,32 +84,15 @@ struct Settings {
     md_path: Option<PathBuf>,
 }
 
-fn env_parse<T: std::str::FromStr>(key: &str) -> BoxResult<Option<T>> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => match v.trim().parse() {
-            Ok(x) => Ok(Some(x)),
-            Err(_) => Err(format!("{key}={v:?} is not a valid value").into()),
-        },
-        _ => Ok(None),
-    }
-}
-
 impl Settings {
     fn from_env() -> BoxResult<Self> {
-        let quick = std::env::args().skip(1).any(|a| a == "--quick");
-        let secs: f64 = env_parse("WHARF_BENCH_SECS")?.unwrap_or(if quick { 0.2 } else { 2.0 });
-        if !(secs > 0.0 && secs.is_finite()) {
-            return Err("WHARF_BENCH_SECS must be a positive number of seconds".into());
-        }
+        let quick = has_arg("--quick");
+        let secs = env_secs(if quick { 0.2 } else { 2.0 })?;
         let max_mb: f64 =
             env_parse("WHARF_BENCH_MAX_MB")?.unwrap_or(if quick { 4.0 } else { 1024.0 });
         let max_records: u64 =
             env_parse("WHARF_BENCH_MAX_RECORDS")?.unwrap_or(if quick { 2_000 } else { 8_000_000 });
         let segment_mb: Option<u64> = env_parse("WHARF_BENCH_SEGMENT_MB")?;
-        let base = match std::env::var_os("WHARF_BENCH_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => default_base(),
-        };
         Ok(Self {
             quick,
             secs: Duration::from_secs_f64(secs),
@@ -117,150 +100,15 @@ impl Settings {
             max_bytes: ((max_mb * MB) as u64).max(1),
             max_read_passes: if quick { 1 } else { 20 },
             segment_max_bytes: segment_mb.map(|mb| mb << 20),
-            base,
-            md_path: std::env::var_os("WHARF_BENCH_MD")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
+            base: bench_base(),
+            md_path: env_path("WHARF_BENCH_MD"),
         })
     }
 
     fn command(&self) -> String {
-        let mut cmd = String::new();
-        for key in KNOBS {
-            if let Ok(v) = std::env::var(key) {
-                let _ = write!(cmd, "{key}={v} ");
-            }
-        }
-        cmd.push_str("cargo bench -p wharf-log --bench log");
-        if self.quick {
-            cmd.push_str(" -- --quick");
-        }
-        cmd
+        let args = self.quick.then_some("--quick");
+        reproduce_command(&KNOBS, "cargo bench -p wharf-log --bench log", args)
     }
-}
-
-/// `<target dir>/wharf-bench` (the bench runs from `<target>/<profile>/deps/`), unless that is
-/// on tmpfs; else `/var/tmp`.
-fn default_base() -> PathBuf {
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        let deps = exe.parent()?;
-        (deps.file_name()? == "deps")
-            .then(|| deps.parent()?.parent().map(|t| t.join("wharf-bench")))?
-    });
-    if let Some(dir) = from_exe
-        && fs::create_dir_all(&dir).is_ok()
-        && !mount_of(&dir).is_some_and(|m| m.is_memory())
-    {
-        return dir;
-    }
-    PathBuf::from("/var/tmp")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine
-
-struct Mount {
-    device: String,
-    point: String,
-    fstype: String,
-    options: String,
-}
-
-impl Mount {
-    fn is_memory(&self) -> bool {
-        matches!(self.fstype.as_str(), "tmpfs" | "ramfs")
-    }
-}
-
-/// The mount holding `path`: the longest mount point that is a prefix of it.
-fn mount_of(path: &Path) -> Option<Mount> {
-    let path = fs::canonicalize(path).ok()?;
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
-    let mut best: Option<Mount> = None;
-    for line in mounts.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(device), Some(point), Some(fstype), Some(options)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let point = point.replace("\\040", " ");
-        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
-            best = Some(Mount {
-                device: device.into(),
-                point,
-                fstype: fstype.into(),
-                options: options.into(),
-            });
-        }
-    }
-    best
-}
-
-fn proc_field(file: &str, key: &str) -> Option<String> {
-    let text = fs::read_to_string(file).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-}
-
-fn cpu_model() -> String {
-    proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into())
-}
-
-fn mem_total() -> String {
-    proc_field("/proc/meminfo", "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or_else(
-            || "unknown".into(),
-            |kb| format!("{:.1} GiB", kb / (1024.0 * 1024.0)),
-        )
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn kernel() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
-}
-
-fn git_rev() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Now, as `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,41 +139,10 @@ impl Mode {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn payload(size: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(size);
-    Bytes::from(out)
-}
-
 fn make_batch(record_size: usize, batch: usize) -> Vec<NewRecord> {
     (0..batch)
         .map(|i| NewRecord::new(payload(record_size, 0x9e37_79b9 + i as u64)))
         .collect()
-}
-
-fn size_label(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-/// Nearest-rank percentile of sorted nanoseconds, in microseconds.
-fn percentile_us(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted.get(rank - 1).map_or(f64::NAN, |&ns| ns as f64 / 1e3)
 }
 
 struct AppendRun {
@@ -352,7 +169,7 @@ struct AppendRun {
 
 impl AppendRun {
     fn secs(&self) -> f64 {
-        self.elapsed.as_secs_f64().max(1e-9)
+        secs_of(self.elapsed)
     }
 
     fn records_per_sec(&self) -> f64 {
@@ -457,38 +274,6 @@ fn run_append(
     Ok((run, log))
 }
 
-fn elapsed_ns(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// CPU time and context switches of one thread, from `/proc/<pid>/task/<tid>/`.
-#[derive(Clone, Copy, Debug, Default)]
-struct ThreadStat {
-    cpu_ns: u64,
-    switches: u64,
-}
-
-impl ThreadStat {
-    fn read(task: &Path) -> Option<Self> {
-        let sched = fs::read_to_string(task.join("schedstat")).ok()?;
-        let cpu_ns = sched.split_whitespace().next()?.parse().ok()?;
-        let status = fs::read_to_string(task.join("status")).ok()?;
-        let switches = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-            .sum();
-        Some(Self { cpu_ns, switches })
-    }
-
-    fn since(self, before: Self) -> Self {
-        Self {
-            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
-            switches: self.switches.saturating_sub(before.switches),
-        }
-    }
-}
-
 fn tasks() -> Vec<PathBuf> {
     fs::read_dir("/proc/self/task")
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -501,7 +286,7 @@ fn tasks() -> Vec<PathBuf> {
 fn committer_task(old: &[PathBuf]) -> Option<PathBuf> {
     let new: Vec<PathBuf> = tasks().into_iter().filter(|t| !old.contains(t)).collect();
     let named = new.iter().find(|p| {
-        fs::read_to_string(p.join("comm")).is_ok_and(|c| c.starts_with("wharf-log-comm"))
+        fs::read_to_string(p.join("comm")).is_ok_and(|c| c.starts_with(LOG_COMMITTER_THREAD))
     });
     match (named, new.as_slice()) {
         (Some(p), _) => Some(p.clone()),
@@ -531,7 +316,7 @@ struct ReadRun {
 
 impl ReadRun {
     fn secs(&self) -> f64 {
-        self.elapsed.as_secs_f64().max(1e-9)
+        secs_of(self.elapsed)
     }
 
     fn mb_per_sec(&self) -> f64 {
@@ -618,7 +403,7 @@ struct RawRun {
 
 impl RawRun {
     fn secs(&self) -> f64 {
-        self.elapsed.as_secs_f64().max(1e-9)
+        secs_of(self.elapsed)
     }
 
     fn ops_per_sec(&self) -> f64 {
@@ -672,18 +457,6 @@ fn run_raw(s: &Settings, dir: &Path, kind: RawKind, size: usize) -> BoxResult<Ra
 /// Encoded size of a batch of `batch` records of `record_size` bytes.
 fn batch_len(record_size: usize, batch: usize) -> usize {
     wharf_log::format::encoded_batch_len(&make_batch(record_size, batch)) as usize
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
-    match n {
-        0 => f64::NAN,
-        n if n % 2 == 1 => at(n / 2),
-        n => (at(n / 2 - 1) + at(n / 2)) / 2.0,
-    }
 }
 
 /// One append cell on a fresh log, which is closed and deleted afterwards.
@@ -834,187 +607,45 @@ fn run_pairs(s: &Settings, dir: &Path) -> BoxResult<(Pairs, Table)> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output
-
-struct Table {
-    title: String,
-    head: Vec<String>,
-    /// Columns left-aligned (the first `left` ones); the rest are right-aligned.
-    left: usize,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(title: &str, head: &[&str], left: usize) -> Self {
-        Self {
-            title: title.into(),
-            head: head.iter().map(|h| (*h).to_owned()).collect(),
-            left,
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn text(&self) -> String {
-        let mut widths: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut out = String::new();
-            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-                let pad = " ".repeat(w - c.chars().count());
-                if i > 0 {
-                    out.push_str("  ");
-                }
-                if i < self.left {
-                    let _ = write!(out, "{c}{pad}");
-                } else {
-                    let _ = write!(out, "{pad}{c}");
-                }
-            }
-            out.trim_end().to_owned()
-        };
-        let mut out = format!("{}\n", self.title);
-        out.push_str(&line(&self.head));
-        out.push('\n');
-        let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
-        out.push_str(&"-".repeat(total));
-        out.push('\n');
-        for row in &self.rows {
-            out.push_str(&line(row));
-            out.push('\n');
-        }
-        out
-    }
-
-    fn markdown(&self) -> String {
-        let mut out = format!("#### {}\n\n| {} |\n|", self.title, self.head.join(" | "));
-        for i in 0..self.head.len() {
-            out.push_str(if i < self.left { ":---|" } else { "---:|" });
-        }
-        out.push('\n');
-        for row in &self.rows {
-            let _ = writeln!(out, "| {} |", row.join(" | "));
-        }
-        out
-    }
-}
-
-/// `1234567.8` as `1,234,568`.
-fn grouped(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
-}
-
-fn fixed(x: f64, decimals: usize) -> String {
-    if x.is_finite() {
-        format!("{x:.decimals$}")
-    } else {
-        "-".into()
-    }
-}
-
-/// Latency in µs with a sensible precision.
-fn micros(x: f64) -> String {
-    match x {
-        x if !x.is_finite() => "-".into(),
-        x if x < 10.0 => format!("{x:.1}"),
-        x => grouped(x),
-    }
-}
-
-struct Target {
-    pass: bool,
-    text: String,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Main
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("wharf-log bench failed: {e}");
-        std::process::exit(1);
-    }
+    exit_on_error("wharf-log bench", run());
 }
 
 #[allow(clippy::too_many_lines)]
 fn run() -> BoxResult<()> {
     let s = Settings::from_env()?;
-    fs::create_dir_all(&s.base)?;
-    let root = tempfile::Builder::new()
-        .prefix("wharf-log-bench-")
-        .tempdir_in(&s.base)?;
+    let root = temp_data_dir(&s.base, "wharf-log-bench-")?;
     let data = root.path().to_path_buf();
-    let mount = mount_of(&data);
     let started = Instant::now();
 
     // --- Header ---------------------------------------------------------------------------
-    let mut header = vec![
-        format!("command: `{}`", s.command()),
-        format!(
-            "date: {}{}",
-            utc_now(),
-            git_rev()
-                .map(|r| format!(", commit {r}"))
-                .unwrap_or_default()
-        ),
-        format!("data dir: {}", data.display()),
-        match &mount {
-            Some(m) => format!(
-                "filesystem: {} on {} mounted at {} ({})",
-                m.fstype, m.device, m.point, m.options
+    let mut header = run_header(
+        &s.command(),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &data,
+        [
+            format!(
+                "limits per cell: {:.1} s, {} records, {:.0} MB{}",
+                s.secs.as_secs_f64(),
+                grouped(s.max_records as f64),
+                s.max_bytes as f64 / MB,
+                if s.quick { " (--quick)" } else { "" }
             ),
-            None => "filesystem: unknown".into(),
-        },
-        format!(
-            "machine: nproc {}, CPU {}, memory {}, kernel {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model(),
-            mem_total(),
-            kernel()
-        ),
-        format!(
-            "limits per cell: {:.1} s, {} records, {:.0} MB{}",
-            s.secs.as_secs_f64(),
-            grouped(s.max_records as f64),
-            s.max_bytes as f64 / MB,
-            if s.quick { " (--quick)" } else { "" }
-        ),
-        format!(
-            "log config: LogConfig::default() but durability; segment_max_bytes {} MiB{}",
-            s.segment_max_bytes
-                .unwrap_or(LogConfig::default().segment_max_bytes)
-                >> 20,
-            if s.segment_max_bytes.is_some() {
-                ""
-            } else {
-                " (default)"
-            }
-        ),
-        format!("load average at start: {}", loadavg()),
-    ];
-    if mount.as_ref().is_some_and(Mount::is_memory) {
-        header.push(
-            "WARNING: the data dir is on a memory file system; fsync numbers mean nothing".into(),
-        );
-    }
+            format!(
+                "log config: LogConfig::default() but durability; segment_max_bytes {} MiB{}",
+                s.segment_max_bytes
+                    .unwrap_or(LogConfig::default().segment_max_bytes)
+                    >> 20,
+                if s.segment_max_bytes.is_some() {
+                    ""
+                } else {
+                    " (default)"
+                }
+            ),
+        ],
+    );
     println!("wharf-log benchmark");
     for h in &header {
         println!("  {h}");
@@ -1110,11 +741,7 @@ fn run() -> BoxResult<()> {
 
     // --- Raw baseline, pass 2 -------------------------------------------------------------
     let raw2 = raw_pass(2)?;
-    header.push(format!("load average at end: {}", loadavg()));
-    header.push(format!(
-        "wall time: {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
+    header.extend(end_lines(started));
 
     // --- Tables ----------------------------------------------------------------------------
     let best_raw = |kind: RawKind, size: usize| -> Option<&RawRun> {
@@ -1199,11 +826,7 @@ fn run() -> BoxResult<()> {
                 .map_or_else(|| "-".into(), |a| fixed(a, 1)),
             micros(r.p50_us),
             micros(r.p99_us),
-            if r.by_time {
-                "time".into()
-            } else {
-                "count".into()
-            },
+            stopped_by(r.by_time),
         ]);
     }
 
@@ -1389,58 +1012,20 @@ fn run() -> BoxResult<()> {
         "raw write sizes are the log's encoded batch sizes: one 100 B / 1 KiB record, and 100 of them.",
         "target verdicts use interleaved rounds (raw, log, raw, log, ...; or 1 in flight, 64 in flight, ...) so that the machine's drifting load hits both sides alike; the matrix numbers are given for context.",
     ];
-    println!("{}", raw_table.text());
-    println!("{}", append_table.text());
-    println!("{}", read_table.text());
-    println!("{}", diag_table.text());
-    println!("{}", pair_table.text());
-    println!("Notes:");
-    for n in notes {
-        println!("  - {n}");
-    }
-    println!();
-    println!(
-        "Targets (ratios to the raw baseline of this run; verdicts from the interleaved rounds):"
-    );
-    for t in &targets {
-        println!("  {}  {}", if t.pass { "PASS" } else { "MISS" }, t.text);
-    }
-    println!();
-    for h in header.iter().skip(header.len() - 2) {
-        println!("  {h}");
-    }
-
-    if let Some(path) = &s.md_path {
-        let mut md = String::new();
-        for h in &header {
-            let _ = writeln!(md, "- {h}");
-        }
-        md.push('\n');
-        for t in [
+    let report = Report {
+        header: &header,
+        tables: &[
             &raw_table,
             &append_table,
             &read_table,
             &diag_table,
             &pair_table,
-        ] {
-            md.push_str(&t.markdown());
-            md.push('\n');
-        }
-        md.push_str("Notes:\n\n");
-        for n in notes {
-            let _ = writeln!(md, "- {n}");
-        }
-        md.push_str("\n#### Targets (ratios to the raw baseline of this run; verdicts from the interleaved rounds)\n\n");
-        for t in &targets {
-            let _ = writeln!(
-                md,
-                "- **{}** {}",
-                if t.pass { "PASS" } else { "MISS" },
-                t.text
-            );
-        }
-        fs::write(path, md)?;
-        eprintln!("markdown written to {}", path.display());
-    }
+        ],
+        notes: &notes,
+        targets_about: "ratios to the raw baseline of this run; verdicts from the interleaved rounds",
+        targets: &targets,
+    };
+    print!("{}", report.text());
+    write_markdown(s.md_path.as_deref(), &report.markdown())?;
     Ok(())
 }

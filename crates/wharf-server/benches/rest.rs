@@ -40,27 +40,28 @@
 //! same as `WHARF_BENCH_QUICK=1`; others (such as the `--bench` that `cargo bench` passes) are
 //! ignored.
 
-use std::error::Error;
-use std::fmt::Write as _;
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
+use wharf_benchkit::{
+    BoxError, BoxResult, LOG_COMMITTER_THREAD, MB, Report, Table, ThreadSnap, ThreadStat,
+    bench_base, elapsed_ns, end_lines, env_path, env_secs, exit_on_error, fixed, grouped, has_arg,
+    median, micros, percentile_us, proc_field, reproduce_command, run_header, secs_of,
+    temp_data_dir, write_markdown,
+};
 use wharf_broker::{
     EmbeddedConfig, EmbeddedEngine, Engine, Message, ReceiveRequest, SharedConfig,
     SubscriptionConfig, TopicConfig,
 };
 use wharf_test::TestServer;
 use wharf_test::reqwest;
-
-type BoxError = Box<dyn Error + Send + Sync>;
-type BoxResult<T> = Result<T, BoxError>;
 
 /// Value size of every message.
 const VALUE_SIZE: usize = 100;
@@ -83,7 +84,6 @@ const QUEUE: &str = "bench-q";
 /// Thread names (at most 15 bytes: `/proc/.../comm`).
 const CLIENT_THREAD: &str = "rest-bench-cli";
 const SERVER_THREAD: &str = "rest-bench-srv";
-const MB: f64 = 1e6;
 const KNOBS: [&str; 4] = [
     "WHARF_BENCH_QUICK",
     "WHARF_BENCH_SECS",
@@ -113,30 +113,13 @@ struct Settings {
     md_path: Option<PathBuf>,
 }
 
-fn env_parse<T: std::str::FromStr>(key: &str) -> BoxResult<Option<T>> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => match v.trim().parse() {
-            Ok(x) => Ok(Some(x)),
-            Err(_) => Err(format!("{key}={v:?} is not a valid value").into()),
-        },
-        _ => Ok(None),
-    }
-}
-
 impl Settings {
     fn from_env() -> BoxResult<Self> {
-        let quick_arg = std::env::args().skip(1).any(|a| a == "--quick");
+        let quick_arg = has_arg("--quick");
         let quick_env = std::env::var("WHARF_BENCH_QUICK")
             .is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0");
         let quick = quick_arg || quick_env;
-        let secs: f64 = env_parse("WHARF_BENCH_SECS")?.unwrap_or(if quick { 0.3 } else { 2.0 });
-        if !(secs > 0.0 && secs.is_finite()) {
-            return Err("WHARF_BENCH_SECS must be a positive number of seconds".into());
-        }
-        let base = match std::env::var_os("WHARF_BENCH_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => default_base(),
-        };
+        let secs = env_secs(if quick { 0.3 } else { 2.0 })?;
         Ok(Self {
             quick,
             quick_arg,
@@ -145,10 +128,8 @@ impl Settings {
             prefill_single: if quick { 500 } else { 100_000 },
             prefill_batch: if quick { 2_000 } else { 400_000 },
             rounds: if quick { 1 } else { 3 },
-            base,
-            md_path: std::env::var_os("WHARF_BENCH_MD")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
+            base: bench_base(),
+            md_path: env_path("WHARF_BENCH_MD"),
         })
     }
 
@@ -161,98 +142,13 @@ impl Settings {
     }
 
     fn command(&self) -> String {
-        let mut cmd = String::new();
-        for key in KNOBS {
-            if let Ok(v) = std::env::var(key) {
-                let _ = write!(cmd, "{key}={v} ");
-            }
-        }
-        cmd.push_str("cargo bench -p wharf-server --bench rest");
-        if self.quick_arg {
-            cmd.push_str(" -- --quick");
-        }
-        cmd
+        let args = self.quick_arg.then_some("--quick");
+        reproduce_command(&KNOBS, "cargo bench -p wharf-server --bench rest", args)
     }
-}
-
-/// `<target dir>/wharf-bench` (the bench runs from `<target>/<profile>/deps/`), unless that is
-/// on tmpfs; else `/var/tmp`.
-fn default_base() -> PathBuf {
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        let deps = exe.parent()?;
-        (deps.file_name()? == "deps")
-            .then(|| deps.parent()?.parent().map(|t| t.join("wharf-bench")))?
-    });
-    if let Some(dir) = from_exe
-        && fs::create_dir_all(&dir).is_ok()
-        && !mount_of(&dir).is_some_and(|m| m.is_memory())
-    {
-        return dir;
-    }
-    PathBuf::from("/var/tmp")
 }
 
 // ---------------------------------------------------------------------------------------------
 // Machine
-
-struct Mount {
-    device: String,
-    point: String,
-    fstype: String,
-    options: String,
-}
-
-impl Mount {
-    fn is_memory(&self) -> bool {
-        matches!(self.fstype.as_str(), "tmpfs" | "ramfs")
-    }
-}
-
-/// The mount holding `path`: the longest mount point that is a prefix of it.
-fn mount_of(path: &Path) -> Option<Mount> {
-    let path = fs::canonicalize(path).ok()?;
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
-    let mut best: Option<Mount> = None;
-    for line in mounts.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(device), Some(point), Some(fstype), Some(options)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let point = point.replace("\\040", " ");
-        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
-            best = Some(Mount {
-                device: device.into(),
-                point,
-                fstype: fstype.into(),
-                options: options.into(),
-            });
-        }
-    }
-    best
-}
-
-fn proc_field(file: &str, key: &str) -> Option<String> {
-    let text = fs::read_to_string(file).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-}
-
-fn cpu_model() -> String {
-    proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into())
-}
-
-fn mem_total() -> String {
-    proc_field("/proc/meminfo", "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or_else(
-            || "unknown".into(),
-            |kb| format!("{:.1} GiB", kb / (1024.0 * 1024.0)),
-        )
-}
 
 /// Anonymous resident memory of this process, in MB (10^6 bytes).
 fn rss_anon_mb() -> f64 {
@@ -261,110 +157,8 @@ fn rss_anon_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb * 1024.0 / MB)
 }
 
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn kernel() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
-}
-
-fn git_rev() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Now, as `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Threads: CPU time from /proc
-
-#[derive(Clone, Copy, Debug, Default)]
-struct ThreadStat {
-    cpu_ns: u64,
-    /// Write-family system calls (`syscw`): the committers issue one `pwrite` per group commit.
-    writes: u64,
-}
-
-impl ThreadStat {
-    fn read(task: &Path) -> Option<Self> {
-        let sched = fs::read_to_string(task.join("schedstat")).ok()?;
-        let cpu_ns = sched.split_whitespace().next()?.parse().ok()?;
-        let writes = fs::read_to_string(task.join("io"))
-            .ok()
-            .and_then(|io| {
-                io.lines()
-                    .find_map(|l| l.strip_prefix("syscw:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0);
-        Some(Self { cpu_ns, writes })
-    }
-
-    fn add(&mut self, other: Self) {
-        self.cpu_ns += other.cpu_ns;
-        self.writes += other.writes;
-    }
-}
-
-/// Every thread of the process: (tid, name, stats).
-struct ThreadSnap(Vec<(u64, String, ThreadStat)>);
-
-impl ThreadSnap {
-    fn take() -> Self {
-        let mut out = Vec::new();
-        let Ok(dir) = fs::read_dir("/proc/self/task") else {
-            return Self(out);
-        };
-        for e in dir.filter_map(|e| e.ok()) {
-            let path = e.path();
-            let Some(tid) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let comm = fs::read_to_string(path.join("comm"))
-                .map(|c| c.trim().to_owned())
-                .unwrap_or_default();
-            if let Some(stat) = ThreadStat::read(&path) {
-                out.push((tid, comm, stat));
-            }
-        }
-        Self(out)
-    }
-}
 
 /// CPU over a cell, by thread group.
 #[derive(Clone, Copy, Debug, Default)]
@@ -381,24 +175,13 @@ struct Cpu {
 impl Cpu {
     /// Since `before` (threads that appeared since count in full; threads that ended are lost).
     fn since(before: &ThreadSnap) -> Self {
-        let now = ThreadSnap::take();
         let mut out = Cpu::default();
-        for (tid, comm, stat) in &now.0 {
-            let old = before
-                .0
-                .iter()
-                .find(|(t, c, _)| t == tid && c == comm)
-                .map(|(_, _, s)| *s)
-                .unwrap_or_default();
-            let delta = ThreadStat {
-                cpu_ns: stat.cpu_ns.saturating_sub(old.cpu_ns),
-                writes: stat.writes.saturating_sub(old.writes),
-            };
+        for (_, comm, delta) in ThreadSnap::take().since(before) {
             if comm.starts_with(CLIENT_THREAD) {
                 out.client.add(delta);
             } else if comm.starts_with(SERVER_THREAD) {
                 out.server.add(delta);
-            } else if comm.starts_with("wharf-log-comm") {
+            } else if comm.starts_with(LOG_COMMITTER_THREAD) {
                 out.committers.add(delta);
             } else {
                 out.other.add(delta);
@@ -434,35 +217,6 @@ fn publish_body(value: &[u8], batch: usize) -> BoxResult<Bytes> {
         serde_json::json!({ "messages": vec![one; batch] })
     };
     Ok(Bytes::from(serde_json::to_vec(&body)?))
-}
-
-fn elapsed_ns(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Nearest-rank percentile of sorted nanoseconds, in microseconds.
-fn percentile_us(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted.get(rank - 1).map_or(f64::NAN, |&ns| ns as f64 / 1e3)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
-    match n {
-        0 => f64::NAN,
-        n if n % 2 == 1 => at(n / 2),
-        n => (at(n / 2 - 1) + at(n / 2)) / 2.0,
-    }
-}
-
-fn secs_of(d: Duration) -> f64 {
-    d.as_secs_f64().max(1e-9)
 }
 
 /// Runs `fut` as a task on the runtime's workers (not on the thread calling `block_on`), so
@@ -991,78 +745,6 @@ fn cell(
 // ---------------------------------------------------------------------------------------------
 // Output
 
-struct Table {
-    title: String,
-    head: Vec<String>,
-    /// Columns left-aligned (the first `left` ones); the rest are right-aligned.
-    left: usize,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(title: &str, head: &[&str], left: usize) -> Self {
-        Self {
-            title: title.into(),
-            head: head.iter().map(|h| (*h).to_owned()).collect(),
-            left,
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn markdown(&self) -> String {
-        let mut out = format!("#### {}\n\n| {} |\n|", self.title, self.head.join(" | "));
-        for i in 0..self.head.len() {
-            out.push_str(if i < self.left { ":---|" } else { "---:|" });
-        }
-        out.push('\n');
-        for row in &self.rows {
-            let _ = writeln!(out, "| {} |", row.join(" | "));
-        }
-        out
-    }
-}
-
-/// `1234567.8` as `1,234,568`.
-fn grouped(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if x < 0.0 && out != "0" {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-fn fixed(x: f64, decimals: usize) -> String {
-    if x.is_finite() {
-        format!("{x:.decimals$}")
-    } else {
-        "-".into()
-    }
-}
-
-/// Latency in µs with a sensible precision.
-fn micros(x: f64) -> String {
-    match x {
-        x if !x.is_finite() => "-".into(),
-        x if x < 10.0 => format!("{x:.1}"),
-        x => grouped(x),
-    }
-}
-
 fn pct(x: f64) -> String {
     if !x.is_finite() {
         "-".into()
@@ -1154,10 +836,7 @@ fn ratio_cells(records: &[Record], spec: Spec) -> (String, String) {
 // Main
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("wharf-server rest bench failed: {e}");
-        std::process::exit(1);
-    }
+    exit_on_error("wharf-server rest bench", run());
 }
 
 fn runtime(name: &str, workers: usize) -> BoxResult<Runtime> {
@@ -1171,12 +850,8 @@ fn runtime(name: &str, workers: usize) -> BoxResult<Runtime> {
 #[allow(clippy::too_many_lines)]
 fn run() -> BoxResult<()> {
     let s = Settings::from_env()?;
-    fs::create_dir_all(&s.base)?;
-    let root = tempfile::Builder::new()
-        .prefix("wharf-rest-bench-")
-        .tempdir_in(&s.base)?;
+    let root = temp_data_dir(&s.base, "wharf-rest-bench-")?;
     let data = root.path().to_path_buf();
-    let mount = mount_of(&data);
     let started = Instant::now();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cli = runtime(CLIENT_THREAD, workers)?;
@@ -1195,52 +870,28 @@ fn run() -> BoxResult<()> {
     }
 
     // --- Header ---------------------------------------------------------------------------
-    let mut header = vec![
-        format!("command: `{}`", s.command()),
-        format!(
-            "date: {}{}",
-            utc_now(),
-            git_rev()
-                .map(|r| format!(", commit {r}"))
-                .unwrap_or_default()
-        ),
-        format!("data dir: {}", data.display()),
-        match &mount {
-            Some(m) => format!(
-                "filesystem: {} on {} mounted at {} ({})",
-                m.fstype, m.device, m.point, m.options
+    let mut header = run_header(
+        &s.command(),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &data,
+        [
+            format!(
+                "server: wharf_test::TestServer (wharf_server::start, default Config, 127.0.0.1:0, plain HTTP, no auth) on its own tokio runtime ({workers} workers); clients: reqwest, HTTP/1.1 only, one client with one keep-alive connection per worker, on a second runtime ({workers} workers), which also runs the in-process calls"
             ),
-            None => "filesystem: unknown".into(),
-        },
-        format!(
-            "machine: nproc {}, CPU {}, memory {}, kernel {}",
-            workers,
-            cpu_model(),
-            mem_total(),
-            kernel()
-        ),
-        format!(
-            "server: wharf_test::TestServer (wharf_server::start, default Config, 127.0.0.1:0, plain HTTP, no auth) on its own tokio runtime ({workers} workers); clients: reqwest, HTTP/1.1 only, one client with one keep-alive connection per worker, on a second runtime ({workers} workers), which also runs the in-process calls"
-        ),
-        format!(
-            "workloads: {VALUE_SIZE} B values; topic/queue defaults (`always`, 1 partition); publish with {IN_FLIGHT:?} workers x {BATCHES:?} messages per request; receive+ack with {CONSUMERS:?} consumers x receive max {RECEIVE_MAX:?} (wait_ms {RECEIVE_WAIT_MS}, one member per consumer, one ack request per receive)"
-        ),
-        format!(
-            "limits per cell: {:.1} s, {} published messages; queue pre-fill (= receive limit) {} for max 1, {} for max 100; {} interleaved round(s){}",
-            s.secs.as_secs_f64(),
-            grouped(s.max_publish as f64),
-            grouped(s.prefill_single as f64),
-            grouped(s.prefill_batch as f64),
-            s.rounds,
-            if s.quick { " (quick mode)" } else { "" }
-        ),
-        format!("load average at start: {}", loadavg()),
-    ];
-    if mount.as_ref().is_some_and(Mount::is_memory) {
-        header.push(
-            "WARNING: the data dir is on a memory file system; fsync numbers mean nothing".into(),
-        );
-    }
+            format!(
+                "workloads: {VALUE_SIZE} B values; topic/queue defaults (`always`, 1 partition); publish with {IN_FLIGHT:?} workers x {BATCHES:?} messages per request; receive+ack with {CONSUMERS:?} consumers x receive max {RECEIVE_MAX:?} (wait_ms {RECEIVE_WAIT_MS}, one member per consumer, one ack request per receive)"
+            ),
+            format!(
+                "limits per cell: {:.1} s, {} published messages; queue pre-fill (= receive limit) {} for max 1, {} for max 100; {} interleaved round(s){}",
+                s.secs.as_secs_f64(),
+                grouped(s.max_publish as f64),
+                grouped(s.prefill_single as f64),
+                grouped(s.prefill_batch as f64),
+                s.rounds,
+                if s.quick { " (quick mode)" } else { "" }
+            ),
+        ],
+    );
     eprintln!("wharf-server REST benchmark");
     for h in &header {
         eprintln!("  {h}");
@@ -1274,11 +925,7 @@ fn run() -> BoxResult<()> {
             }
         }
     }
-    header.push(format!("load average at end: {}", loadavg()));
-    header.push(format!(
-        "wall time: {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
+    header.extend(end_lines(started));
     drop(cli);
     drop(srv);
 
@@ -1397,24 +1044,16 @@ fn run() -> BoxResult<()> {
         "cpu busy % = CPU time of every thread of the process over the cell's wall time (100% per core). msgs/commit write = messages over the committer threads' write system calls.",
         "anon RSS growth = RssAnon at the end of the cell minus at its start; first /metrics ms = one GET /metrics right after a REST cell (the Prometheus recorder keeps every request's latency sample until a scrape drains it).",
     ];
-    let mut md = String::new();
-    for h in &header {
-        let _ = writeln!(md, "- {h}");
+    let md = Report {
+        header: &header,
+        tables: &[&publish, &receive, &diag],
+        notes: &notes,
+        targets_about: "",
+        targets: &[],
     }
-    md.push('\n');
-    for t in [&publish, &receive, &diag] {
-        md.push_str(&t.markdown());
-        md.push('\n');
-    }
-    md.push_str("Notes:\n\n");
-    for n in notes {
-        let _ = writeln!(md, "- {n}");
-    }
+    .markdown();
     println!("{md}");
-    if let Some(path) = &s.md_path {
-        fs::write(path, &md)?;
-        eprintln!("markdown written to {}", path.display());
-    }
+    write_markdown(s.md_path.as_deref(), &md)?;
     drop(root);
     Ok(())
 }
