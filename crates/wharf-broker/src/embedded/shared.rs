@@ -37,6 +37,10 @@ const WINDOW: usize = 2048;
 /// When the window is full, records not due for at least this long are parked outside it
 /// (offset, count, time, key only), so far-future delays do not block the queue.
 const PARK_AHEAD_MS: i64 = 1_000;
+/// While a queue has a record available now, its window is refilled only once this many
+/// places are free: a refill reads a chunk of the log, and refilling one place per ack would
+/// read (and decode) a whole chunk per message.
+const REFILL_STEP: usize = 64;
 /// Most parked records per queue (about 64 bytes each); beyond it a full window waits.
 const MAX_PARKED: usize = 200_000;
 /// Write a snapshot after this many state records.
@@ -582,6 +586,17 @@ impl SharedSub {
                     break;
                 }
                 let room = WINDOW - queue.window.len();
+                // Ordered subscriptions refill eagerly: their available records may all be
+                // held back by keys in flight.
+                if room < REFILL_STEP
+                    && !self.config.ordered_by_key
+                    && queue
+                        .window
+                        .values()
+                        .any(|r| matches!(r.state, RecState::Available { at } if at <= now))
+                {
+                    break;
+                }
                 let records = match super::read_limited(log, queue.end, room, 256 * 1024) {
                     Ok(r) => r,
                     Err(wharf_log::Error::OffsetOutOfRange { start, .. }) => {
