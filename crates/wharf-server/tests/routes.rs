@@ -132,8 +132,16 @@ fn traceparent(s: &str) -> (String, String) {
 }
 
 /// What a topic event stream's cursor says after these events: `p:next,...`.
+/// The first event of a topic stream: `ready`, with the cursor of every tailed partition.
+async fn ready(r: &mut wharf_test::SseReader, id: &str) {
+    let e = r.take(1, TIMEOUT).await.remove(0);
+    assert_eq!(e.event, "ready", "{e:?}");
+    assert_eq!(e.id.as_deref(), Some(id), "{e:?}");
+}
+
+/// The cursor after `events`, starting from every partition at offset 0.
 fn cursor_after(events: &[SseEvent]) -> String {
-    let mut c = BTreeMap::new();
+    let mut c = BTreeMap::from([(0, 0), (1, 0)]);
     for e in events {
         let m = e.json();
         c.insert(
@@ -2005,6 +2013,7 @@ async fn topic_events_resume_exactly_after_last_event_id() {
     let all: BTreeSet<(u64, u64)> = (0..6).map(|i| (i % 2, i / 2)).collect();
 
     let mut r = s.events("/v1/topics/feed/events?from=earliest", None).await;
+    ready(&mut r, "0:0,1:0").await;
     let first = r.take(6, TIMEOUT).await;
     for (i, e) in first.iter().enumerate() {
         assert_eq!(e.event, "message", "{e:?}");
@@ -2043,6 +2052,7 @@ async fn topic_events_resume_exactly_after_last_event_id() {
         let mut r = s
             .events("/v1/topics/feed/events?from=earliest", Some(&id))
             .await;
+        ready(&mut r, &id).await;
         let rest = r.take(seen.len() - k - 1, TIMEOUT).await;
         let before: BTreeSet<(u64, u64)> = seen[..=k].iter().map(partition_offset).collect();
         let after: Vec<(u64, u64)> = rest.iter().map(partition_offset).collect();
@@ -2068,6 +2078,7 @@ async fn topic_events_resume_exactly_after_last_event_id() {
     let mut r = s
         .events("/v1/topics/feed/events?partition=0&from=earliest", None)
         .await;
+    ready(&mut r, "0:0").await;
     let p0 = r.take(3, TIMEOUT).await;
     assert_eq!(
         p0.iter()
@@ -2079,6 +2090,7 @@ async fn topic_events_resume_exactly_after_last_event_id() {
     let mut r = s
         .events("/v1/topics/feed/events?partition=0", Some("0:1"))
         .await;
+    ready(&mut r, "0:1").await;
     let next = r.take(2, TIMEOUT).await;
     assert_eq!(next[0].json()["offset"], 1);
     assert_eq!(next[0].json()["value"], "m2");
@@ -2087,6 +2099,7 @@ async fn topic_events_resume_exactly_after_last_event_id() {
     drop(r);
     // Default start is latest: only what is published after connecting.
     let mut r = s.events("/v1/topics/feed/events?partition=0", None).await;
+    ready(&mut r, "0:3").await;
     publish(&s, "feed", json!({"value": "newest", "partition": 0})).await;
     let e = r.take(1, TIMEOUT).await;
     assert_eq!(e[0].json()["value"], "newest");
@@ -2099,8 +2112,36 @@ async fn topic_events_resume_exactly_after_last_event_id() {
             None,
         )
         .await;
+    ready(&mut r, "1:3").await;
     let e = r.take(1, TIMEOUT).await;
     assert_eq!(e[0].json()["value"], "bGl2ZQ==");
+    drop(r);
+
+    // A partition that had no event yet is in the cursor too: tail from latest, see one event
+    // on partition 0, reconnect after a publish to partition 1 made while disconnected.
+    let mut r = s.events("/v1/topics/feed/events", None).await;
+    ready(&mut r, "0:4,1:4").await;
+    publish(&s, "feed", json!({"value": "p0", "partition": 0})).await;
+    let e = r.take(1, TIMEOUT).await.remove(0);
+    assert_eq!(e.id.as_deref(), Some("0:5,1:4"));
+    drop(r);
+    publish(
+        &s,
+        "feed",
+        json!({"value": "missed-while-away", "partition": 1}),
+    )
+    .await;
+    let mut r = s.events("/v1/topics/feed/events", Some("0:5,1:4")).await;
+    ready(&mut r, "0:5,1:4").await;
+    let e = r.take(1, TIMEOUT).await.remove(0);
+    assert_eq!(e.json()["value"], "missed-while-away");
+    assert_eq!(e.id.as_deref(), Some("0:5,1:5"));
+    drop(r);
+    // Cursor entries for partitions not tailed are dropped.
+    let mut r = s
+        .events("/v1/topics/feed/events?partition=0", Some("0:5,1:5,7:9"))
+        .await;
+    ready(&mut r, "0:5").await;
     drop(r);
 
     // Refusals are plain JSON errors.

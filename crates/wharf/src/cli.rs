@@ -77,11 +77,15 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Config(ConfigCommand::Check { config }) => {
-            let c = wharf_server::Config::load(
+            let mut c = wharf_server::Config::load(
                 config.as_deref(),
                 std::env::vars(),
                 &wharf_server::Overrides::default(),
             )?;
+            // The resolved config may be pasted into a ticket: never print secrets.
+            for t in &mut c.auth.tokens {
+                t.token = "<redacted>".into();
+            }
             let text = toml::to_string_pretty(&c)
                 .map_err(|e| CliError::Serve(format!("cannot print the config: {e}")))?;
             print!("{text}");

@@ -1,8 +1,8 @@
 //! Server-Sent Events: live consumption with plain HTTP (`curl -N`, a browser's EventSource).
 //!
-//! - `GET /v1/topics/{topic}/events` tails partitions. Each event's id is the cursor of every
-//!   partition seen so far (`0:12,1:40`: next offsets); reconnecting with `Last-Event-ID`
-//!   resumes exactly after the last event received.
+//! - `GET /v1/topics/{topic}/events` tails partitions. The first event (`ready`) and every
+//!   `message` event carry as id the cursor of every tailed partition (`0:12,1:40`: next
+//!   offsets); reconnecting with `Last-Event-ID` resumes exactly after the last event received.
 //! - `GET /v1/topics/{topic}/subscriptions/{sub}/events`: on a stream subscription the
 //!   connection is a group member (first event `assignment` with its `member_id`); event ids
 //!   are cursors of its partitions, and reconnecting with `Last-Event-ID` commits that cursor
@@ -195,26 +195,40 @@ pub(crate) async fn topic_events(
         }
     };
     let resume = parse_cursor(&headers)?.unwrap_or_default();
-    let (tx, rx) = mpsc::channel::<(u32, Item)>(64);
-    for p in partitions {
-        // `latest` is resolved now, before the answer, so a publish made right after the
-        // stream opened is part of it.
-        let latest = info
-            .partitions
-            .iter()
-            .find(|i| i.partition == p)
-            .map_or(Position::Latest, |i| Position::Offset(i.high_watermark));
-        let start = if start == Position::Latest {
-            latest
-        } else {
-            start
+    // Where every tailed partition starts, resolved now (before the answer): the first event
+    // (`ready`) carries the cursor of all of them, so a reconnect resumes every partition
+    // exactly, even those that had no message yet. Cursor entries for partitions not tailed
+    // are dropped.
+    let mut cursor = Cursor::new();
+    for p in &partitions {
+        let from = resume.get(p).map_or(start, |o| Position::Offset(*o));
+        let probe = ReadRequest {
+            partition: *p,
+            from,
+            max_messages: 1,
+            max_bytes: 1,
+            wait: Duration::ZERO,
         };
-        let from = resume.get(&p).map_or(start, |o| Position::Offset(*o));
-        tokio::spawn(tail(s.clone(), topic.clone(), p, from, tx.clone()));
+        let r = s.engine.read(&topic, probe).await?;
+        cursor.insert(*p, r.messages.first().map_or(r.next_offset, |m| m.offset));
+    }
+    let (tx, rx) = mpsc::channel::<(u32, Item)>(64);
+    for (p, at) in &cursor {
+        tokio::spawn(tail(
+            s.clone(),
+            topic.clone(),
+            *p,
+            Position::Offset(*at),
+            tx.clone(),
+        ));
     }
     drop(tx);
     let encoding = q.encoding.unwrap_or_default();
-    let mut cursor = resume;
+    let ready = json_event(
+        "ready",
+        &serde_json::json!({ "cursor": format_cursor(&cursor) }),
+    )
+    .id(format_cursor(&cursor));
     let metrics = s.metrics.clone();
     let stream = ReceiverStream::new(rx).map(move |(p, item)| match item {
         Item::Message(m) => {
@@ -225,6 +239,7 @@ pub(crate) async fn topic_events(
         Item::Error(e) => error_event(e),
         Item::Delivery(_) | Item::Assignment(_) => Event::default().comment("unexpected"),
     });
+    let stream = futures_util::stream::once(async move { ready }).chain(stream);
     Ok(sse(stream))
 }
 
