@@ -331,10 +331,22 @@ impl Config {
 
     /// The listen address (validated by [`Config::validate`]).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|e| invalid("server.listen", format!("{:?}: {e}", self.server.listen)))
+        if let Ok(addr) = self.server.listen.parse() {
+            return Ok(addr);
+        }
+        // A host name (e.g. `localhost:7400`): its first address.
+        std::net::ToSocketAddrs::to_socket_addrs(self.server.listen.as_str())
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                invalid(
+                    "server.listen",
+                    format!(
+                        "{:?} is not an address like 127.0.0.1:7400 or localhost:7400",
+                        self.server.listen
+                    ),
+                )
+            })
     }
 
     /// Checks every key; the error names the first bad one.

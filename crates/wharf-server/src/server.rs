@@ -149,12 +149,19 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // Pings find dead HTTP/2 peers (a half-open connection would otherwise hold its slot).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let handshake_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -174,11 +181,11 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
         let _ = stream.set_nodelay(true);
         let (builder, service, tls) = (builder.clone(), service.clone(), tls.clone());
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             match tls {
                 None => {
-                    let io = FirstByteDeadline::new(stream, handshake_timeout);
+                    let io = OpeningDeadline::new(stream, handshake_timeout);
                     serve_io(builder, service, watcher, io).await;
                 }
                 Some(acceptor) => {
@@ -187,7 +194,7 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
                     else {
                         return;
                     };
-                    let io = FirstByteDeadline::new(stream, handshake_timeout);
+                    let io = OpeningDeadline::new(stream, handshake_timeout);
                     serve_io(builder, service, watcher, io).await;
                 }
             }
@@ -200,8 +207,13 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace period over: closing the remaining connections");
+        tracing::warn!(
+            connections = connections.len(),
+            "shutdown grace period over: closing the remaining connections"
+        );
+        connections.abort_all();
     }
+    while connections.join_next().await.is_some() {}
 }
 
 async fn serve_io<I>(
@@ -218,24 +230,30 @@ async fn serve_io<I>(
     let _ = watcher.watch(conn).await;
 }
 
-/// A connection must send its first byte within the header read timeout: hyper's own timer
-/// starts only once it has read enough to tell HTTP/1.1 from HTTP/2, so without this a client
-/// that connects and sends nothing would hold a connection slot forever.
-struct FirstByteDeadline<I> {
+/// The bytes hyper reads to tell HTTP/1.1 from HTTP/2 (the length of the HTTP/2 preface).
+const OPENING_BYTES: usize = 24;
+
+/// A connection must send its opening bytes within the header read timeout: hyper's own
+/// timers start only once it has read enough to tell HTTP/1.1 from HTTP/2, so without this a
+/// client that connects and sends nothing (or a trickle of the HTTP/2 preface) would hold a
+/// connection slot forever. Disarmed once [`OPENING_BYTES`] have arrived.
+struct OpeningDeadline<I> {
     inner: I,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    read: usize,
 }
 
-impl<I> FirstByteDeadline<I> {
+impl<I> OpeningDeadline<I> {
     fn new(inner: I, timeout: Duration) -> Self {
         Self {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            read: 0,
         }
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for OpeningDeadline<I> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -247,7 +265,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
+                this.read += buf.filled().len() - before;
+                if this.read >= OPENING_BYTES {
                     this.deadline = None;
                 }
                 Poll::Ready(r)
@@ -270,7 +289,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for OpeningDeadline<I> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
