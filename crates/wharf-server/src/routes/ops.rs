@@ -30,7 +30,7 @@ pub(crate) async fn healthz(State(s): State<AppState>) -> Json<HealthOut> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", body = HealthOut),
               (status = 503, description = "Not ready (storage poisoned or full, or shutting down)", body = HealthOut)))]
-pub(crate) async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<HealthOut>) {
+pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
     let h = s.engine.health();
     let (ready, reason) = if s.shutdown.is_cancelled() {
         (false, Some("shutting down".to_owned()))
@@ -42,7 +42,14 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Healt
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(health(&s, ready, reason)))
+    let mut response = (status, Json(health(&s, ready, reason))).into_response();
+    if !ready {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+    }
+    response
 }
 
 /// Prometheus metrics (text format). Needs the `admin` scope when auth is on.
