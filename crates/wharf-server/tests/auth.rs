@@ -3,7 +3,10 @@
 //! - A request without a token, with an unknown token, or with a malformed `Authorization`
 //!   header answers `401 unauthenticated` with a `WWW-Authenticate` header, and changes nothing.
 //! - Every route needing `publish`, `consume` or `admin` answers `403 forbidden` to tokens
-//!   without that scope (changing nothing) and succeeds with it; scopes are independent.
+//!   without that scope (changing nothing) and succeeds with it; scopes are independent. The
+//!   table covers every route of the router, event streams included (only the response head).
+//! - `GET` of one topic, subscription or queue, and the subscription list, take any scope on
+//!   the name and refuse a token with none.
 //! - Pattern scopes (`publish:orders.*`) allow matching names only.
 //! - `/healthz`, `/readyz` and `/openapi.json` need no token; `/metrics` and `/v1/stats` need
 //!   `admin`; `GET /v1/topics` lists only the topics the token has some scope on.
@@ -193,14 +196,22 @@ async fn missing_unknown_or_malformed_tokens_are_unauthenticated() {
     s.stop().await;
 }
 
-/// One request per route; `scope` is what it needs.
+/// One request per route; `scope` is what it needs (`ANY`: any scope on the name).
 struct Case {
     scope: &'static str,
     method: Method,
     path: &'static str,
     body: Option<Value>,
     ok: u16,
+    /// A Server-Sent Events route: only the status of the response head is checked.
+    sse: bool,
+    /// A settle route: every ack id must settle (a refused attempt settled none).
+    settles: bool,
 }
+
+/// The scope of routes that any scope on the name may use (`GET` of one topic, subscription or
+/// queue, and the lists).
+const ANY: &str = "any";
 
 fn case(scope: &'static str, method: Method, path: &'static str, body: Option<Value>) -> Case {
     let ok = if method == Method::DELETE { 204 } else { 200 };
@@ -210,7 +221,72 @@ fn case(scope: &'static str, method: Method, path: &'static str, body: Option<Va
         path,
         body,
         ok,
+        sse: false,
+        settles: false,
     }
+}
+
+impl Case {
+    fn sse(self) -> Self {
+        Self { sse: true, ..self }
+    }
+
+    fn settles(self) -> Self {
+        Self {
+            settles: true,
+            ..self
+        }
+    }
+}
+
+/// Sends a case's request with `tok`; an event stream's body is not read (the response is
+/// dropped, closing the stream), so its body is `Value::Null`.
+async fn send_case(s: &TestServer, c: &Case, tok: &str) -> (StatusCode, Value) {
+    if !c.sse {
+        return s
+            .call_with_token(c.method.clone(), c.path, c.body.clone(), Some(tok))
+            .await;
+    }
+    let resp = s
+        .client
+        .request(c.method.clone(), s.url(c.path))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let event_stream = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if event_stream {
+        return (status, Value::Null);
+    }
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// The ack ids of `n` deliveries received (with `consume`) from `path`.
+async fn receive_ids(s: &TestServer, path: &str, n: usize) -> Vec<String> {
+    let (st, body) = s
+        .call_with_token(
+            Method::POST,
+            path,
+            Some(json!({"max": n, "wait_ms": 1000, "lease_ms": 600_000})),
+            Some(CONSUMER),
+        )
+        .await;
+    assert_eq!(st, 200, "{path}: {body}");
+    let ids: Vec<String> = body["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{path}: {body}"))
+        .iter()
+        .map(|d| d["ack_id"].as_str().expect("ack id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), n, "{path}: {body}");
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,10 +304,46 @@ async fn every_scope_is_needed_by_its_routes_and_suffices() {
         ),
         ("/v1/queues/jobs", json!({})),
         ("/v1/topics/doomed", json!({})),
+        (
+            "/v1/topics/events/subscriptions/tail",
+            json!({"kind": "stream"}),
+        ),
+        (
+            "/v1/topics/events/subscriptions/watch",
+            json!({"kind": "stream"}),
+        ),
+        ("/v1/topics/tasks", json!({})),
+        (
+            "/v1/topics/tasks/subscriptions/workers",
+            json!({"kind": "shared"}),
+        ),
+        ("/v1/queues/work", json!({})),
+        ("/v1/queues/doomed-queue", json!({})),
     ] {
         let (st, resp) = s.put(path, body).await;
         assert_eq!(st, 200, "{path}: {resp}");
     }
+    // Deliveries to settle (one ack id per settle route) and a stream member `m1`.
+    let four =
+        json!({"messages": [{"value": "1"}, {"value": "2"}, {"value": "3"}, {"value": "4"}]});
+    for path in ["/v1/topics/tasks/messages", "/v1/queues/work/messages"] {
+        let (st, body) = s
+            .call_with_token(Method::POST, path, Some(four.clone()), Some(PUBLISHER))
+            .await;
+        assert_eq!(st, 200, "{path}: {body}");
+    }
+    let sub_ids = receive_ids(&s, "/v1/topics/tasks/subscriptions/workers/receive", 4).await;
+    let queue_ids = receive_ids(&s, "/v1/queues/work/receive", 4).await;
+    let (st, body) = s
+        .call_with_token(
+            Method::POST,
+            "/v1/topics/events/subscriptions/tail/members",
+            Some(json!({"member_id": "m1"})),
+            Some(CONSUMER),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["partitions"], json!([0]), "{body}");
     let tokens = [
         ("admin", ADMIN),
         ("publish", PUBLISHER),
@@ -315,35 +427,179 @@ async fn every_scope_is_needed_by_its_routes_and_suffices() {
         ),
         case("admin", Method::DELETE, "/v1/topics/doomed", None),
         case("admin", Method::GET, "/v1/stats", None),
+        // Stream members: `m1` owns the only partition of `events`.
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/events/subscriptions/tail/members/m1/heartbeat",
+            None,
+        ),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/events/subscriptions/tail/fetch",
+            Some(json!({"member_id": "m1", "wait_ms": 0})),
+        ),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/events/subscriptions/tail/commit",
+            Some(json!({"member_id": "m1", "offsets": [{"partition": 0, "offset": 1}]})),
+        ),
+        // A refused leave removed nothing: leaving an unknown member is an error.
+        case(
+            "consume",
+            Method::DELETE,
+            "/v1/topics/events/subscriptions/tail/members/m1",
+            None,
+        ),
+        // Shared settles: a refused attempt settled nothing, so the allowed one settles all.
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/tasks/subscriptions/workers/ack",
+            Some(json!({"ack_ids": [sub_ids[0]]})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/tasks/subscriptions/workers/nack",
+            Some(json!({"ack_ids": [sub_ids[1]], "delay_ms": 60_000})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/tasks/subscriptions/workers/extend",
+            Some(json!({"ack_ids": [sub_ids[2]], "lease_ms": 60_000})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/topics/tasks/subscriptions/workers/terminate",
+            Some(json!({"ack_ids": [sub_ids[3]], "reason": "test"})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/queues/work/ack",
+            Some(json!({"ack_ids": [queue_ids[0]]})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/queues/work/nack",
+            Some(json!({"ack_ids": [queue_ids[1]], "delay_ms": 60_000})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/queues/work/extend",
+            Some(json!({"ack_ids": [queue_ids[2]], "lease_ms": 60_000})),
+        )
+        .settles(),
+        case(
+            "consume",
+            Method::POST,
+            "/v1/queues/work/terminate",
+            Some(json!({"ack_ids": [queue_ids[3]], "reason": "test"})),
+        )
+        .settles(),
+        case("consume", Method::GET, "/v1/queues/work/dead-letters", None),
+        case(
+            "admin",
+            Method::POST,
+            "/v1/queues/work/redrive",
+            Some(json!({})),
+        ),
+        // Reads of one thing and the lists: any scope on the name.
+        case(ANY, Method::GET, "/v1/topics", None),
+        case(ANY, Method::GET, "/v1/topics/events", None),
+        case(ANY, Method::GET, "/v1/topics/events/subscriptions", None),
+        case(
+            ANY,
+            Method::GET,
+            "/v1/topics/events/subscriptions/audit",
+            None,
+        ),
+        case(ANY, Method::GET, "/v1/queues/jobs", None),
+        case("admin", Method::DELETE, "/v1/queues/doomed-queue", None),
+        // Event streams: the allowed one opens (200 and an event stream), then is dropped.
+        case("consume", Method::GET, "/v1/topics/events/events", None).sse(),
+        case(
+            "consume",
+            Method::GET,
+            "/v1/topics/events/subscriptions/watch/events",
+            None,
+        )
+        .sse(),
+        case(
+            "consume",
+            Method::GET,
+            "/v1/topics/tasks/subscriptions/workers/events",
+            None,
+        )
+        .sse(),
+        case("consume", Method::GET, "/v1/queues/jobs/events", None).sse(),
     ];
     for c in &cases {
         for (scope, tok) in tokens {
+            let ctx = format!("{} {} with only {scope}", c.method, c.path);
+            if c.scope == ANY {
+                let (st, body) = send_case(&s, c, tok).await;
+                assert_eq!(st.as_u16(), c.ok, "{ctx}: {body}");
+                continue;
+            }
             if scope == c.scope {
                 continue;
             }
-            let (st, body) = s
-                .call_with_token(c.method.clone(), c.path, c.body.clone(), Some(tok))
-                .await;
-            let ctx = format!("{} {} with only {scope}", c.method, c.path);
+            let (st, body) = send_case(&s, c, tok).await;
             assert_code(st, &body, 403, "forbidden", &ctx);
+        }
+        if c.scope == ANY {
+            continue;
         }
         // Refused attempts changed nothing that the allowed one would then trip over.
         let tok = tokens
             .iter()
             .find(|(scope, _)| *scope == c.scope)
-            .map(|(_, t)| *t);
-        let (st, body) = s
-            .call_with_token(c.method.clone(), c.path, c.body.clone(), tok)
-            .await;
-        assert_eq!(
-            st.as_u16(),
-            c.ok,
-            "{} {} with {}: {body}",
-            c.method,
-            c.path,
-            c.scope
-        );
+            .map(|(_, t)| *t)
+            .expect("a token with the scope");
+        let (st, body) = send_case(&s, c, tok).await;
+        let ctx = format!("{} {} with {}", c.method, c.path, c.scope);
+        assert_eq!(st.as_u16(), c.ok, "{ctx}: {body}");
+        if c.settles {
+            let results = body["results"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{ctx}: {body}"));
+            assert_eq!(results.len(), 1, "{ctx}: {body}");
+            assert!(
+                results.iter().all(|r| r["error"].is_null()),
+                "{ctx}: {body}"
+            );
+        }
     }
+    // The allowed commit and leave took effect.
+    let (st, body) = s.get("/v1/topics/events/subscriptions/tail").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["members"], json!([]), "{body}");
+    assert_eq!(body["partitions"][0]["committed"], 1, "{body}");
+    // Each settle happened once: one acked, one delayed, one in flight, one dead-lettered.
+    let (st, body) = s.get("/v1/topics/tasks/subscriptions/workers").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        (&body["in_flight"], &body["delayed"], &body["dead_lettered"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{body}"
+    );
+    // The refused queue deletes removed nothing; the allowed one did.
+    let (st, body) = s.get("/v1/queues/doomed-queue").await;
+    assert_eq!(st, 404, "{body}");
     // The metrics need admin too (text, not JSON).
     for tok in [PUBLISHER, CONSUMER] {
         let (st, body) = s
@@ -512,6 +768,17 @@ async fn pattern_scopes_allow_matching_names_only() {
         (Method::PUT, "/v1/topics/orders.new", Some(json!({}))),
         (Method::DELETE, "/v1/topics/orders.created", None),
         (Method::GET, "/v1/topics/payments", None),
+        // GET of one subscription or queue, and the subscription list, need some scope on
+        // the name too.
+        (Method::GET, "/v1/topics/payments/subscriptions", None),
+        (
+            Method::GET,
+            "/v1/topics/payments/subscriptions/billing",
+            None,
+        ),
+        (Method::GET, "/v1/queues/payments", None),
+        (Method::GET, "/v1/topics/payments/events", None),
+        (Method::GET, "/v1/queues/payments/events", None),
     ] {
         let (st, resp) = s
             .call_with_token(method.clone(), path, body, Some(ORDERS))
