@@ -24,6 +24,8 @@ pub enum Scope {
     Admin,
     /// Call apps (invocation).
     Invoke,
+    /// Read `/metrics` and `/v1/stats` (for a Prometheus scraper; `admin` may too).
+    Metrics,
 }
 
 impl Scope {
@@ -33,6 +35,7 @@ impl Scope {
             "consume" => Scope::Consume,
             "admin" => Scope::Admin,
             "invoke" => Scope::Invoke,
+            "metrics" => Scope::Metrics,
             _ => return None,
         })
     }
@@ -44,6 +47,7 @@ impl Scope {
             Scope::Consume => "consume",
             Scope::Admin => "admin",
             Scope::Invoke => "invoke",
+            Scope::Metrics => "metrics",
         }
     }
 }
@@ -63,7 +67,7 @@ impl Grant {
             None => (s, "*"),
         };
         let scope = Scope::parse(scope).ok_or_else(|| {
-            format!("{s:?}: unknown scope {scope:?} (publish, consume, admin or invoke)")
+            format!("{s:?}: unknown scope {scope:?} (publish, consume, admin, invoke or metrics)")
         })?;
         if pattern.is_empty()
             || !pattern
@@ -135,6 +139,12 @@ impl Caller {
         } else {
             Err(self.forbidden(scope, name))
         }
+    }
+
+    /// Succeeds if the caller may read metrics and stats: `metrics` or `admin` on any name.
+    pub fn require_metrics(&self) -> Result<(), ApiError> {
+        self.require_any(Scope::Metrics)
+            .or_else(|_| self.require_any(Scope::Admin))
     }
 
     /// Succeeds if the caller has `scope` on any name.
@@ -317,6 +327,17 @@ mod tests {
         assert!(c.require(Scope::Consume, "payments").is_ok());
         assert!(c.require(Scope::Admin, "orders.created").is_err());
         assert!(c.require_any(Scope::Admin).is_err());
+        assert!(c.require_metrics().is_err());
+        let scraper = Tokens::new(&[TokenConfig {
+            name: "prometheus".into(),
+            token: "fedcba9876543210".into(),
+            scopes: vec!["metrics".into()],
+        }])
+        .expect("valid")
+        .authenticate(Some(b"Bearer fedcba9876543210"))
+        .expect("known");
+        assert!(scraper.require_metrics().is_ok());
+        assert!(scraper.require(Scope::Admin, "orders").is_err());
         assert!(Caller::Anonymous.require(Scope::Admin, "x").is_ok());
     }
 

@@ -166,7 +166,7 @@ pub struct TokenConfig {
     pub name: String,
     /// The secret (at least 16 characters).
     pub token: String,
-    /// `publish`, `consume`, `admin`, `invoke`, each optionally `:pattern` (`*` matches any
+    /// `publish`, `consume`, `admin`, `invoke`, `metrics`, each optionally `:pattern` (`*` matches any
     /// characters; no pattern = every name).
     pub scopes: Vec<String>,
 }
@@ -250,8 +250,8 @@ body_read_timeout_ms = 30000
 
 [auth]
 # Bearer tokens. None = no authentication (allowed on a loopback listener only, unless
-# server.allow_anonymous). Scopes: publish, consume, admin, invoke — each optionally limited to
-# names matching a pattern, e.g. "publish:orders.*" ('*' matches anything).
+# server.allow_anonymous). Scopes: publish, consume, admin, invoke, metrics — each optionally
+# limited to names matching a pattern, e.g. "publish:orders.*" ('*' matches anything).
 tokens = []
 # [[auth.tokens]]
 # name = "orders-service"

@@ -1009,3 +1009,38 @@ async fn the_server_refuses_to_start_open_on_a_public_address() {
     }
     let _ = tokio::task::spawn_blocking(move || engine.close()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_token_reads_metrics_and_stats_and_nothing_else() {
+    let scraper = "prometheus-scraper-token";
+    let s = wharf_test::TestServer::builder()
+        .config(|c| {
+            c.auth.tokens.push(wharf_server::config::TokenConfig {
+                name: "prometheus".into(),
+                token: scraper.into(),
+                scopes: vec!["metrics".into()],
+            });
+        })
+        .start()
+        .await;
+    for path in ["/metrics", "/v1/stats"] {
+        let (st, body) = s
+            .call_with_token(Method::GET, path, None, Some(scraper))
+            .await;
+        assert_eq!(st, 200, "{path}: {body}");
+    }
+    let (st, body) = s
+        .call_with_token(Method::PUT, "/v1/topics/t", Some(json!({})), Some(scraper))
+        .await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["code"], "forbidden");
+    let (st, body) = s
+        .call_with_token(Method::GET, "/v1/topics/t/messages", None, Some(scraper))
+        .await;
+    assert_eq!(st, 403, "{body}");
+    let (st, _) = s
+        .call_with_token(Method::GET, "/v1/topics", None, Some(scraper))
+        .await;
+    assert_eq!(st, 200);
+    s.stop().await;
+}

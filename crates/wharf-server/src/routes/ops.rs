@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Caller, Scope};
+use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::wire::{HealthOut, StatsOut, SubscriptionKind, SubscriptionStats, TopicStats};
@@ -52,11 +52,11 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
     response
 }
 
-/// Prometheus metrics (text format). Needs the `admin` scope when auth is on.
+/// Prometheus metrics (text format). Needs the `metrics` or `admin` scope when auth is on.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
-    caller.require_any(Scope::Admin)?;
+    caller.require_metrics()?;
     let text = s.metrics.render(&*s.engine).await;
     Ok((
         [(
@@ -68,11 +68,12 @@ pub(crate) async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiRes
         .into_response())
 }
 
-/// Every topic and subscription at a glance. Needs the `admin` scope when auth is on.
+/// Every topic and subscription at a glance. Needs the `metrics` or `admin` scope when auth
+/// is on.
 #[utoipa::path(get, path = "/v1/stats", tag = "operations",
     responses((status = 200, description = "Stats", body = StatsOut)))]
 pub(crate) async fn stats(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<StatsOut>> {
-    caller.require_any(Scope::Admin)?;
+    caller.require_metrics()?;
     let mut topics = Vec::new();
     for t in s.engine.list_topics().await? {
         let subs = s
