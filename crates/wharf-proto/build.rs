@@ -1,0 +1,16 @@
+//! Compiles `proto/wharf/v1/wharf.proto` with protox (pure Rust: no system `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/wharf/v1/wharf.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(true)
+        // Malformed requests must be INVALID_ARGUMENT (tonic's prost codec says INTERNAL).
+        .codec_path("crate::codec::WharfCodec")
+        .bytes(".wharf.v1")
+        .compile_fds(fds)?;
+    Ok(())
+}

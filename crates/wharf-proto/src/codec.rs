@@ -1,0 +1,64 @@
+//! The codec of every `wharf.v1` method: prost encoding, but a message that does not decode
+//! is `INVALID_ARGUMENT` (the client sent bad input), not tonic's default `INTERNAL`.
+
+use std::marker::PhantomData;
+
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::ProstEncoder;
+
+/// Prost encoding; decode failures are `INVALID_ARGUMENT`.
+#[derive(Debug, Clone)]
+pub struct WharfCodec<T, U> {
+    _pd: PhantomData<(T, U)>,
+}
+
+impl<T, U> Default for WharfCodec<T, U> {
+    fn default() -> Self {
+        Self { _pd: PhantomData }
+    }
+}
+
+impl<T, U> Codec for WharfCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = WharfDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        WharfDecoder { _pd: PhantomData }
+    }
+}
+
+/// Decodes `U`; a malformed message is `INVALID_ARGUMENT`.
+#[derive(Debug, Clone)]
+pub struct WharfDecoder<U> {
+    _pd: PhantomData<U>,
+}
+
+impl<U: prost::Message + Default> Decoder for WharfDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf).map(Some).map_err(|e| {
+            let mut status = Status::invalid_argument(format!("malformed protobuf message: {e}"));
+            if let Ok(v) = "invalid_argument".parse() {
+                status.metadata_mut().insert(crate::ERROR_CODE_KEY, v);
+            }
+            status
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}

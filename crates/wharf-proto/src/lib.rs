@@ -1,0 +1,23 @@
+//! Wharf's gRPC API, `wharf.v1`: the messages, tonic clients and tonic servers generated from
+//! [`PROTO`] (compiled with protox, so building needs no system `protoc`).
+//!
+//! The server side lives in `wharf-server`; the friendly client is `wharf-client`. Use this
+//! crate directly for the raw generated API, e.g. `v1::topics_client::TopicsClient`.
+
+pub mod codec;
+
+/// The `wharf.v1` package.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("wharf.v1");
+}
+
+/// The source of `wharf/v1/wharf.proto`, for tools that generate clients in other languages.
+pub const PROTO: &str = include_str!("../proto/wharf/v1/wharf.proto");
+
+/// The metadata key carrying the stable error code (`topic_not_found`, ...) on every error.
+pub const ERROR_CODE_KEY: &str = "wharf-error-code";
+/// The metadata key saying, in seconds, when to retry (on `UNAVAILABLE`).
+pub const RETRY_AFTER_KEY: &str = "retry-after";
+/// The `google.rpc.ErrorInfo` domain of Wharf's errors.
+pub const ERROR_DOMAIN: &str = "wharf.dev";
