@@ -35,6 +35,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+mod grpc;
 pub mod metrics;
 mod routes;
 mod server;

@@ -123,7 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi));
-    let mut app = api
+    let app = api
         .merge(open)
         .route_layer(from_fn_with_state(state.clone(), observe))
         .fallback(fallback)
@@ -132,10 +132,16 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(
             Duration::from_millis(limits.body_read_timeout_ms),
         ));
-    if let Some(cors) = cors(&state.config) {
+    let cors = cors(&state.config);
+    // gRPC and gRPC-Web on the same listener, outside the REST layers (its streams outlive
+    // body deadlines; tonic enforces its own message size limit).
+    let mut app = app
+        .with_state(state.clone())
+        .merge(crate::grpc::routes(state));
+    if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    app.with_state(state)
+    app
 }
 
 fn cors(config: &Config) -> Option<CorsLayer> {
@@ -157,17 +163,27 @@ fn cors(config: &Config) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::HeaderName::from_static("last-event-id"),
-                header::HeaderName::from_static("traceparent"),
-                header::HeaderName::from_static("tracestate"),
-            ])
-            .expose_headers([
-                header::RETRY_AFTER,
-                header::HeaderName::from_static("traceparent"),
-            ])
+            .allow_headers(
+                [
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::HeaderName::from_static("last-event-id"),
+                    header::HeaderName::from_static("traceparent"),
+                    header::HeaderName::from_static("tracestate"),
+                ]
+                .into_iter()
+                .chain(crate::grpc::header_names(crate::grpc::WEB_REQUEST_HEADERS))
+                .collect::<Vec<_>>(),
+            )
+            .expose_headers(
+                [
+                    header::RETRY_AFTER,
+                    header::HeaderName::from_static("traceparent"),
+                ]
+                .into_iter()
+                .chain(crate::grpc::header_names(crate::grpc::WEB_EXPOSED_HEADERS))
+                .collect::<Vec<_>>(),
+            )
             .max_age(Duration::from_secs(600)),
     )
 }

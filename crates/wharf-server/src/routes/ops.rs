@@ -74,6 +74,11 @@ pub(crate) async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiRes
     responses((status = 200, description = "Stats", body = StatsOut)))]
 pub(crate) async fn stats(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<StatsOut>> {
     caller.require_metrics()?;
+    Ok(Json(collect_stats(&s).await?))
+}
+
+/// Every topic and subscription at a glance (REST and gRPC).
+pub(crate) async fn collect_stats(s: &AppState) -> ApiResult<StatsOut> {
     let mut topics = Vec::new();
     for t in s.engine.list_topics().await? {
         let subs = s
@@ -106,11 +111,11 @@ pub(crate) async fn stats(State(s): State<AppState>, caller: Caller) -> ApiResul
             name: t.name,
         });
     }
-    Ok(Json(StatsOut {
+    Ok(StatsOut {
         engine: s.engine.name().into(),
         writable: s.engine.health().writable,
         topics,
-    }))
+    })
 }
 
 /// The OpenAPI 3.1 document of this API.

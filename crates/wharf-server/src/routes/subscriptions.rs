@@ -315,6 +315,19 @@ pub(crate) async fn do_settle(
     sub: &str,
     settle: Settle,
 ) -> ApiResult<AckResponse> {
+    Ok(AckResponse::new(
+        settle_outcomes(s, caller, topic, sub, settle).await?,
+    ))
+}
+
+/// Settles deliveries (REST and gRPC): per-`ack_id` outcomes.
+pub(crate) async fn settle_outcomes(
+    s: &AppState,
+    caller: &Caller,
+    topic: &str,
+    sub: &str,
+    settle: Settle,
+) -> ApiResult<Vec<wharf_broker::AckOutcome>> {
     caller.require(Scope::Consume, topic)?;
     let e = &s.engine;
     let outcomes = match settle {
@@ -341,7 +354,7 @@ pub(crate) async fn do_settle(
             e.terminate(topic, sub, &b.ack_ids, &reason).await?
         }
     };
-    Ok(AckResponse::new(outcomes))
+    Ok(outcomes)
 }
 
 /// Acknowledges deliveries: done, never delivered again.

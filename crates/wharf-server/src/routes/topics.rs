@@ -128,35 +128,56 @@ pub(crate) async fn do_publish(
     body: bytes::Bytes,
     create_queue: bool,
 ) -> ApiResult<PublishResponse> {
-    let limits = &s.config.limits;
     let request = PublishRequest::from_slice(&body)?;
-    let incoming = request.into_messages();
-    if incoming.is_empty() {
+    let messages = request
+        .into_messages()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (m, encoding))| m.into_message(encoding, i))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let results = publish_messages(s, trace, topic, messages, create_queue).await?;
+    Ok(PublishResponse {
+        results: results.into_iter().map(PublishedOut::from).collect(),
+    })
+}
+
+/// Publishes decoded messages (REST and gRPC): checks them against the server's limits, adds
+/// the request's trace context to those without one, publishes, and counts them. With
+/// `create_queue`, an unknown topic is created as a queue (topic + shared subscription of the
+/// same name, defaults) first.
+pub(crate) async fn publish_messages(
+    s: &AppState,
+    trace: &RequestTrace,
+    topic: &str,
+    mut messages: Vec<wharf_broker::Message>,
+    create_queue: bool,
+) -> ApiResult<Vec<wharf_broker::Published>> {
+    let limits = &s.config.limits;
+    if messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
             "must hold at least one message",
         ));
     }
-    if incoming.len() > limits.max_batch_messages {
+    if messages.len() > limits.max_batch_messages {
         return Err(ApiError::limit(
-            format!("a batch of {} messages", incoming.len()),
+            format!("a batch of {} messages", messages.len()),
             "limits.max_batch_messages",
             limits.max_batch_messages,
         ));
     }
     let traceparent = trace.span.to_string();
-    let mut messages = Vec::with_capacity(incoming.len());
-    let mut added_trace = Vec::with_capacity(incoming.len());
+    let mut added_trace = Vec::with_capacity(messages.len());
     let mut bytes = 0u64;
-    for (i, (m, encoding)) in incoming.into_iter().enumerate() {
-        if m.headers.len() > limits.max_headers {
+    for (i, msg) in messages.iter_mut().enumerate() {
+        if msg.headers.len() > limits.max_headers {
             return Err(ApiError::limit(
-                format!("messages[{i}] with {} headers", m.headers.len()),
+                format!("messages[{i}] with {} headers", msg.headers.len()),
                 "limits.max_headers",
                 limits.max_headers,
             ));
         }
-        let header_bytes: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let header_bytes: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         if header_bytes > limits.max_header_bytes {
             return Err(ApiError::limit(
                 format!("messages[{i}] with {header_bytes} bytes of headers"),
@@ -164,7 +185,7 @@ pub(crate) async fn do_publish(
                 limits.max_header_bytes,
             ));
         }
-        if let Some((k, _)) = m
+        if let Some((k, _)) = msg
             .headers
             .iter()
             .find(|(k, _)| k.is_empty() || k.len() > 256)
@@ -174,7 +195,6 @@ pub(crate) async fn do_publish(
                 format!("header name {k:?} must be 1..=256 bytes"),
             ));
         }
-        let mut msg = m.into_message(encoding, i)?;
         let size = msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len() + header_bytes;
         if size as u64 > limits.max_message_bytes {
             return Err(ApiError::new(
@@ -193,7 +213,6 @@ pub(crate) async fn do_publish(
         }
         added_trace.push(traced);
         bytes += (msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len()) as u64;
-        messages.push(msg);
     }
     let results = match s.engine.publish(topic, messages.clone()).await {
         Err(BrokerError::TopicNotFound(_)) if create_queue => {
@@ -213,9 +232,7 @@ pub(crate) async fn do_publish(
         bytes * stored / (results.len() as u64).max(1)
     };
     s.metrics.published(topic, stored, stored_bytes);
-    Ok(PublishResponse {
-        results: results.into_iter().map(PublishedOut::from).collect(),
-    })
+    Ok(results)
 }
 
 /// The trace context the server added must not make a message too large for its topic: such

@@ -1,0 +1,723 @@
+//! `StreamConsumer` (consumer groups) and `SharedConsumer` (queue semantics), unary and
+//! streaming.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use wharf_broker::{
+    BrokerError, Committed, Delivery, FetchRequest, ReceiveRequest, SubscriptionConfig,
+};
+use wharf_proto::v1;
+
+use super::convert;
+use super::messages::status_to_api;
+use super::{Ctx, Grpc, status};
+use crate::auth::Scope;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::subscriptions::{Settle, settle_outcomes};
+use crate::state::AppState;
+use crate::wire::{AckRequest, ExtendRequest, NackRequest, TerminateRequest};
+
+/// How long a streaming consumer's engine call waits before looking around (heartbeats,
+/// shutdown, a closed client).
+const POLL: Duration = Duration::from_secs(10);
+
+type Events<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn events<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> Events<T> {
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn shutting_down() -> Status {
+    status(
+        ApiError::new(
+            "shutting_down",
+            "the server is shutting down; reconnect to another node or after the restart",
+        )
+        .retry_after(1),
+    )
+}
+
+#[tonic::async_trait]
+impl v1::stream_consumer_server::StreamConsumer for Grpc {
+    async fn join(
+        &self,
+        request: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        self.call(
+            "/wharf.v1.StreamConsumer/Join",
+            request,
+            |c: Ctx, r| async move {
+                c.caller.require(Scope::Consume, &r.topic)?;
+                let m =
+                    c.s.engine
+                        .join(&r.topic, &r.subscription, r.member_id.as_deref())
+                        .await?;
+                Ok(convert::membership_out(m))
+            },
+        )
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::MemberRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        let route = "/wharf.v1.StreamConsumer/Heartbeat";
+        self.call(route, request, |c: Ctx, r| async move {
+            c.caller.require(Scope::Consume, &r.topic)?;
+            let m =
+                c.s.engine
+                    .heartbeat(&r.topic, &r.subscription, &r.member_id)
+                    .await?;
+            Ok(convert::membership_out(m))
+        })
+        .await
+    }
+
+    async fn leave(
+        &self,
+        request: Request<v1::MemberRequest>,
+    ) -> Result<Response<v1::LeaveResponse>, Status> {
+        self.call(
+            "/wharf.v1.StreamConsumer/Leave",
+            request,
+            |c: Ctx, r| async move {
+                c.caller.require(Scope::Consume, &r.topic)?;
+                c.s.engine
+                    .leave(&r.topic, &r.subscription, &r.member_id)
+                    .await?;
+                Ok(v1::LeaveResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<v1::FetchResponse>, Status> {
+        self.call(
+            "/wharf.v1.StreamConsumer/Fetch",
+            request,
+            |c: Ctx, r| async move {
+                c.caller.require(Scope::Consume, &r.topic)?;
+                let max_bytes = r.max_bytes.unwrap_or(1024 * 1024);
+                if max_bytes == 0 {
+                    return Err(ApiError::invalid("max_bytes", "must be at least 1"));
+                }
+                let request = FetchRequest {
+                    max_messages: c.s.count("max_messages", r.max_messages, 100)?,
+                    max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+                    wait: c.s.wait(r.wait_ms)?,
+                };
+                let messages =
+                    c.s.unless_shutdown(c.s.engine.fetch(
+                        &r.topic,
+                        &r.subscription,
+                        &r.member_id,
+                        request,
+                    ))
+                    .await?;
+                let bytes: usize = messages.iter().map(|m| m.value.len()).sum();
+                c.s.metrics.delivered(
+                    &r.topic,
+                    &r.subscription,
+                    messages.len() as u64,
+                    bytes as u64,
+                );
+                Ok(v1::FetchResponse {
+                    messages: messages.into_iter().map(convert::message_out).collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        self.call(
+            "/wharf.v1.StreamConsumer/Commit",
+            request,
+            |c: Ctx, r| async move {
+                c.caller.require(Scope::Consume, &r.topic)?;
+                if r.offsets.is_empty() {
+                    return Err(ApiError::invalid("offsets", "give at least one partition"));
+                }
+                let offsets = r
+                    .offsets
+                    .iter()
+                    .map(|o| Committed {
+                        partition: o.partition,
+                        offset: o.offset,
+                    })
+                    .collect();
+                let done =
+                    c.s.engine
+                        .commit(&r.topic, &r.subscription, &r.member_id, offsets)
+                        .await?;
+                Ok(convert::committed_out(done))
+            },
+        )
+        .await
+    }
+
+    type ConsumeStream = Events<v1::ConsumeResponse>;
+
+    async fn consume(
+        &self,
+        request: Request<v1::ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        self.call(
+            "/wharf.v1.StreamConsumer/Consume",
+            request,
+            |c: Ctx, r| async move {
+                c.caller.require(Scope::Consume, &r.topic)?;
+                let max = c.s.count("max_messages", r.max_messages, 100)?;
+                let info =
+                    c.s.engine
+                        .describe_subscription(&r.topic, &r.subscription)
+                        .await?;
+                let SubscriptionConfig::Stream(config) = info.config else {
+                    return Err(ApiError::new(
+                        "wrong_kind",
+                        format!(
+                            "{} is a shared subscription: consume it with SharedConsumer",
+                            r.subscription
+                        ),
+                    ));
+                };
+                let membership = c.s.engine.join(&r.topic, &r.subscription, None).await?;
+                let (tx, rx) = mpsc::channel(2);
+                let heartbeat_every =
+                    Duration::from_millis((config.session_timeout_ms / 3).max(100));
+                tokio::spawn(consume_loop(ConsumeTask {
+                    s: c.s,
+                    topic: r.topic,
+                    sub: r.subscription,
+                    max,
+                    auto_commit: r.auto_commit,
+                    heartbeat_every,
+                    membership,
+                    tx,
+                }));
+                Ok(events(rx))
+            },
+        )
+        .await
+    }
+}
+
+struct ConsumeTask {
+    s: AppState,
+    topic: String,
+    sub: String,
+    max: usize,
+    auto_commit: bool,
+    heartbeat_every: Duration,
+    membership: wharf_broker::Membership,
+    tx: mpsc::Sender<Result<v1::ConsumeResponse, Status>>,
+}
+
+fn assignment(m: &wharf_broker::Membership) -> Result<v1::ConsumeResponse, Status> {
+    Ok(v1::ConsumeResponse {
+        event: Some(v1::consume_response::Event::Assignment(
+            convert::membership_out(m.clone()),
+        )),
+    })
+}
+
+/// A group member's life on one `Consume` stream: assignment, batches, heartbeats,
+/// rejoining after a session expiry; it leaves the group when the stream ends.
+async fn consume_loop(t: ConsumeTask) {
+    let ConsumeTask {
+        s,
+        topic,
+        sub,
+        max,
+        auto_commit,
+        heartbeat_every,
+        mut membership,
+        tx,
+    } = t;
+    let mut last_heartbeat = Instant::now();
+    let mut sent: BTreeMap<u32, u64> = BTreeMap::new();
+    if tx.send(assignment(&membership)).await.is_ok() {
+        loop {
+            if auto_commit && !sent.is_empty() {
+                let offsets = sent
+                    .iter()
+                    .map(|(p, o)| Committed {
+                        partition: *p,
+                        offset: *o,
+                    })
+                    .collect();
+                // After a rebalance the partition's new owner starts from the last commit:
+                // at-least-once.
+                let _ = s
+                    .engine
+                    .commit(&topic, &sub, &membership.member_id, offsets)
+                    .await;
+                sent.clear();
+            }
+            if last_heartbeat.elapsed() >= heartbeat_every {
+                last_heartbeat = Instant::now();
+                let now = match s
+                    .engine
+                    .heartbeat(&topic, &sub, &membership.member_id)
+                    .await
+                {
+                    Err(BrokerError::UnknownMember { .. }) => {
+                        s.engine.join(&topic, &sub, None).await
+                    }
+                    r => r,
+                };
+                match now {
+                    Ok(now) if now != membership => {
+                        membership = now;
+                        if tx.send(assignment(&membership)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e.into()))).await;
+                        break;
+                    }
+                }
+            }
+            let request = FetchRequest {
+                max_messages: max,
+                max_bytes: 1024 * 1024,
+                wait: POLL.min(heartbeat_every),
+            };
+            let fetched = tokio::select! {
+                r = s.engine.fetch(&topic, &sub, &membership.member_id, request) => r,
+                () = tx.closed() => break,
+                () = s.shutdown.cancelled() => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    break;
+                }
+            };
+            match fetched {
+                Ok(messages) if messages.is_empty() => {}
+                Ok(messages) => {
+                    let bytes: usize = messages.iter().map(|m| m.value.len()).sum();
+                    s.metrics
+                        .delivered(&topic, &sub, messages.len() as u64, bytes as u64);
+                    for m in &messages {
+                        sent.insert(m.partition, m.offset + 1);
+                    }
+                    let batch = v1::ConsumeResponse {
+                        event: Some(v1::consume_response::Event::Messages(v1::MessageBatch {
+                            messages: messages.into_iter().map(convert::message_out).collect(),
+                        })),
+                    };
+                    if tx.send(Ok(batch)).await.is_err() {
+                        break;
+                    }
+                }
+                // Rebalanced or expired: the heartbeat at the top of the loop sorts it out.
+                Err(BrokerError::UnknownMember { .. } | BrokerError::NotAssigned { .. }) => {
+                    last_heartbeat = Instant::now()
+                        .checked_sub(heartbeat_every)
+                        .unwrap_or_else(Instant::now);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(status(e.into()))).await;
+                    break;
+                }
+            }
+        }
+    }
+    let _ = s.engine.leave(&topic, &sub, &membership.member_id).await;
+}
+
+async fn settle(c: &Ctx, topic: &str, sub: &str, how: Settle) -> ApiResult<v1::SettleResponse> {
+    let outcomes = settle_outcomes(&c.s, &c.caller, topic, sub, how).await?;
+    Ok(v1::SettleResponse {
+        outcomes: convert::outcomes_out(outcomes),
+    })
+}
+
+fn terminate_reason(reason: String) -> Option<String> {
+    (!reason.is_empty()).then_some(reason)
+}
+
+fn deliveries_out(s: &AppState, topic: &str, sub: &str, d: Vec<Delivery>) -> v1::ReceiveResponse {
+    let bytes: usize = d.iter().map(|d| d.message.value.len()).sum();
+    s.metrics
+        .delivered(topic, sub, d.len() as u64, bytes as u64);
+    v1::ReceiveResponse {
+        deliveries: d.into_iter().map(convert::delivery_out).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::shared_consumer_server::SharedConsumer for Grpc {
+    async fn receive(
+        &self,
+        request: Request<v1::ReceiveRequest>,
+    ) -> Result<Response<v1::ReceiveResponse>, Status> {
+        self.call(
+            "/wharf.v1.SharedConsumer/Receive",
+            request,
+            |c: Ctx, r| async move {
+                c.caller.require(Scope::Consume, &r.topic)?;
+                let request = ReceiveRequest {
+                    member: r.member,
+                    max: c.s.count("max", r.max, 1)?,
+                    lease: r.lease_ms.map(Duration::from_millis),
+                    wait: c.s.wait(r.wait_ms)?,
+                };
+                let d =
+                    c.s.unless_shutdown(c.s.engine.receive(&r.topic, &r.subscription, request))
+                        .await?;
+                Ok(deliveries_out(&c.s, &r.topic, &r.subscription, d))
+            },
+        )
+        .await
+    }
+
+    type ReceiveStreamStream = Events<v1::ReceiveResponse>;
+
+    async fn receive_stream(
+        &self,
+        request: Request<v1::ReceiveStreamRequest>,
+    ) -> Result<Response<Self::ReceiveStreamStream>, Status> {
+        let route = "/wharf.v1.SharedConsumer/ReceiveStream";
+        self.call(route, request, |c: Ctx, r| async move {
+            c.caller.require(Scope::Consume, &r.topic)?;
+            let max = c.s.count("max", r.max, 10)?;
+            // Fail early (not_found, wrong_kind) instead of on the stream.
+            shared_only(&c.s, &r.topic, &r.subscription).await?;
+            let member = r
+                .member
+                .unwrap_or_else(|| format!("grpc-{:016x}", rand::random::<u64>()));
+            let lease = r.lease_ms.map(Duration::from_millis);
+            let (tx, rx) = mpsc::channel(2);
+            let s = c.s;
+            let (topic, sub) = (r.topic, r.subscription);
+            tokio::spawn(async move {
+                loop {
+                    let request = ReceiveRequest {
+                        member: Some(member.clone()),
+                        max,
+                        lease,
+                        wait: POLL,
+                    };
+                    let r = tokio::select! {
+                        r = s.engine.receive(&topic, &sub, request) => r,
+                        () = tx.closed() => break,
+                        () = s.shutdown.cancelled() => {
+                            let _ = tx.send(Err(shutting_down())).await;
+                            break;
+                        }
+                    };
+                    match r {
+                        Ok(d) if d.is_empty() => {}
+                        Ok(d) => {
+                            if tx
+                                .send(Ok(deliveries_out(&s, &topic, &sub, d)))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(status(e.into()))).await;
+                            break;
+                        }
+                    }
+                }
+            });
+            Ok(events(rx))
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        request: Request<v1::AckRequest>,
+    ) -> Result<Response<v1::SettleResponse>, Status> {
+        self.call(
+            "/wharf.v1.SharedConsumer/Ack",
+            request,
+            |c: Ctx, r| async move {
+                let how = Settle::Ack(AckRequest { ack_ids: r.ack_ids });
+                settle(&c, &r.topic, &r.subscription, how).await
+            },
+        )
+        .await
+    }
+
+    async fn nack(
+        &self,
+        request: Request<v1::NackRequest>,
+    ) -> Result<Response<v1::SettleResponse>, Status> {
+        self.call(
+            "/wharf.v1.SharedConsumer/Nack",
+            request,
+            |c: Ctx, r| async move {
+                let how = Settle::Nack(NackRequest {
+                    ack_ids: r.ack_ids,
+                    delay_ms: r.delay_ms,
+                });
+                settle(&c, &r.topic, &r.subscription, how).await
+            },
+        )
+        .await
+    }
+
+    async fn extend(
+        &self,
+        request: Request<v1::ExtendRequest>,
+    ) -> Result<Response<v1::SettleResponse>, Status> {
+        self.call(
+            "/wharf.v1.SharedConsumer/Extend",
+            request,
+            |c: Ctx, r| async move {
+                let how = Settle::Extend(ExtendRequest {
+                    ack_ids: r.ack_ids,
+                    lease_ms: r.lease_ms,
+                });
+                settle(&c, &r.topic, &r.subscription, how).await
+            },
+        )
+        .await
+    }
+
+    async fn terminate(
+        &self,
+        request: Request<v1::TerminateRequest>,
+    ) -> Result<Response<v1::SettleResponse>, Status> {
+        let route = "/wharf.v1.SharedConsumer/Terminate";
+        self.call(route, request, |c: Ctx, r| async move {
+            let how = Settle::Terminate(TerminateRequest {
+                ack_ids: r.ack_ids,
+                reason: terminate_reason(r.reason),
+            });
+            settle(&c, &r.topic, &r.subscription, how).await
+        })
+        .await
+    }
+
+    type ProcessStream = Events<v1::ProcessResponse>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<v1::ProcessRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        self.call(
+            "/wharf.v1.SharedConsumer/Process",
+            request,
+            |c: Ctx, mut inbound| async move {
+                let first = tokio::select! {
+                    m = inbound.message() => m.map_err(|e| status_to_api(&e))?,
+                    () = c.s.shutdown.cancelled() => return Err(ApiError::new(
+                        "shutting_down", "the server is shutting down").retry_after(1)),
+                };
+                let Some(v1::ProcessRequest {
+                    request: Some(v1::process_request::Request::Start(start)),
+                }) = first
+                else {
+                    return Err(ApiError::invalid(
+                        "start",
+                        "the first message of a Process stream must be `start`",
+                    ));
+                };
+                c.caller.require(Scope::Consume, &start.topic)?;
+                let max_in_flight = c.s.count("max_in_flight", start.max_in_flight, 10)?;
+                shared_only(&c.s, &start.topic, &start.subscription).await?;
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(process_loop(
+                    c,
+                    ProcessTask {
+                        member: start
+                            .member
+                            .unwrap_or_else(|| format!("grpc-{:016x}", rand::random::<u64>())),
+                        topic: start.topic,
+                        sub: start.subscription,
+                        lease: start.lease_ms.map(Duration::from_millis),
+                        max_in_flight,
+                    },
+                    inbound,
+                    tx,
+                ));
+                Ok(events(rx))
+            },
+        )
+        .await
+    }
+}
+
+/// `subscription_not_found` or `wrong_kind` unless it is a shared subscription.
+async fn shared_only(s: &AppState, topic: &str, sub: &str) -> ApiResult<()> {
+    match s.engine.describe_subscription(topic, sub).await?.config {
+        SubscriptionConfig::Shared(_) => Ok(()),
+        SubscriptionConfig::Stream(_) => Err(ApiError::new(
+            "wrong_kind",
+            format!("{sub} is a stream subscription: consume it with StreamConsumer"),
+        )),
+    }
+}
+
+struct ProcessTask {
+    topic: String,
+    sub: String,
+    member: String,
+    lease: Option<Duration>,
+    max_in_flight: usize,
+}
+
+type Receiving = Pin<Box<dyn Future<Output = Result<Vec<Delivery>, BrokerError>> + Send>>;
+
+/// One `Process` stream: receives while fewer than `max_in_flight` deliveries are unsettled,
+/// settles what the client sends (answering in order), and when the stream ends gives back
+/// what was left unsettled (nack without delay) so another member gets it at once.
+async fn process_loop(
+    c: Ctx,
+    t: ProcessTask,
+    mut inbound: Streaming<v1::ProcessRequest>,
+    tx: mpsc::Sender<Result<v1::ProcessResponse, Status>>,
+) {
+    let s = c.s.clone();
+    let mut unsettled: HashSet<String> = HashSet::new();
+    let mut receiving: Option<Receiving> = None;
+    loop {
+        if receiving.is_none() && unsettled.len() < t.max_in_flight {
+            let engine = s.engine.clone();
+            let (topic, sub) = (t.topic.clone(), t.sub.clone());
+            let request = ReceiveRequest {
+                member: Some(t.member.clone()),
+                max: t.max_in_flight - unsettled.len(),
+                lease: t.lease,
+                wait: POLL,
+            };
+            receiving = Some(Box::pin(async move {
+                engine.receive(&topic, &sub, request).await
+            }));
+        }
+        tokio::select! {
+            // A pending receive is never dropped while the stream lives: what it leases is
+            // always handed to the client.
+            r = async { match receiving.as_mut() {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            } } => {
+                receiving = None;
+                match r {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) => {
+                        unsettled.extend(d.iter().map(|d| d.ack_id.clone()));
+                        let out = v1::ProcessResponse {
+                            response: Some(v1::process_response::Response::Deliveries(
+                                deliveries_out(&s, &t.topic, &t.sub, d),
+                            )),
+                        };
+                        if tx.send(Ok(out)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e.into()))).await;
+                        break;
+                    }
+                }
+            }
+            m = inbound.message() => {
+                let settle = match m {
+                    Ok(Some(v1::ProcessRequest {
+                        request: Some(v1::process_request::Request::Settle(settle)),
+                    })) => settle,
+                    Ok(None) => break,
+                    Ok(Some(_)) => {
+                        let e = ApiError::invalid("settle", "only the first message may be `start`");
+                        let _ = tx.send(Err(status(e))).await;
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                match process_settle(&c, &t, settle).await {
+                    Ok(settled) => {
+                        for o in &settled.outcomes {
+                            let done = settled.action != v1::SettleAction::Extend as i32
+                                || o.error.is_some();
+                            if done {
+                                unsettled.remove(&o.ack_id);
+                            }
+                        }
+                        let out = v1::ProcessResponse {
+                            response: Some(v1::process_response::Response::Settled(settled)),
+                        };
+                        if tx.send(Ok(out)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        break;
+                    }
+                }
+            }
+            () = s.shutdown.cancelled() => {
+                let _ = tx.send(Err(shutting_down())).await;
+                break;
+            }
+        }
+    }
+    // Deliveries a pending receive leased are given back too.
+    if let Some(f) = receiving.take() {
+        let leftover = tokio::time::timeout(Duration::from_millis(1), f).await;
+        if let Ok(Ok(d)) = leftover {
+            unsettled.extend(d.into_iter().map(|d| d.ack_id));
+        }
+    }
+    if !unsettled.is_empty() {
+        let ids: Vec<String> = unsettled.into_iter().collect();
+        for chunk in ids.chunks(1000) {
+            let _ = s.engine.nack(&t.topic, &t.sub, chunk, Some(0)).await;
+        }
+    }
+}
+
+async fn process_settle(c: &Ctx, t: &ProcessTask, settle: v1::Settle) -> ApiResult<v1::Settled> {
+    let ids = settle.ack_ids;
+    let how = match v1::SettleAction::try_from(settle.action) {
+        Ok(v1::SettleAction::Ack) => Settle::Ack(AckRequest { ack_ids: ids }),
+        Ok(v1::SettleAction::Nack) => Settle::Nack(NackRequest {
+            ack_ids: ids,
+            delay_ms: settle.delay_ms,
+        }),
+        Ok(v1::SettleAction::Extend) => Settle::Extend(ExtendRequest {
+            ack_ids: ids,
+            lease_ms: settle
+                .lease_ms
+                .ok_or_else(|| ApiError::invalid("lease_ms", "extend needs the new lease"))?,
+        }),
+        Ok(v1::SettleAction::Terminate) => Settle::Terminate(TerminateRequest {
+            ack_ids: ids,
+            reason: terminate_reason(settle.reason),
+        }),
+        Ok(v1::SettleAction::Unspecified) | Err(_) => {
+            return Err(ApiError::invalid(
+                "action",
+                "must be ack, nack, extend or terminate",
+            ));
+        }
+    };
+    let outcomes = settle_outcomes(&c.s, &c.caller, &t.topic, &t.sub, how).await?;
+    Ok(v1::Settled {
+        action: settle.action,
+        outcomes: convert::outcomes_out(outcomes),
+    })
+}
