@@ -3,8 +3,8 @@
 //! REST (axum) with Server-Sent Events, the OpenAPI document at `/openapi.json`, Prometheus
 //! metrics at `/metrics`, `/healthz` and `/readyz`, bearer-token auth with scopes, TLS
 //! (rustls), CORS, limits on every input, and graceful shutdown. Errors become
-//! `{code, message}` in one place ([`error`]). gRPC joins this listener in a later version;
-//! until then gRPC requests get `UNIMPLEMENTED`.
+//! `{code, message}` in one place ([`error`]). The gRPC API (`wharf.v1`, from `wharf-proto`)
+//! and gRPC-Web are served on the same listener, with the same checks and error codes.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

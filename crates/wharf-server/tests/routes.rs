@@ -2690,11 +2690,12 @@ async fn unknown_routes_wrong_methods_and_grpc() {
         assert_eq!(got.1["code"], "method_not_allowed", "{method} {path}");
     }
 
-    // A gRPC call no service handles yet: HTTP 200 with grpc-status UNIMPLEMENTED.
+    // A gRPC call to a service this server does not have: HTTP 200 with grpc-status
+    // UNIMPLEMENTED.
     let (st, headers, body) = raw(
         &s,
         Method::POST,
-        "/wharf.v1.Topics/Publish",
+        "/wharf.v1.NoSuchService/Publish",
         &[("content-type", "application/grpc"), ("te", "trailers")],
         None,
     )
@@ -2715,7 +2716,7 @@ async fn unknown_routes_wrong_methods_and_grpc() {
     assert!(headers.get("grpc-message").is_some());
     assert_eq!(body, Value::String(String::new()));
     // Without the gRPC content type the same path is a plain 404.
-    let (st, _, body) = raw(&s, Method::POST, "/wharf.v1.Topics/Publish", &[], None).await;
+    let (st, _, body) = raw(&s, Method::POST, "/wharf.v1.NoSuchService/Publish", &[], None).await;
     assert_error(&(st, body), 404, "not_found");
 
     // A body that is not JSON.

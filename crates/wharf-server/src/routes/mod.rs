@@ -237,8 +237,8 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
     }
 }
 
-/// Unknown routes: JSON 404, or a gRPC `UNIMPLEMENTED` for gRPC requests (gRPC services and
-/// the invocation proxy route them in later versions).
+/// Unknown routes: JSON 404, or a gRPC `UNIMPLEMENTED` for gRPC requests to a service this
+/// server does not have (the invocation proxy will route those to apps).
 async fn fallback(req: Request) -> Response {
     let grpc = req
         .headers()
@@ -255,7 +255,7 @@ async fn fallback(req: Request) -> Response {
         h.insert("grpc-status", HeaderValue::from_static("12"));
         h.insert(
             "grpc-message",
-            HeaderValue::from_static("this%20gRPC%20method%20is%20not%20served%20here%20yet"),
+            HeaderValue::from_static("no%20such%20gRPC%20service%20here"),
         );
         return r;
     }
