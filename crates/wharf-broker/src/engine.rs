@@ -55,6 +55,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Deletes a topic with its messages and subscriptions.
     async fn delete_topic(&self, name: &str) -> Result<()>;
 
+    /// The largest message (key + value + headers) the topic accepts; `topic_not_found` if
+    /// there is no such topic. Called on every publish, so engines should answer it cheaply.
+    async fn max_message_bytes(&self, name: &str) -> Result<u64> {
+        Ok(self.describe_topic(name).await?.config.max_message_bytes)
+    }
+
     // ---- messages -----------------------------------------------------------------------
 
     /// Publishes messages; returns where each landed, in input order. Acknowledged only once

@@ -1009,6 +1009,10 @@ impl Engine for EmbeddedEngine {
         Ok(topics.iter().map(|t| self.info(t)).collect())
     }
 
+    async fn max_message_bytes(&self, name: &str) -> Result<u64> {
+        Ok(self.topic(name)?.config.max_message_bytes)
+    }
+
     async fn delete_topic(&self, name: &str) -> Result<()> {
         let this = self.clone();
         let name = name.to_owned();

@@ -166,10 +166,8 @@ pub(crate) async fn publish_messages(
             limits.max_batch_messages,
         ));
     }
-    let traceparent = trace.span.to_string();
-    let mut added_trace = Vec::with_capacity(messages.len());
     let mut bytes = 0u64;
-    for (i, msg) in messages.iter_mut().enumerate() {
+    for (i, msg) in messages.iter().enumerate() {
         if msg.headers.len() > limits.max_headers {
             return Err(ApiError::limit(
                 format!("messages[{i}] with {} headers", msg.headers.len()),
@@ -206,25 +204,31 @@ pub(crate) async fn publish_messages(
                 ),
             ));
         }
-        let traced = !msg.headers.iter().any(|(k, _)| k == "traceparent");
-        if traced {
-            msg.headers
-                .push(("traceparent".to_owned(), traceparent.clone()));
-        }
-        added_trace.push(traced);
         bytes += (msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len()) as u64;
     }
-    let results = match s.engine.publish(topic, messages.clone()).await {
+    // Bad input changed nothing so far. The topic's own size limit, so the trace context added
+    // below never makes a message too large for it; an unknown queue is created now.
+    let topic_limit = match s.engine.max_message_bytes(topic).await {
         Err(BrokerError::TopicNotFound(_)) if create_queue => {
             create_queue_with_defaults(s, topic).await?;
-            publish_untraced_if_too_large(s, topic, messages, &added_trace).await?
-        }
-        Err(BrokerError::MessageTooLarge { .. }) if added_trace.contains(&true) => {
-            strip_trace(&mut messages, &added_trace);
-            s.engine.publish(topic, messages).await?
+            s.engine.max_message_bytes(topic).await?
         }
         r => r?,
     };
+    let traceparent = trace.span.to_string();
+    let trace_size = ("traceparent".len() + traceparent.len()) as u64;
+    for msg in &mut messages {
+        if msg.headers.iter().any(|(k, _)| k == "traceparent") {
+            continue;
+        }
+        let headers: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = (msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len() + headers) as u64;
+        if size + trace_size <= topic_limit {
+            msg.headers
+                .push(("traceparent".to_owned(), traceparent.clone()));
+        }
+    }
+    let results = s.engine.publish(topic, messages).await?;
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     let stored_bytes = if stored == results.len() as u64 {
         bytes
@@ -233,33 +237,6 @@ pub(crate) async fn publish_messages(
     };
     s.metrics.published(topic, stored, stored_bytes);
     Ok(results)
-}
-
-/// The trace context the server added must not make a message too large for its topic: such
-/// a publish is retried without it (and fails only if the client's own message is too large,
-/// with the client's size in the message).
-async fn publish_untraced_if_too_large(
-    s: &AppState,
-    topic: &str,
-    mut messages: Vec<wharf_broker::Message>,
-    added_trace: &[bool],
-) -> ApiResult<Vec<wharf_broker::Published>> {
-    match s.engine.publish(topic, messages.clone()).await {
-        Err(BrokerError::MessageTooLarge { .. }) if added_trace.contains(&true) => {
-            strip_trace(&mut messages, added_trace);
-            Ok(s.engine.publish(topic, messages).await?)
-        }
-        r => Ok(r?),
-    }
-}
-
-/// Removes the `traceparent` headers the server added (always the last header).
-fn strip_trace(messages: &mut [wharf_broker::Message], added: &[bool]) {
-    for (m, added) in messages.iter_mut().zip(added) {
-        if *added {
-            m.headers.pop();
-        }
-    }
 }
 
 /// Creates the topic and the shared subscription of a queue, with defaults.
