@@ -2716,7 +2716,14 @@ async fn unknown_routes_wrong_methods_and_grpc() {
     assert!(headers.get("grpc-message").is_some());
     assert_eq!(body, Value::String(String::new()));
     // Without the gRPC content type the same path is a plain 404.
-    let (st, _, body) = raw(&s, Method::POST, "/wharf.v1.NoSuchService/Publish", &[], None).await;
+    let (st, _, body) = raw(
+        &s,
+        Method::POST,
+        "/wharf.v1.NoSuchService/Publish",
+        &[],
+        None,
+    )
+    .await;
     assert_error(&(st, body), 404, "not_found");
 
     // A body that is not JSON.

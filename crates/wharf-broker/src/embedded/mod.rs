@@ -166,16 +166,28 @@ impl Subscription {
 /// Completes when any of the waits completes (never, if there are none).
 pub(crate) struct AnyReady(pub(crate) Vec<std::pin::Pin<Box<wharf_log::OffsetWait>>>);
 
+/// Resolves when any of the waits sees a new append (`Ok`), or with `Closed` once a log is
+/// closed. A wait on a poisoned log is dropped from the set: no append will ever come, and
+/// treating its error as "ready" would make a long-poll spin on the CPU until its deadline.
 impl std::future::Future for AnyReady {
-    type Output = ();
+    type Output = Result<(), wharf_log::Error>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        for w in self.0.iter_mut() {
-            if w.as_mut().poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
+    ) -> std::task::Poll<Self::Output> {
+        let mut i = 0;
+        while i < self.0.len() {
+            let Some(w) = self.0.get_mut(i) else { break };
+            match w.as_mut().poll(cx) {
+                std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(Ok(())),
+                std::task::Poll::Ready(Err(wharf_log::Error::Closed)) => {
+                    return std::task::Poll::Ready(Err(wharf_log::Error::Closed));
+                }
+                std::task::Poll::Ready(Err(_)) => {
+                    self.0.swap_remove(i);
+                }
+                std::task::Poll::Pending => i += 1,
             }
         }
         std::task::Poll::Pending

@@ -1022,7 +1022,7 @@ impl SharedSub {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => {}
                 _ = notified => {}
-                _ = AnyReady(waits) => {}
+                r = AnyReady(waits) => r?,
             }
         }
     }

@@ -383,7 +383,7 @@ impl StreamGroup {
                 .collect();
             // Woken by an append to an owned partition, a rebalance or reset, or the deadline.
             tokio::select! {
-                _ = AnyReady(waits) => {}
+                r = AnyReady(waits) => r?,
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }

@@ -28,6 +28,9 @@ use crate::wire::{AckRequest, ExtendRequest, NackRequest, TerminateRequest};
 /// shutdown, a closed client).
 const POLL: Duration = Duration::from_secs(10);
 
+/// The longest a `Consume` stream goes without a heartbeat.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(1);
+
 type Events<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn events<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> Events<T> {
@@ -197,8 +200,11 @@ impl v1::stream_consumer_server::StreamConsumer for Grpc {
                 };
                 let membership = c.s.engine.join(&r.topic, &r.subscription, None).await?;
                 let (tx, rx) = mpsc::channel(2);
+                // Heartbeats are how a member learns of a rebalance: at least every second, so
+                // a new member gets its partitions promptly (they are cheap in-memory calls).
                 let heartbeat_every =
-                    Duration::from_millis((config.session_timeout_ms / 3).max(100));
+                    Duration::from_millis((config.session_timeout_ms / 3).max(100))
+                        .min(MAX_HEARTBEAT);
                 tokio::spawn(consume_loop(ConsumeTask {
                     s: c.s,
                     topic: r.topic,
@@ -645,7 +651,12 @@ async fn process_loop(
                         let _ = tx.send(Err(status(e))).await;
                         break;
                     }
-                    Err(_) => break,
+                    Err(e) => {
+                        // A malformed message is the client's error: say so. (A reset stream
+                        // has no one left to tell; the send fails quietly.)
+                        let _ = tx.send(Err(status(status_to_api(&e)))).await;
+                        break;
+                    }
                 };
                 match process_settle(&c, &t, settle).await {
                     Ok(settled) => {
