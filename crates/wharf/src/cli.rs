@@ -24,6 +24,9 @@ enum Command {
     /// Inspect a partition log directory on disk (offline: the server must not be running).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Load-test a running Wharf (or the in-process engine): publish, consume, queue and
+    /// latency workloads, with throughput, latency percentiles and CPU.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +75,7 @@ pub(crate) enum CliError {
 pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
+        Command::Bench(args) => crate::bench::run(args),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", wharf_server::config::DEFAULT_TOML);
             Ok(())

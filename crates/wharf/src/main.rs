@@ -1,6 +1,7 @@
 //! The `wharf` binary: `wharf serve` and the operator verbs. Kept thin: parsing lives in
 //! `cli`, the work in the library crates.
 
+mod bench;
 mod cli;
 mod serve;
 

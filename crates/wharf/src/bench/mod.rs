@@ -1,0 +1,375 @@
+//! `wharf bench`: a load generator against a running Wharf, or against the embedded engine in
+//! this process (`--target inproc`, the "direct call" baseline).
+//!
+//! - [`driver`]: the [`driver::Driver`] trait the workloads are written against (so NATS,
+//!   RabbitMQ and Redis drivers can be added with the same workload code);
+//! - [`wharf_grpc`]: the gRPC driver; [`inproc`]: the in-process driver;
+//! - [`workloads`]: publish, consume, queue, latency;
+//! - [`report`]: progress line, CPU from `/proc`, the server's pid, table and JSON.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::CliError;
+
+mod driver;
+mod inproc;
+mod report;
+mod wharf_grpc;
+mod workloads;
+
+use driver::{BenchError, Driver, Durability, Result, ServerSide, TopicSpec};
+use workloads::{Plan, Workload};
+
+/// Flags of `wharf bench`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Workloads:
+  publish   publishers (--in-flight) each with one batch (--batch) in flight; latency = per batch
+  consume   drain a topic pre-filled with --count messages through a stream subscription
+            (StreamConsumer.Consume), --batch messages per batch at most
+  queue     drain a queue pre-filled with --count messages: --in-flight consumers, each a
+            SharedConsumer.Process stream holding --batch deliveries, acking each batch
+  latency   a paced publisher at --rate msg/s (one message per publish) and a concurrent
+            stream consumer; latency = delivery - intended send time (no coordinated omission)
+
+Every run stops at --count messages or after --duration, whichever comes first.
+Examples:
+  wharf bench publish --size 1KiB --batch 100 --in-flight 16
+  wharf bench latency --rate 10000 --duration 10s --target inproc")]
+pub(crate) struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    workload: Workload,
+    /// The server (http://HOST:PORT or https://...), or `inproc`: the embedded engine in this
+    /// process on a temporary directory (the same workload through the Engine trait, without
+    /// network).
+    #[arg(long, env = "WHARF_SERVER", default_value = "http://127.0.0.1:7400")]
+    target: String,
+    /// Value size in bytes (`100`, `1KiB`, `4k`, `1MiB`).
+    #[arg(long, default_value = "100", value_parser = parse_size)]
+    size: usize,
+    /// Most messages to measure.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Longest measured phase (`10s`, `500ms`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishes in flight (publish, latency), or consumers (queue).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Messages per publish (publish); most messages per batch (consume, latency); unsettled
+    /// deliveries per consumer (queue).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Messages per second (latency).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Partitions of the topic or queue.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Durability of the topic or queue [default: the server's default, always].
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
+    /// The topic or queue [default: a fresh name, deleted after the run].
+    #[arg(long)]
+    topic: Option<String>,
+    /// Bearer token for the server.
+    #[arg(long, env = "WHARF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the summary as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Untimed warm-up before the measured phase (publish, latency).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// HTTP/2 connections to the server (requests are spread over them).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// The server's process id, for its CPU time [default: the process listening on the
+    /// target's port, for a loopback target].
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Where `--target inproc` makes its temporary data directory [default: the system's
+    /// temporary directory].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// `100`, `1KiB`, `1 KiB`, `4k`, `1MiB`, `2MB` (k/K/KiB = 1024, KB = 1000).
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 100, 1KiB, 4k)"))?;
+    let mult = match unit.trim() {
+        "" | "B" | "b" => 1.0,
+        "k" | "K" | "KiB" | "kiB" => 1024.0,
+        "KB" | "kB" => 1000.0,
+        "m" | "M" | "MiB" => 1024.0 * 1024.0,
+        "MB" => 1e6,
+        u => return Err(format!("unknown size unit {u:?} (B, KiB, MiB, KB, MB)")),
+    };
+    let bytes = n * mult;
+    if !(0.0..=16.0 * 1024.0 * 1024.0).contains(&bytes) || bytes.fract() != 0.0 {
+        return Err(format!("{s:?}: a whole number of bytes up to 16 MiB"));
+    }
+    Ok(bytes as usize)
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s`, `10` (seconds).
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown duration unit {u:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `100` or `1KiB`, as `--size` takes it back.
+fn size_flag(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        if bytes.is_multiple_of(1024 * 1024) {
+            format!("{}MiB", bytes / (1024 * 1024))
+        } else {
+            format!("{}KiB", bytes / 1024)
+        }
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// `10s` or `250ms`, as `--duration` takes it back.
+fn duration_flag(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+/// The command line that runs the same thing again (the token redacted).
+fn command_line(a: &BenchArgs, topic_given: bool, topic: &str) -> String {
+    let mut c = format!(
+        "wharf bench {} --target {} --size {} --count {} --duration {} --in-flight {} \
+         --batch {} --partitions {} --warmup {}",
+        a.workload.as_str(),
+        a.target,
+        size_flag(a.size),
+        a.count,
+        duration_flag(a.duration),
+        a.in_flight,
+        a.batch,
+        a.partitions,
+        duration_flag(a.warmup),
+    );
+    if a.workload == Workload::Latency {
+        c.push_str(&format!(" --rate {}", a.rate));
+    }
+    if let Some(d) = a.durability {
+        c.push_str(&format!(" --durability {}", d.as_str()));
+    }
+    if a.target != "inproc" {
+        c.push_str(&format!(" --connections {}", a.connections));
+    }
+    if topic_given {
+        c.push_str(&format!(" --topic {topic}"));
+    }
+    if a.token.is_some() {
+        c.push_str(" --token <redacted>");
+    }
+    if let Some(p) = a.server_pid {
+        c.push_str(&format!(" --server-pid {p}"));
+    }
+    if let Some(d) = &a.data_dir {
+        c.push_str(&format!(" --data-dir {}", d.display()));
+    }
+    if a.json {
+        c.push_str(" --json");
+    }
+    c
+}
+
+fn check(a: &BenchArgs) -> Result<()> {
+    let bad = |m: &str| Err(BenchError::new(m));
+    if a.count == 0 {
+        return bad("--count must be at least 1");
+    }
+    if a.duration.is_zero() {
+        return bad("--duration must be positive");
+    }
+    if a.in_flight == 0 || a.in_flight > 10_000 {
+        return bad("--in-flight must be within 1..=10000");
+    }
+    if a.batch == 0 || a.batch > 100_000 {
+        return bad("--batch must be within 1..=100000");
+    }
+    if a.connections == 0 || a.connections > 64 {
+        return bad("--connections must be within 1..=64");
+    }
+    if !(1..=1024).contains(&a.partitions) {
+        return bad("--partitions must be within 1..=1024");
+    }
+    if a.workload == Workload::Latency && a.rate == 0 {
+        return bad("--rate must be at least 1");
+    }
+    if a.workload == Workload::Latency && a.size < workloads::STAMP_BYTES {
+        return Err(BenchError(format!(
+            "the latency workload needs --size of at least {} bytes (the send stamp)",
+            workloads::STAMP_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `wharf bench`.
+pub(crate) fn run(args: BenchArgs) -> std::result::Result<(), CliError> {
+    check(&args).map_err(|e| CliError::Serve(e.0))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wharf-bench")
+        .build()
+        .map_err(|e| CliError::Serve(format!("cannot start the runtime: {e}")))?;
+    runtime
+        .block_on(bench(args))
+        .map_err(|e| CliError::Serve(e.0))
+}
+
+async fn bench(a: BenchArgs) -> Result<()> {
+    let inproc = a.target == "inproc";
+    let driver: Arc<dyn Driver> = if inproc {
+        Arc::new(inproc::InProc::open(a.data_dir.clone()).await?)
+    } else {
+        Arc::new(
+            wharf_grpc::WharfGrpc::connect(&a.target, a.connections, a.token.as_deref()).await?,
+        )
+    };
+    let (server_pid, server_note) = match (driver.server_side(), a.server_pid) {
+        (ServerSide::InProcess, _) => (
+            None,
+            "this process (the in-process engine): its CPU is in the client's columns".to_owned(),
+        ),
+        (ServerSide::Remote { .. }, Some(pid)) => (Some(pid), format!("pid {pid} (--server-pid)")),
+        (ServerSide::Remote { host, port }, None) if report::is_loopback(&host) => {
+            match report::listener_pid(port) {
+                Some(pid) => (
+                    Some(pid),
+                    format!("pid {pid}, the process listening on port {port}"),
+                ),
+                None => (
+                    None,
+                    format!(
+                        "CPU not measured: no process found listening on port {port} \
+                         (give --server-pid)"
+                    ),
+                ),
+            }
+        }
+        (ServerSide::Remote { host, .. }, None) => (
+            None,
+            format!("CPU not measured: {host} is not this machine (give --server-pid)"),
+        ),
+    };
+    let generated = a.topic.is_none();
+    let topic = a.topic.clone().unwrap_or_else(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!(
+            "bench-{}-{ms}-{:08x}",
+            a.workload.as_str(),
+            rand::random::<u32>()
+        )
+    });
+    let plan = Plan {
+        workload: a.workload,
+        size: a.size,
+        count: a.count,
+        duration: a.duration,
+        in_flight: a.in_flight,
+        batch: a.batch,
+        rate: a.rate,
+        warmup: a.warmup,
+        spec: TopicSpec {
+            partitions: a.partitions,
+            durability: a.durability,
+        },
+        topic: topic.clone(),
+        server_pid,
+    };
+    let info = report::RunInfo {
+        target: a.target.clone(),
+        driver: driver.describe(),
+        server_pid,
+        server_note,
+        command: command_line(&a, !generated, &topic),
+        in_process: inproc,
+    };
+    let progress = report::Progress::start(false);
+    let outcome = workloads::run(driver.clone(), &plan, &progress).await;
+    progress.finish();
+    // A topic the run named itself is deleted, whatever happened.
+    if generated && let Err(e) = driver.delete_topic(&topic).await {
+        eprintln!("wharf bench: could not delete {topic}: {e}");
+    }
+    let closed = driver.close().await;
+    let outcome = outcome?;
+    closed?;
+    let text = report::text(&plan, &info, &outcome);
+    if a.json {
+        eprint!("{text}");
+        println!("{}", report::json(&plan, &info, &outcome));
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("1 KiB"), Ok(1024));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("1.5").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("1 parsec").is_err());
+        assert!(parse_size("17MiB").is_err());
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1 fortnight").is_err());
+        assert_eq!(size_flag(100), "100");
+        assert_eq!(size_flag(1024), "1KiB");
+        assert_eq!(size_flag(1 << 20), "1MiB");
+        assert_eq!(duration_flag(Duration::from_secs(10)), "10s");
+        assert_eq!(duration_flag(Duration::from_millis(250)), "250ms");
+    }
+}

@@ -1,0 +1,151 @@
+//! `wharf bench`: every workload, with a tiny count, against the in-process engine and against
+//! a real `wharf serve` process, checked through the `--json` summary; and its refusals.
+
+mod common;
+
+use serde_json::Value;
+
+use common::{Server, run_to_end, wharf};
+
+const WORKLOADS: [&str; 4] = ["publish", "consume", "queue", "latency"];
+/// Messages per run: small enough for a debug build on a loaded machine.
+const COUNT: u64 = 300;
+
+/// Runs `wharf bench WORKLOAD --target TARGET` with a tiny count and returns its JSON summary.
+fn bench(workload: &str, target: &str, extra: &[&str]) -> Value {
+    let mut cmd = wharf();
+    cmd.args(["bench", workload, "--target", target, "--json"])
+        .args(["--count", &COUNT.to_string()])
+        // Generous: the count ends every run long before.
+        .args(["--duration", "40s", "--warmup", "0s"])
+        .args(["--in-flight", "4", "--batch", "50", "--rate", "3000"])
+        .args(extra);
+    let (status, out, err) = run_to_end(cmd);
+    assert!(
+        status.success(),
+        "wharf bench {workload} {target}: {status}\n{err}"
+    );
+    let v: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}\nstderr:\n{err}"));
+    // The human summary goes to stderr with --json, and names the command that reproduces it.
+    assert!(err.contains("command: wharf bench"), "{err}");
+    v
+}
+
+fn check(v: &Value, workload: &str, target: &str) {
+    assert_eq!(v["workload"], workload, "{v}");
+    assert_eq!(v["target"], target, "{v}");
+    assert_eq!(v["msgs"], COUNT, "{v}");
+    assert_eq!(v["stopped_by"], "count", "{v}");
+    assert!(v["msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+    assert!(
+        v["secs"].as_f64().is_some_and(|s| s > 0.0 && s < 40.0),
+        "{v}"
+    );
+    assert!(
+        v["command"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("wharf bench ")),
+        "{v}"
+    );
+    let l = &v["latency_us"];
+    if workload == "consume" {
+        assert!(l.is_null(), "{v}");
+    } else {
+        let p: Vec<f64> = ["p50", "p90", "p99", "p99_9", "max"]
+            .iter()
+            .map(|k| l[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}")))
+            .collect();
+        assert!(p[0] > 0.0, "{v}");
+        assert!(
+            p.windows(2).all(|w| w[0] <= w[1]),
+            "percentiles out of order: {v}"
+        );
+        // Nothing on loopback takes 30 s.
+        assert!(p[4] < 30e6, "{v}");
+        let samples = l["samples"].as_u64().unwrap_or(0);
+        match workload {
+            "latency" => assert_eq!(samples, COUNT, "{v}"),
+            // One sample per batch (publish) or per ack request (queue).
+            _ => assert!((COUNT / 50..=COUNT).contains(&samples), "{v}"),
+        }
+    }
+    assert!(v["client_cpu"]["pct_core"].as_f64().is_some(), "{v}");
+}
+
+#[test]
+fn every_workload_in_process() {
+    for w in WORKLOADS {
+        let v = bench(w, "inproc", &[]);
+        check(&v, w, "inproc");
+        assert_eq!(v["in_process"], true, "{v}");
+        assert!(v["server_cpu"].is_null(), "{v}");
+    }
+}
+
+#[test]
+fn every_workload_against_a_server() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(&data.path().join("data"));
+    for w in WORKLOADS {
+        let v = bench(w, &server.base, &["--connections", "2"]);
+        check(&v, w, &server.base);
+        assert_eq!(v["in_process"], false, "{v}");
+        // The server's process is found by its listening socket.
+        assert_eq!(v["server_pid"], server.pid(), "{v}");
+        assert!(v["server_cpu"]["pct_core"].as_f64().is_some(), "{v}");
+    }
+    // The runs deleted the topics they created.
+    let mut cmd = wharf();
+    cmd.args(["bench", "publish", "--target", &server.base, "--json"])
+        .args([
+            "--count",
+            "10",
+            "--batch",
+            "10",
+            "--warmup",
+            "0s",
+            "--durability",
+            "none",
+        ])
+        .args(["--topic", "kept", "--partitions", "2"]);
+    let (status, out, err) = run_to_end(cmd);
+    assert!(status.success(), "{err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["msgs"], 10, "{v}");
+    assert_eq!(v["durability"], "none", "{v}");
+    assert!(
+        v["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("--topic kept")),
+        "{v}"
+    );
+    server.stop_cleanly();
+}
+
+#[test]
+fn refusals_name_the_problem() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--target", "http://127.0.0.1:1"],
+            "cannot connect to http://127.0.0.1:1",
+        ),
+        (&["--target", "ftp://x"], "give http://HOST:PORT"),
+        (&["--count", "0"], "--count must be at least 1"),
+        (&["--size", "1 parsec"], "unknown size unit"),
+    ];
+    for (args, want) in cases {
+        let mut cmd = wharf();
+        cmd.args(["bench", "publish"]).args(args);
+        let (status, _, err) = run_to_end(cmd);
+        assert!(!status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let mut cmd = wharf();
+    cmd.args([
+        "bench", "latency", "--target", "inproc", "--size", "8", "--warmup", "0s",
+    ]);
+    let (status, _, err) = run_to_end(cmd);
+    assert!(!status.success());
+    assert!(err.contains("at least 16 bytes"), "{err}");
+}
