@@ -728,3 +728,59 @@ async fn tls_with_a_private_ca() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_settles_on_one_stream_get_their_own_answers() {
+    const N: usize = 40;
+    let server = TestServer::start().await;
+    let c = client(&server).await;
+    c.create_queue("q", TopicConfig::default(), SharedConfig::default())
+        .await
+        .expect("queue");
+    let messages: Vec<Message> = (0..N).map(|i| Message::new(format!("m{i}"))).collect();
+    c.send_to_queue("q", messages).await.expect("send");
+    let mut consumer = c
+        .queue_consumer(
+            "q",
+            "q",
+            QueueConsumerOptions {
+                max_in_flight: Some(N as u32),
+                ..QueueConsumerOptions::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < N {
+        deliveries.push(
+            within("deliveries", consumer.next())
+                .await
+                .expect("open")
+                .expect("delivery"),
+        );
+    }
+    // Mixed actions at once: every settle must get its own outcome (matched per action in
+    // order), so none reports a missing or foreign outcome.
+    let settles = deliveries.iter().enumerate().map(|(i, d)| async move {
+        match i % 3 {
+            0 => d.ack().await,
+            1 => {
+                d.extend(Duration::from_secs(60)).await?;
+                d.ack().await
+            }
+            _ => d.terminate("test").await,
+        }
+    });
+    let results = within("settles", futures_util::future::join_all(settles)).await;
+    for r in results {
+        r.expect("settled");
+    }
+    let dead = c
+        .dead_letters("q", "q", None, Some(1000))
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.records.len(), N / 3);
+    let sub = c.get_subscription("q", "q").await.expect("get");
+    assert_eq!(sub.in_flight, 0, "{sub:?}");
+    server.stop().await;
+}
