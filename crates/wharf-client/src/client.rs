@@ -57,7 +57,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
 
 /// The transport every generated service client of a [`Client`] runs on: the shared channel
 /// with the [`AuthInterceptor`].
-pub type Transport = InterceptedService<Channel, AuthInterceptor>;
+pub type GrpcChannel = InterceptedService<Channel, AuthInterceptor>;
 
 /// Builds a [`Client`]: URL, bearer token, TLS, timeouts and HTTP/2 keep-alive.
 ///
@@ -307,37 +307,37 @@ impl Client {
     // ---- raw generated clients ------------------------------------------------------------
 
     /// The generated `Topics` client on this connection (for fields the helpers do not cover).
-    pub fn topics_service(&self) -> TopicsClient<Transport> {
+    pub fn topics_service(&self) -> TopicsClient<GrpcChannel> {
         TopicsClient::with_interceptor(self.inner.channel.clone(), self.inner.auth.clone())
             .max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
     /// The generated `Messages` client on this connection.
-    pub fn messages_service(&self) -> MessagesClient<Transport> {
+    pub fn messages_service(&self) -> MessagesClient<GrpcChannel> {
         MessagesClient::with_interceptor(self.inner.channel.clone(), self.inner.auth.clone())
             .max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
     /// The generated `Subscriptions` client on this connection.
-    pub fn subscriptions_service(&self) -> SubscriptionsClient<Transport> {
+    pub fn subscriptions_service(&self) -> SubscriptionsClient<GrpcChannel> {
         SubscriptionsClient::with_interceptor(self.inner.channel.clone(), self.inner.auth.clone())
             .max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
     /// The generated `StreamConsumer` client on this connection.
-    pub fn stream_consumer_service(&self) -> StreamConsumerClient<Transport> {
+    pub fn stream_consumer_service(&self) -> StreamConsumerClient<GrpcChannel> {
         StreamConsumerClient::with_interceptor(self.inner.channel.clone(), self.inner.auth.clone())
             .max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
     /// The generated `SharedConsumer` client on this connection.
-    pub fn shared_consumer_service(&self) -> SharedConsumerClient<Transport> {
+    pub fn shared_consumer_service(&self) -> SharedConsumerClient<GrpcChannel> {
         SharedConsumerClient::with_interceptor(self.inner.channel.clone(), self.inner.auth.clone())
             .max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
     /// The generated `Operations` client on this connection.
-    pub fn operations_service(&self) -> OperationsClient<Transport> {
+    pub fn operations_service(&self) -> OperationsClient<GrpcChannel> {
         OperationsClient::with_interceptor(self.inner.channel.clone(), self.inner.auth.clone())
             .max_decoding_message_size(MAX_DECODE_BYTES)
     }
@@ -831,8 +831,9 @@ impl Client {
         &self,
         topic: impl Into<String>,
         subscription: impl Into<String>,
-        ack_ids: Vec<String>,
+        ack_ids: impl IntoIterator<Item = impl Into<String>>,
     ) -> Result<Vec<proto::AckOutcome>> {
+        let ack_ids = ack_ids.into_iter().map(Into::into).collect();
         self.settle(topic.into(), subscription.into(), ack_ids, SettleKind::Ack)
             .await
     }
@@ -843,13 +844,13 @@ impl Client {
         &self,
         topic: impl Into<String>,
         subscription: impl Into<String>,
-        ack_ids: Vec<String>,
+        ack_ids: impl IntoIterator<Item = impl Into<String>>,
         delay: Option<Duration>,
     ) -> Result<Vec<proto::AckOutcome>> {
         self.settle(
             topic.into(),
             subscription.into(),
-            ack_ids,
+            ack_ids.into_iter().map(Into::into).collect(),
             SettleKind::Nack(delay),
         )
         .await
@@ -860,13 +861,13 @@ impl Client {
         &self,
         topic: impl Into<String>,
         subscription: impl Into<String>,
-        ack_ids: Vec<String>,
+        ack_ids: impl IntoIterator<Item = impl Into<String>>,
         lease: Duration,
     ) -> Result<Vec<proto::AckOutcome>> {
         self.settle(
             topic.into(),
             subscription.into(),
-            ack_ids,
+            ack_ids.into_iter().map(Into::into).collect(),
             SettleKind::Extend(lease),
         )
         .await
@@ -877,13 +878,13 @@ impl Client {
         &self,
         topic: impl Into<String>,
         subscription: impl Into<String>,
-        ack_ids: Vec<String>,
+        ack_ids: impl IntoIterator<Item = impl Into<String>>,
         reason: impl Into<String>,
     ) -> Result<Vec<proto::AckOutcome>> {
         self.settle(
             topic.into(),
             subscription.into(),
-            ack_ids,
+            ack_ids.into_iter().map(Into::into).collect(),
             SettleKind::Terminate(reason.into()),
         )
         .await

@@ -90,7 +90,7 @@ mod types;
 /// The generated `wharf.v1` messages and tonic clients (re-exported from `wharf-proto`).
 pub use wharf_proto::v1 as proto;
 
-pub use client::{AuthInterceptor, Client, ClientBuilder, DEFAULT_URL, Transport};
+pub use client::{AuthInterceptor, Client, ClientBuilder, DEFAULT_URL, GrpcChannel};
 pub use error::{Error, ErrorKind, Result};
 pub use publisher::{PublishFuture, Publisher, PublisherOptions};
 pub use queue::{Delivery, QueueConsumer, QueueConsumerOptions};
@@ -102,3 +102,37 @@ pub use types::{
     MESSAGE_ID_HEADER, Message, Position, PublishResult, ReadOptions, ReadResult, ReceiveOptions,
     Record, ResetTo, SharedConfig, StreamConfig, SubscriptionConfig, TopicConfig, new_message_id,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+
+    /// Everything can move between tasks, and the futures of the async methods are `Send`
+    /// (so they can be awaited inside `tokio::spawn`).
+    #[tokio::test]
+    async fn public_types_and_futures_are_send() {
+        send_sync::<Client>();
+        send_sync::<Publisher>();
+        send_sync::<PublishFuture>();
+        send_sync::<StreamConsumer>();
+        send_sync::<QueueConsumer>();
+        send_sync::<Delivery>();
+        send_sync::<Error>();
+        let client = ClientBuilder::new("http://127.0.0.1:1")
+            .connect_lazy()
+            .expect("lazy");
+        send(&client.list_topics());
+        send(&client.publish("t", ["x"]));
+        send(&client.read("t", 0, ReadOptions::default()));
+        send(&client.receive("t", "s", ReceiveOptions::default()));
+        send(&client.stream_consumer("t", "s", StreamConsumerOptions::default()));
+        send(&client.queue_consumer("t", "s", QueueConsumerOptions::default()));
+        send(&client.ack("t", "s", ["a"]));
+        let publisher = client.publisher("t", PublisherOptions::default());
+        send(&publisher.send("x"));
+        send(&publisher.flush());
+    }
+}

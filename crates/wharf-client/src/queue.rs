@@ -207,8 +207,8 @@ impl Delivery {
         self.delivery_count
     }
 
-    /// When the lease ends, ms since the Unix epoch (as of delivery or the last extend
-    /// answer the server gave at delivery).
+    /// When the lease ends, ms since the Unix epoch, as the server said at delivery (an
+    /// [`extend`](Delivery::extend) moves it on the server, not here).
     pub fn lease_deadline_ms(&self) -> i64 {
         self.lease_deadline_ms
     }

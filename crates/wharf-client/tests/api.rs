@@ -589,10 +589,7 @@ async fn unary_receive_and_settle() {
             .expect("receive");
         for d in more {
             values.push(d.record().value_str().expect("text").to_owned());
-            let outcomes = c
-                .ack("q", "q", vec![d.ack_id().to_owned()])
-                .await
-                .expect("ack");
+            let outcomes = c.ack("q", "q", [d.ack_id()]).await.expect("ack");
             assert!(outcomes[0].error.is_none());
         }
     }
@@ -618,7 +615,7 @@ async fn unary_receive_and_settle() {
     let dead = c.dead_letters("q", "q", None, None).await.expect("dlq");
     assert_eq!(dead.records[0].value_str(), Some("poison"));
     let e = c
-        .ack("q", "q", vec!["not-an-ack-id".into()])
+        .ack("q", "q", ["not-an-ack-id"])
         .await
         .map(|o| o[0].error.clone());
     match e {
