@@ -165,3 +165,52 @@ async fn dead_letter_topic_names_cannot_collide() {
     drop(e);
     engine(dir.path());
 }
+
+/// A publish whose caller goes away (a dropped connection cancels the request's future) must
+/// still record its message ids once its appends are submitted: the caller's retry is then a
+/// duplicate, never a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_publish_still_dedups_its_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    for round in 0..20 {
+        let id = format!("m-{round}");
+        let batch = vec![Message::new(format!("v{round}")).with_id(id.clone())];
+        {
+            // Poll once (the append is submitted and waits for its fsync), then drop it.
+            let mut first = std::pin::pin!(e.publish("t", batch.clone()));
+            let _ = futures_poll_once(first.as_mut()).await;
+        }
+        let retry = e.publish("t", batch).await.unwrap();
+        let r = e
+            .read("t", ReadRequest::new(0, Position::Earliest))
+            .await
+            .unwrap();
+        let copies = r
+            .messages
+            .iter()
+            .filter(|m| {
+                m.headers
+                    .iter()
+                    .any(|(k, v)| k == "wharf-message-id" && *v == id)
+            })
+            .count();
+        assert_eq!(
+            copies, 1,
+            "round {round}: retry {retry:?} stored a second copy"
+        );
+    }
+}
+
+/// Polls a future once.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+    let mut f = f;
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}

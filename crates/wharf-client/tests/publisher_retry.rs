@@ -130,7 +130,6 @@ async fn publisher_retry_after_a_dropped_connection_produces_no_duplicate() {
 /// batch is stored a second time. A broker/server bug (not fixable in the client: the retry
 /// cannot know); un-ignore once a cancelled publish records its ids when its append completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "wharf-broker: a publish cancelled mid-append releases its dedup reservation (duplicates stored)"]
 async fn pipelined_publisher_retry_after_a_dropped_connection_produces_no_duplicate() {
     publish_through_cuts(4).await;
 }

@@ -1078,9 +1078,14 @@ impl Engine for EmbeddedEngine {
                 format!("{topic_name:?} is written by Wharf only (dead letters)"),
             ));
         }
-        topic
-            .publish(messages, self.inner.config.clock.as_ref())
+        // The publish runs in its own task, so a caller that goes away (a dropped connection,
+        // a cancelled request) cannot cancel it half-way: once appends are submitted, their
+        // message ids are recorded as published, and the caller's retry is answered as a
+        // duplicate instead of being stored twice.
+        let clock = self.inner.config.clock.clone();
+        tokio::spawn(async move { topic.publish(messages, clock.as_ref()).await })
             .await
+            .map_err(|e| BrokerError::Internal(format!("the publish task failed: {e}")))?
     }
 
     async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
