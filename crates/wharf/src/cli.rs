@@ -27,6 +27,10 @@ enum Command {
     /// Load-test a running Wharf (or the in-process engine): publish, consume, queue and
     /// latency workloads, with throughput, latency percentiles and CPU.
     Bench(crate::bench::BenchArgs),
+    /// Client verbs against a running server: topic, publish, consume, queue, sub, dlq,
+    /// status.
+    #[command(flatten)]
+    Client(crate::client_cli::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +80,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Client(cmd) => crate::client_cli::run(cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", wharf_server::config::DEFAULT_TOML);
             Ok(())

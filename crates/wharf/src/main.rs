@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod client_cli;
 mod serve;
 
 use std::process::ExitCode;
