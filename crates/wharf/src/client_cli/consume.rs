@@ -37,7 +37,7 @@ pub(crate) struct ConsumeArgs {
     /// Where to start: `earliest`, `latest`, an offset (`42` or `offset:42`), or a time (RFC
     /// 3339, `-5m` for five minutes ago, `time:MS`) [default: latest]. With --group: where a
     /// subscription created by this command starts (an existing one resumes from its commits).
-    #[arg(long, value_parser = parse_position, value_name = "POSITION")]
+    #[arg(long, value_parser = parse_position, value_name = "POSITION", allow_hyphen_values = true)]
     from: Option<Position>,
     /// Only this partition [default: every partition].
     #[arg(long, short = 'p', conflicts_with = "group")]

@@ -56,7 +56,7 @@ enum SubCommand {
         sub: String,
         /// `earliest`, `latest`, a time (RFC 3339, `-1h` for an hour ago, or ms since the
         /// epoch), or offsets per partition `P:OFFSET,P:OFFSET` (others unchanged).
-        #[arg(long, value_parser = parse_reset, value_name = "TARGET")]
+        #[arg(long, value_parser = parse_reset, value_name = "TARGET", allow_hyphen_values = true)]
         to: ResetTo,
     },
     /// Delete a subscription.
@@ -102,7 +102,7 @@ struct CreateArgs {
 pub(crate) struct SharedArgs {
     /// Where the subscription starts: `earliest`, `latest`, an offset, or a time (RFC 3339,
     /// `-1h`) [server default: earliest].
-    #[arg(long, value_parser = parse_position, value_name = "POSITION")]
+    #[arg(long, value_parser = parse_position, value_name = "POSITION", allow_hyphen_values = true)]
     start: Option<Position>,
     /// Shared: deliveries before a message goes to the dead-letter topic.
     #[arg(long, value_name = "N")]
