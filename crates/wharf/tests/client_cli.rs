@@ -629,15 +629,19 @@ fn status_tokens_and_errors() {
     assert_eq!(usage.status.code(), Some(2), "{}", usage.stderr);
     let usage = cli.run(&["topic", "create"]);
     assert_eq!(usage.status.code(), Some(2), "{}", usage.stderr);
-    // --server wins over WHARF_SERVER; port 1 on loopback refuses connections.
-    cli.fails_with(
-        &[
-            "status",
-            "--server",
-            "http://127.0.0.1:1",
-            "--connect-timeout",
-            "5s",
-        ],
-        "transport",
-    );
+    // --server wins over WHARF_SERVER; port 1 on loopback refuses connections. With --json
+    // a document says so too.
+    let down = [
+        "status",
+        "--server",
+        "http://127.0.0.1:1",
+        "--connect-timeout",
+        "5s",
+    ];
+    cli.fails_with(&down, "transport");
+    let out = cli.run(&[&down[..], &["--json"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let doc = parse(&out.stdout);
+    assert_eq!(doc["reachable"], false);
+    assert_eq!(doc["error"]["code"], "transport");
 }

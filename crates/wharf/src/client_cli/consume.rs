@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use wharf_client::{
-    Client, ErrorKind, Position, ReadOptions, Record, StreamConfig, StreamConsumer,
+    Client, ErrorKind, Position, ReadOptions, Record, RetryPolicy, StreamConfig, StreamConsumer,
     StreamConsumerOptions, SubscriptionConfig,
 };
 
@@ -172,6 +172,10 @@ async fn read_partition(
     tx: mpsc::Sender<Result<Record, wharf_client::Error>>,
 ) {
     let mut position = from;
+    // Transient failures (the server restarting, a broken connection) are retried for as
+    // long as the SDK's default policy allows: when they began, and how many in a row.
+    let policy = RetryPolicy::default();
+    let mut failing: Option<(Instant, u32)> = None;
     loop {
         let options = ReadOptions {
             from: position,
@@ -181,12 +185,25 @@ async fn read_partition(
         };
         match client.read(topic.clone(), partition, options).await {
             Ok(read) => {
+                failing = None;
                 position = Position::Offset(read.next_offset);
                 for record in read.records {
                     if tx.send(Ok(record)).await.is_err() {
                         return;
                     }
                 }
+            }
+            Err(e) if e.is_retryable() => {
+                let (since, attempts) = failing.get_or_insert_with(|| (Instant::now(), 0));
+                *attempts += 1;
+                if since.elapsed() >= policy.deadline {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                if *attempts == 1 {
+                    eprintln!("warning: reading partition {partition}: {e}; retrying");
+                }
+                tokio::time::sleep(policy.backoff(*attempts, rand::random())).await;
             }
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -200,6 +217,9 @@ async fn read_partition(
 async fn join(client: &Client, args: &ConsumeArgs, group: &str) -> CmdResult<StreamConsumer> {
     let options = StreamConsumerOptions {
         max_messages: Some(batch_size(args.count)),
+        // A broken stream rejoins as a new member and resumes after the last commit (what
+        // was printed and not yet committed is printed again: at-least-once).
+        reconnect: Some(RetryPolicy::default()),
         ..StreamConsumerOptions::default()
     };
     let first = client

@@ -109,6 +109,16 @@ impl CmdError {
         CmdError::new("invalid_argument", message)
     }
 
+    /// The stable code.
+    pub(crate) fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The message.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The same error with `context: ` in front of its message.
     pub(crate) fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);

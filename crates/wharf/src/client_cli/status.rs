@@ -8,10 +8,16 @@ use serde_json::{Value, json};
 use super::output::{self, Table, fields};
 use super::{CmdResult, ConnArgs, Ctx};
 
+async fn fetch(ctx: &Ctx) -> CmdResult<wharf_client::proto::Stats> {
+    let client = ctx.connect().await?;
+    Ok(client.stats().await?)
+}
+
 /// Flags of `wharf status`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Exits 1 with `error: ... (transport)` when the server cannot be reached.")]
+Exits 1 with `error: ... (transport)` when the server cannot be reached (with --json, a
+document with \"reachable\": false is printed too).")]
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) conn: ConnArgs,
@@ -19,8 +25,21 @@ pub(crate) struct StatusArgs {
 
 pub(crate) async fn run(ctx: &Ctx, _args: StatusArgs) -> CmdResult {
     let started = Instant::now();
-    let client = ctx.connect().await?;
-    let stats = client.stats().await?;
+    let stats = match fetch(ctx).await {
+        Ok(stats) => stats,
+        Err(e) => {
+            // With --json, a monitoring script gets a document in any case (and exit 1).
+            if ctx.json() {
+                let reachable = !matches!(e.code(), "transport" | "timeout");
+                output::json_document(&json!({
+                    "server": ctx.server(),
+                    "reachable": reachable,
+                    "error": { "code": e.code(), "message": e.message() },
+                }))?;
+            }
+            return Err(e);
+        }
+    };
     let rtt = started.elapsed();
     let mut topics = stats.topics;
     topics.sort_by(|a, b| a.name.cmp(&b.name));
