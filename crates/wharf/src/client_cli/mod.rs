@@ -34,7 +34,7 @@ pub(crate) enum ClientCommand {
     /// Print a topic's messages (tail it), or consume as a member of a consumer group.
     Consume(consume::ConsumeArgs),
     /// Queues (a topic plus a shared subscription of the same name): create, send, receive,
-    /// ack, nack.
+    /// ack, nack, extend, terminate.
     Queue(queue::QueueArgs),
     /// Subscriptions of a topic: create, list, describe, reset, delete.
     Sub(sub::SubArgs),
