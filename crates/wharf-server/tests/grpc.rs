@@ -3496,3 +3496,68 @@ async fn traceparent_is_continued_and_stored() {
     assert_eq!(traceparent(got).0, trace);
     s.stop().await;
 }
+
+/// A delivery the client neither settles nor extends stops counting against `max_in_flight`
+/// when its lease ends (the broker delivers it again), so a `Process` stream never stalls; and
+/// a settle with bad values is answered per id without ending the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_frees_slots_of_expired_leases_and_survives_bad_settles() {
+    let s = TestServer::start().await;
+    let mut api = api(&s).await;
+    create_topic(&mut api, "px", None).await;
+    let config = SharedConfig {
+        lease_ms: Some(200),
+        backoff_initial_ms: Some(0),
+        backoff_jitter_pct: Some(0),
+        max_deliveries: Some(10),
+        ..SharedConfig::default()
+    };
+    ok(api
+        .subs
+        .create_subscription(shared_sub("px", "w", config))
+        .await);
+    publish(&mut api, "px", vec![msg("only")]).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(start("px", "w", 1, None)).await.expect("send");
+    let mut st = ok(api.shared.process(ReceiverStream::new(rx)).await);
+    let first = match next(&mut st, "first delivery").await.response {
+        Some(process_response::Response::Deliveries(r)) => r.deliveries,
+        other => panic!("expected deliveries, got {other:?}"),
+    };
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].delivery_count, 1);
+    // Never settled: after its lease the stream's only slot is free and it comes again.
+    let again = match next(&mut st, "redelivery after the lease").await.response {
+        Some(process_response::Response::Deliveries(r)) => r.deliveries,
+        other => panic!("expected deliveries, got {other:?}"),
+    };
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_count, 2);
+    let id = again[0].ack_id.clone();
+    // An extend to a lease out of range: answered per id; the stream goes on.
+    let mut bad = settle(SettleAction::Extend, &[&id]);
+    if let Some(process_request::Request::Settle(x)) = &mut bad.request {
+        x.lease_ms = Some(5);
+    }
+    tx.send(bad).await.expect("send");
+    let settled = match next(&mut st, "the refused extend").await.response {
+        Some(process_response::Response::Settled(s)) => s,
+        other => panic!("expected settled, got {other:?}"),
+    };
+    assert_eq!(settled.outcomes.len(), 1);
+    assert_eq!(
+        settled.outcomes[0].error.as_deref(),
+        Some("invalid_argument")
+    );
+    // The delivery is still ours: ack it.
+    tx.send(settle(SettleAction::Ack, &[&id]))
+        .await
+        .expect("send");
+    let settled = match next(&mut st, "the ack").await.response {
+        Some(process_response::Response::Settled(s)) => s,
+        other => panic!("expected settled, got {other:?}"),
+    };
+    assert_eq!(settled.outcomes[0].error, None, "{settled:?}");
+    drop(tx);
+    s.stop().await;
+}

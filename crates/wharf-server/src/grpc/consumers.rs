@@ -1,7 +1,7 @@
 //! `StreamConsumer` (consumer groups) and `SharedConsumer` (queue semantics), unary and
 //! streaming.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -327,9 +327,19 @@ async fn consume_loop(t: ConsumeTask) {
                             messages: messages.into_iter().map(convert::message_out).collect(),
                         })),
                     };
-                    if tx.send(Ok(batch)).await.is_err() {
-                        break;
-                    }
+                    // While the client is slow to take the batch, keep the member alive: its
+                    // session must not expire while its stream is open.
+                    let permit = loop {
+                        tokio::select! {
+                            p = tx.reserve() => break p.ok(),
+                            () = tokio::time::sleep(heartbeat_every) => {
+                                let _ = s.engine.heartbeat(&topic, &sub, &membership.member_id).await;
+                            }
+                            () = s.shutdown.cancelled() => break None,
+                        }
+                    };
+                    let Some(permit) = permit else { break };
+                    permit.send(Ok(batch));
                 }
                 // Rebalanced or expired: the heartbeat at the top of the loop sorts it out.
                 Err(BrokerError::UnknownMember { .. } | BrokerError::NotAssigned { .. }) => {
@@ -431,11 +441,14 @@ impl v1::shared_consumer_server::SharedConsumer for Grpc {
                     match r {
                         Ok(d) if d.is_empty() => {}
                         Ok(d) => {
+                            let ids: Vec<String> = d.iter().map(|d| d.ack_id.clone()).collect();
                             if tx
                                 .send(Ok(deliveries_out(&s, &topic, &sub, d)))
                                 .await
                                 .is_err()
                             {
+                                // The client went away: give them back at once.
+                                let _ = s.engine.nack(&topic, &sub, &ids, Some(0)).await;
                                 break;
                             }
                         }
@@ -527,8 +540,14 @@ impl v1::shared_consumer_server::SharedConsumer for Grpc {
             "/wharf.v1.SharedConsumer/Process",
             request,
             |c: Ctx, mut inbound| async move {
+                let first_within = Duration::from_millis(c.s.config.limits.body_read_timeout_ms);
                 let first = tokio::select! {
                     m = inbound.message() => m.map_err(|e| status_to_api(&e))?,
+                    () = tokio::time::sleep(first_within) => return Err(ApiError::new(
+                        "request_timeout",
+                        "the first message (`start`) of a Process stream did not arrive within \
+                         limits.body_read_timeout_ms",
+                    )),
                     () = c.s.shutdown.cancelled() => return Err(ApiError::new(
                         "shutting_down", "the server is shutting down").retry_after(1)),
                 };
@@ -577,6 +596,13 @@ async fn shared_only(s: &AppState, topic: &str, sub: &str) -> ApiResult<()> {
     }
 }
 
+/// The wall clock in ms since the Unix epoch (what lease deadlines are in).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 struct ProcessTask {
     topic: String,
     sub: String,
@@ -597,9 +623,19 @@ async fn process_loop(
     tx: mpsc::Sender<Result<v1::ProcessResponse, Status>>,
 ) {
     let s = c.s.clone();
-    let mut unsettled: HashSet<String> = HashSet::new();
+    // Unsettled deliveries and their lease deadlines (ms since the Unix epoch). A delivery
+    // whose lease ended is no longer the client's (the broker delivers it again), so it frees
+    // its slot even if the client never settles it.
+    let mut unsettled: HashMap<String, i64> = HashMap::new();
     let mut receiving: Option<Receiving> = None;
     loop {
+        let now = now_ms();
+        unsettled.retain(|_, deadline| *deadline > now);
+        // At capacity: wake when the next lease ends.
+        let next_expiry = (receiving.is_none() && unsettled.len() >= t.max_in_flight)
+            .then(|| unsettled.values().min().copied())
+            .flatten()
+            .map(|d| Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1)));
         if receiving.is_none() && unsettled.len() < t.max_in_flight {
             let engine = s.engine.clone();
             let (topic, sub) = (t.topic.clone(), t.sub.clone());
@@ -624,7 +660,7 @@ async fn process_loop(
                 match r {
                     Ok(d) if d.is_empty() => {}
                     Ok(d) => {
-                        unsettled.extend(d.iter().map(|d| d.ack_id.clone()));
+                        unsettled.extend(d.iter().map(|d| (d.ack_id.clone(), d.lease_deadline)));
                         let out = v1::ProcessResponse {
                             response: Some(v1::process_response::Response::Deliveries(
                                 deliveries_out(&s, &t.topic, &t.sub, d),
@@ -658,28 +694,61 @@ async fn process_loop(
                         break;
                     }
                 };
-                match process_settle(&c, &t, settle).await {
-                    Ok(settled) => {
-                        for o in &settled.outcomes {
-                            let done = settled.action != v1::SettleAction::Extend as i32
-                                || o.error.is_some();
-                            if done {
-                                unsettled.remove(&o.ack_id);
+                // An unknown action is a broken client: end the stream. Bad values within a
+                // known action are answered per id below, and the stream goes on.
+                if !matches!(
+                    v1::SettleAction::try_from(settle.action),
+                    Ok(v1::SettleAction::Ack
+                        | v1::SettleAction::Nack
+                        | v1::SettleAction::Extend
+                        | v1::SettleAction::Terminate)
+                ) {
+                    let e = ApiError::invalid("action", "must be ack, nack, extend or terminate");
+                    let _ = tx.send(Err(status(e))).await;
+                    break;
+                }
+                let (action, ids, extend_ms) = (settle.action, settle.ack_ids.clone(), settle.lease_ms);
+                let settled = match process_settle(&c, &t, settle).await {
+                    Ok(settled) => settled,
+                    // A settle the broker refused as a whole (bad input: an empty list, a
+                    // lease out of range): every id gets the error, the stream goes on, and
+                    // nothing the client holds is given away.
+                    Err(e) => v1::Settled {
+                        action,
+                        outcomes: ids
+                            .into_iter()
+                            .map(|ack_id| v1::AckOutcome { ack_id, error: Some(e.code.to_owned()) })
+                            .collect(),
+                    },
+                };
+                let extended = settled.action == v1::SettleAction::Extend as i32;
+                for o in &settled.outcomes {
+                    match (extended, &o.error) {
+                        (true, None) => {
+                            let lease = i64::try_from(extend_ms.unwrap_or(0)).unwrap_or(i64::MAX);
+                            if let Some(d) = unsettled.get_mut(&o.ack_id) {
+                                *d = now_ms().saturating_add(lease);
                             }
                         }
-                        let out = v1::ProcessResponse {
-                            response: Some(v1::process_response::Response::Settled(settled)),
-                        };
-                        if tx.send(Ok(out)).await.is_err() {
-                            break;
+                        // Extending a delivery that is not ours any more (`lease_expired`,
+                        // `bad_ack_id`) frees its slot; a refused extend of bad input does not.
+                        (true, Some(code)) if code == "invalid_argument" => {}
+                        _ => {
+                            unsettled.remove(&o.ack_id);
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
-                        break;
-                    }
+                }
+                let out = v1::ProcessResponse {
+                    response: Some(v1::process_response::Response::Settled(settled)),
+                };
+                if tx.send(Ok(out)).await.is_err() {
+                    break;
                 }
             }
+            () = async { match next_expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            } } => {}
             () = s.shutdown.cancelled() => {
                 let _ = tx.send(Err(shutting_down())).await;
                 break;
@@ -690,11 +759,11 @@ async fn process_loop(
     if let Some(f) = receiving.take() {
         let leftover = tokio::time::timeout(Duration::from_millis(1), f).await;
         if let Ok(Ok(d)) = leftover {
-            unsettled.extend(d.into_iter().map(|d| d.ack_id));
+            unsettled.extend(d.into_iter().map(|d| (d.ack_id, 0)));
         }
     }
     if !unsettled.is_empty() {
-        let ids: Vec<String> = unsettled.into_iter().collect();
+        let ids: Vec<String> = unsettled.into_keys().collect();
         for chunk in ids.chunks(1000) {
             let _ = s.engine.nack(&t.topic, &t.sub, chunk, Some(0)).await;
         }

@@ -1,5 +1,7 @@
 //! `Messages`: publish (unary and client-streaming) and read.
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status, Streaming};
 use wharf_broker::{Position, ReadRequest};
 use wharf_proto::v1;
@@ -10,8 +12,9 @@ use crate::auth::Scope;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::topics::publish_messages;
 
-/// Most batches one `PublishStream` call may carry (its answer holds a result per message).
-const MAX_STREAM_BATCHES: usize = 10_000;
+/// Most messages one `PublishStream` call may carry: its one answer holds a result per message
+/// and must stay within what gRPC clients accept by default (4 MiB).
+const MAX_STREAM_MESSAGES: usize = 100_000;
 
 async fn publish(c: &Ctx, r: v1::PublishRequest) -> ApiResult<v1::PublishResponse> {
     c.caller.require(Scope::Publish, &r.topic)?;
@@ -43,9 +46,16 @@ impl v1::messages_server::Messages for Grpc {
         let route = "/wharf.v1.Messages/PublishStream";
         self.call(route, request, |c: Ctx, mut stream| async move {
             let mut responses = Vec::new();
+            let mut messages = 0usize;
+            let idle = Duration::from_millis(c.s.config.limits.body_read_timeout_ms);
             loop {
                 let next = tokio::select! {
                     m = stream.message() => m,
+                    () = tokio::time::sleep(idle) => return Err(ApiError::new(
+                        "request_timeout",
+                        "no batch arrived within limits.body_read_timeout_ms; the batches \
+                         answered before were stored",
+                    )),
                     () = c.s.shutdown.cancelled() => return Err(ApiError::new(
                         "shutting_down",
                         "the server is shutting down; the batches answered before were stored",
@@ -56,11 +66,14 @@ impl v1::messages_server::Messages for Grpc {
                     Ok(None) => break,
                     Err(status) => return Err(status_to_api(&status)),
                 };
-                if responses.len() == MAX_STREAM_BATCHES {
-                    return Err(ApiError::limit(
-                        "a publish stream of more batches",
-                        "(fixed)",
-                        MAX_STREAM_BATCHES,
+                messages += batch.messages.len();
+                if messages > MAX_STREAM_MESSAGES {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!(
+                            "a PublishStream carries at most {MAX_STREAM_MESSAGES} messages \
+                             (the batches before this one were stored); open another stream"
+                        ),
                     ));
                 }
                 responses.push(publish(&c, batch).await?);
