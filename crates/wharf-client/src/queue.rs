@@ -274,10 +274,11 @@ impl Delivery {
 
 /// A consumer of a shared subscription (a queue): an async [`Stream`] of [`Delivery`]s over
 /// one bidi `Process` stream, on which each delivery is also settled. The server keeps at most
-/// `max_in_flight` unsettled deliveries on the stream, so settle (or drop) what is received.
+/// `max_in_flight` unsettled deliveries on the stream, so settle what is received (a delivery
+/// that is dropped unsettled holds its slot until its lease ends, then comes again).
 ///
 /// The stream ends after an error item. Dropping the consumer and every delivery closes the
-/// stream; unsettled deliveries come back after their lease.
+/// stream; the server then gives unsettled deliveries back at once (for another member).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), wharf_client::Error> {

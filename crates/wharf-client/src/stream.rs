@@ -25,9 +25,10 @@ use crate::types::{Record, committed};
 pub struct StreamConsumerOptions {
     /// Most messages per batch from the server (default 100).
     pub max_messages: Option<u32>,
-    /// Let the server commit what it sent before it fetches more (at-least-once for what the
-    /// consumer had not finished when it went away). Without it, commit with
-    /// [`StreamConsumer::commit`].
+    /// Let the server commit what it sent before it fetches more: convenient, but
+    /// at-most-once for records still on their way or not yet processed when the consumer
+    /// goes away. For at-least-once leave it off and [`StreamConsumer::commit`] after
+    /// processing.
     pub auto_commit: bool,
     /// If set, a broken stream (a retryable error, or the server ending it) is reopened under
     /// this policy: the consumer joins again as a new member, and resumes after the committed

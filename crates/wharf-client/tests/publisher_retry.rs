@@ -125,10 +125,8 @@ async fn publisher_retry_after_a_dropped_connection_produces_no_duplicate() {
 }
 
 /// The same with four batches in flight. When the connection drops, the server cancels the
-/// other in-flight `Publish` handlers; a cancelled publish whose append was already handed to
-/// the log releases its dedup reservation, yet the append still lands, so the retry of that
-/// batch is stored a second time. A broker/server bug (not fixable in the client: the retry
-/// cannot know); un-ignore once a cancelled publish records its ids when its append completes.
+/// other in-flight `Publish` handlers; the broker runs each publish in its own task, so the
+/// cancelled ones still record their ids and their retries are answered as duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publisher_retry_after_a_dropped_connection_produces_no_duplicate() {
     publish_through_cuts(4).await;

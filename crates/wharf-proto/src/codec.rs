@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Prost encoding; decode failures are `INVALID_ARGUMENT`.
 #[derive(Debug, Clone)]
@@ -50,11 +51,23 @@ impl<U: prost::Message + Default> Decoder for WharfDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
-            let mut status = Status::invalid_argument(format!("malformed protobuf message: {e}"));
-            if let Ok(v) = "invalid_argument".parse() {
-                status.metadata_mut().insert(crate::ERROR_CODE_KEY, v);
-            }
-            status
+            // The same shape as every other Wharf error: the stable code in the metadata and
+            // as a google.rpc.ErrorInfo detail.
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(
+                crate::ERROR_CODE_KEY,
+                tonic::metadata::MetadataValue::from_static("invalid_argument"),
+            );
+            Status::with_error_details_and_metadata(
+                tonic::Code::InvalidArgument,
+                format!("malformed protobuf message: {e}"),
+                ErrorDetails::with_error_info(
+                    "invalid_argument",
+                    crate::ERROR_DOMAIN,
+                    std::collections::HashMap::new(),
+                ),
+                metadata,
+            )
         })
     }
 
