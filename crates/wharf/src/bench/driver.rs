@@ -20,7 +20,8 @@
 //!
 //! - [`Publisher::publish`] returns only once the system acknowledged every message of the batch
 //!   under the topic's durability (for Wharf `always`: fsync'd). Nothing is published that the
-//!   workload did not hand over (no extra headers, no message ids: what a plain SDK user sends).
+//!   workload did not hand over (no extra headers, no message ids: what a plain SDK user sends;
+//!   a Wharf server adds its `traceparent` header to each message itself).
 //! - [`Subscriber::next_batch`] and [`QueueConsumer::receive`] hand over the message values
 //!   exactly as published (the latency workload reads its send stamp from the value's first 16
 //!   bytes).
@@ -30,6 +31,8 @@
 //!   publisher or consumer, so those need not be `Sync` and may keep buffers between calls.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -165,14 +168,59 @@ pub(crate) trait Driver: Send + Sync {
     async fn close(&self) -> Result<()>;
 }
 
+/// An immutable batch of message values. Each batch gets an id of its own, so a driver may
+/// keep an encoding of the batch it publishes again and again (the values never change).
+#[derive(Debug)]
+pub(crate) struct Batch {
+    id: u64,
+    values: Vec<Bytes>,
+    headers: Headers,
+}
+
+/// Headers every message of a batch carries (`--header`; none by default).
+pub(crate) type Headers = Arc<[(String, String)]>;
+
+impl Batch {
+    /// A batch of these values, each message with `headers`.
+    pub(crate) fn new(values: Vec<Bytes>, headers: Headers) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            values,
+            headers,
+        }
+    }
+
+    /// The headers of every message.
+    pub(crate) fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// Unique among the batches of this process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The values.
+    pub(crate) fn values(&self) -> &[Bytes] {
+        &self.values
+    }
+
+    /// How many values.
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
 /// Publishes batches to one topic, one batch at a time (a workload runs several publishers
 /// for more in flight).
 #[async_trait]
 pub(crate) trait Publisher: Send {
-    /// Publishes `values` as one batch (one request where the system has batches), without
-    /// key, headers or partition; returns once the system acknowledged every message, and how
-    /// many it acknowledged.
-    async fn publish(&mut self, values: &[Bytes]) -> Result<usize>;
+    /// Publishes the first `n` values of `batch` (at most its length) as one batch (one
+    /// request where the system has batches), without key or partition and with the batch's
+    /// headers (none unless `--header` is given); returns once
+    /// the system acknowledged every message, and how many it acknowledged.
+    async fn publish(&mut self, batch: &Batch, n: usize) -> Result<usize>;
 }
 
 /// A member of a stream subscription receiving batches.

@@ -15,7 +15,7 @@ use wharf_broker::{
 };
 
 use super::driver::{
-    AckHandle, BenchError, Driver, Durability, Publisher, QueueConsumer, Result, ServerSide,
+    AckHandle, Batch, BenchError, Driver, Durability, Publisher, QueueConsumer, Result, ServerSide,
     Subscriber, TopicSpec,
 };
 
@@ -191,13 +191,14 @@ struct InProcPublisher {
 
 #[async_trait]
 impl Publisher for InProcPublisher {
-    async fn publish(&mut self, values: &[Bytes]) -> Result<usize> {
+    async fn publish(&mut self, batch: &Batch, n: usize) -> Result<usize> {
         // `Engine::publish` takes its batch by value: one vector per call, the values shared
         // (reference-counted), as a server handler hands it over.
-        let messages: Vec<Message> = values
+        let messages: Vec<Message> = batch.values()[..n.min(batch.len())]
             .iter()
             .map(|v| Message {
                 value: v.clone(),
+                headers: batch.headers().to_vec(),
                 ..Message::default()
             })
             .collect();

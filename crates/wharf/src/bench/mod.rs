@@ -31,8 +31,9 @@ Workloads:
             (StreamConsumer.Consume), --batch messages per batch at most
   queue     drain a queue pre-filled with --count messages: --in-flight consumers, each a
             SharedConsumer.Process stream holding --batch deliveries, acking each batch
-  latency   a paced publisher at --rate msg/s (one message per publish) and a concurrent
-            stream consumer; latency = delivery - intended send time (no coordinated omission)
+  latency   a paced publisher at --rate msg/s (at most --in-flight publishes outstanding, each
+            of the messages due, at most --batch) and a concurrent stream consumer;
+            latency = delivery - intended send time (no coordinated omission)
 
 Every run stops at --count messages or after --duration, whichever comes first.
 Examples:
@@ -95,6 +96,17 @@ pub(crate) struct BenchArgs {
     /// temporary directory].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A header (`NAME=VALUE`) on every published message; repeat for more [default: none].
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE`.
+fn parse_header(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?}: give NAME=VALUE")),
+    }
 }
 
 /// `100`, `1KiB`, `1 KiB`, `4k`, `1MiB`, `2MB` (k/K/KiB = 1024, KB = 1000).
@@ -202,6 +214,9 @@ fn command_line(a: &BenchArgs, topic_given: bool, topic: &str) -> String {
     }
     if let Some(d) = &a.data_dir {
         c.push_str(&format!(" --data-dir {}", d.display()));
+    }
+    for (k, v) in &a.headers {
+        c.push_str(&format!(" --header {k}={v}"));
     }
     if a.json {
         c.push_str(" --json");
@@ -315,6 +330,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         },
         topic: topic.clone(),
         server_pid,
+        headers: a.headers.clone().into(),
     };
     let info = report::RunInfo {
         target: a.target.clone(),

@@ -10,24 +10,29 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use std::marker::PhantomData;
+
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message as _;
+use prost::encoding::decode_varint;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 use wharf_proto::v1;
-use wharf_proto::v1::messages_client::MessagesClient;
 use wharf_proto::v1::shared_consumer_client::SharedConsumerClient;
 use wharf_proto::v1::stream_consumer_client::StreamConsumerClient;
 use wharf_proto::v1::subscriptions_client::SubscriptionsClient;
 use wharf_proto::v1::topics_client::TopicsClient;
 
 use super::driver::{
-    AckHandle, BenchError, Driver, Durability, Publisher, QueueConsumer, Result, ServerSide,
+    AckHandle, Batch, BenchError, Driver, Durability, Publisher, QueueConsumer, Result, ServerSide,
     Subscriber, TopicSpec,
 };
 
@@ -241,11 +246,15 @@ impl Driver for WharfGrpc {
     }
 
     async fn publisher(&self, topic: &str) -> Result<Box<dyn Publisher>> {
+        let svc = InterceptedService::new(self.channel(), self.auth.clone());
         Ok(Box::new(GrpcPublisher {
-            client: MessagesClient::with_interceptor(self.channel(), self.auth.clone())
+            grpc: tonic::client::Grpc::new(svc)
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_DECODE),
             topic: topic.to_owned(),
+            cached: None,
+            encoded: Bytes::new(),
+            buf: BytesMut::new(),
         }))
     }
 
@@ -325,35 +334,157 @@ impl Driver for WharfGrpc {
     }
 }
 
+/// Publishes with the generated request type, but sends it through [`RawCodec`]: a batch
+/// published again and again is encoded once (the encoding of the last batch is kept), and
+/// the answer's results are counted without being built. What goes over the wire is exactly
+/// what the generated `MessagesClient::publish` sends.
 struct GrpcPublisher {
-    client: MessagesClient<Svc>,
+    grpc: tonic::client::Grpc<Svc>,
     topic: String,
+    /// (batch id, values) of `encoded`.
+    cached: Option<(u64, usize)>,
+    encoded: Bytes,
+    buf: BytesMut,
 }
 
-#[async_trait]
-impl Publisher for GrpcPublisher {
-    async fn publish(&mut self, values: &[Bytes]) -> Result<usize> {
-        // The values are shared (reference-counted) into the request; prost copies them once,
-        // into the encode buffer.
+impl GrpcPublisher {
+    fn encode(&mut self, batch: &Batch, n: usize) -> Bytes {
+        if self.cached == Some((batch.id(), n)) {
+            return self.encoded.clone();
+        }
         let request = v1::PublishRequest {
             topic: self.topic.clone(),
-            messages: values
+            messages: batch.values()[..n]
                 .iter()
                 .map(|v| v1::PublishMessage {
                     key: None,
                     value: v.clone(),
-                    headers: Default::default(),
+                    headers: batch.headers().iter().cloned().collect(),
                     partition: None,
                 })
                 .collect(),
             create_queue: false,
         };
-        let response = self
-            .client
-            .publish(request)
+        self.buf.reserve(request.encoded_len());
+        // Cannot fail: the buffer has room for the whole message.
+        let _ = request.encode(&mut self.buf);
+        let encoded = self.buf.split().freeze();
+        self.cached = Some((batch.id(), n));
+        self.encoded = encoded.clone();
+        encoded
+    }
+}
+
+#[async_trait]
+impl Publisher for GrpcPublisher {
+    async fn publish(&mut self, batch: &Batch, n: usize) -> Result<usize> {
+        let n = n.min(batch.len());
+        let body = self.encode(batch, n);
+        let what = || format!("publishing to {}", self.topic);
+        self.grpc
+            .ready()
             .await
-            .map_err(|s| status_error(&format!("publishing to {}", self.topic), &s))?;
-        Ok(response.into_inner().results.len())
+            .map_err(|e| BenchError(format!("{}: connection not ready: {e}", what())))?;
+        let mut request = Request::new(body);
+        request
+            .extensions_mut()
+            .insert(tonic::GrpcMethod::new("wharf.v1.Messages", "Publish"));
+        let response = self
+            .grpc
+            .unary(
+                request,
+                PathAndQuery::from_static("/wharf.v1.Messages/Publish"),
+                RawCodec::<CountResults>::default(),
+            )
+            .await
+            .map_err(|s| status_error(&what(), &s))?;
+        Ok(response.into_inner())
+    }
+}
+
+/// A codec that sends protobuf bytes encoded by the caller and decodes answers with `D`.
+#[derive(Debug)]
+struct RawCodec<D>(PhantomData<D>);
+
+impl<D> Default for RawCodec<D> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<D> Codec for RawCodec<D>
+where
+    D: Decoder<Error = Status> + Default + Send + 'static,
+    D::Item: Send + 'static,
+{
+    type Encode = Bytes;
+    type Decode = D::Item;
+    type Encoder = RawEncoder;
+    type Decoder = D;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> D {
+        D::default()
+    }
+}
+
+/// Copies already encoded protobuf bytes into the frame.
+#[derive(Debug)]
+struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> std::result::Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+/// Decodes a `PublishResponse` into how many results it holds (field 1, repeated), checking
+/// the wire format but building nothing.
+#[derive(Debug, Default)]
+struct CountResults;
+
+impl Decoder for CountResults {
+    type Item = usize;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> std::result::Result<Option<usize>, Status> {
+        let bad = |e: &dyn std::fmt::Display| Status::internal(format!("bad PublishResponse: {e}"));
+        let mut results = 0;
+        while buf.has_remaining() {
+            let key = decode_varint(buf).map_err(|e| bad(&e))?;
+            match key & 7 {
+                0 => {
+                    decode_varint(buf).map_err(|e| bad(&e))?;
+                }
+                1 | 5 => {
+                    let len = if key & 7 == 1 { 8 } else { 4 };
+                    if buf.remaining() < len {
+                        return Err(bad(&"truncated"));
+                    }
+                    buf.advance(len);
+                }
+                2 => {
+                    let len = decode_varint(buf).map_err(|e| bad(&e))?;
+                    let len = usize::try_from(len).map_err(|e| bad(&e))?;
+                    if buf.remaining() < len {
+                        return Err(bad(&"truncated"));
+                    }
+                    buf.advance(len);
+                    if key >> 3 == 1 {
+                        results += 1;
+                    }
+                }
+                w => return Err(bad(&format!("wire type {w}"))),
+            }
+        }
+        Ok(Some(results))
     }
 }
 

@@ -10,9 +10,9 @@
 //!   `in_flight` consumers, each holding at most `batch` unsettled deliveries and acking every
 //!   batch it receives in one request, waiting for the confirmation before it receives again.
 //!   Latency: per ack request.
-//! - **latency**: a paced publisher at `rate` messages/s (one message per publish, at most
-//!   `in_flight` publishes outstanding) and one stream-subscription member consuming
-//!   concurrently. Each message carries its sequence number and its *intended* send time (the
+//! - **latency**: a paced publisher at `rate` messages/s and one stream-subscription member
+//!   consuming concurrently. At most `in_flight` publishes are outstanding; each carries every
+//!   message whose send time has come (at most `batch`), as a batching client library does. Each message carries its sequence number and its *intended* send time (the
 //!   schedule's, not the actual one) in its first 16 bytes, so a stalled publisher cannot hide
 //!   its stall (no coordinated omission). Latency: delivery time − intended send time.
 //!
@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
-use super::driver::{AckHandle, BenchError, Driver, Publisher, Result, TopicSpec};
+use super::driver::{AckHandle, Batch, BenchError, Driver, Headers, Publisher, Result, TopicSpec};
 use super::report::{CpuSnap, Progress};
 
 /// The subscription the consume and latency workloads create.
@@ -91,6 +91,8 @@ pub(crate) struct Plan {
     pub(crate) topic: String,
     /// The broker's process, for its CPU time (none: in this process or unknown).
     pub(crate) server_pid: Option<u32>,
+    /// Headers of every published message (`--header`).
+    pub(crate) headers: Headers,
 }
 
 /// What a run measured.
@@ -146,7 +148,7 @@ struct PublishRun {
 /// until `count` messages are claimed or `deadline` passes; every task stops by itself.
 async fn run_publishers(
     publishers: Vec<Box<dyn Publisher>>,
-    batch: Arc<Vec<Bytes>>,
+    batch: Arc<Batch>,
     count: u64,
     deadline: Instant,
     progress: Option<&Progress>,
@@ -181,7 +183,7 @@ async fn run_publishers(
                 }
                 let n = usize::try_from(size.min(count - first)).unwrap_or(batch.len());
                 let t = Instant::now();
-                match p.publish(&batch[..n]).await {
+                match p.publish(&batch, n).await {
                     Ok(done) if done == n => {}
                     Ok(done) => {
                         break Err(BenchError(format!(
@@ -240,7 +242,10 @@ async fn publishers(driver: &dyn Driver, topic: &str, n: usize) -> Result<Vec<Bo
 async fn publish(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> Result<Outcome> {
     driver.create_topic(&plan.topic, plan.spec).await?;
     let value = wharf_benchkit::payload(plan.size, 1);
-    let batch = Arc::new(vec![value; plan.batch.max(1)]);
+    let batch = Arc::new(Batch::new(
+        vec![value; plan.batch.max(1)],
+        plan.headers.clone(),
+    ));
     let mut pubs = publishers(&*driver, &plan.topic, plan.in_flight).await?;
     if !plan.warmup.is_zero() {
         progress.phase("warm-up");
@@ -280,7 +285,7 @@ async fn prefill(driver: &dyn Driver, plan: &Plan, progress: &Progress) -> Resul
     progress.phase("prefill");
     let per_request = (PREFILL_REQUEST_BYTES / plan.size.max(1)).clamp(1, 1000);
     let value = wharf_benchkit::payload(plan.size, 1);
-    let batch = Arc::new(vec![value; per_request]);
+    let batch = Arc::new(Batch::new(vec![value; per_request], plan.headers.clone()));
     let pubs = publishers(driver, &plan.topic, plan.in_flight.clamp(1, 8)).await?;
     let run = run_publishers(
         pubs,
@@ -483,12 +488,12 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
     let mut sub = driver
         .subscribe(&plan.topic, SUBSCRIPTION, plan.batch.max(1))
         .await?;
-    let pool: Arc<Mutex<Vec<Box<dyn Publisher>>>> = Arc::new(Mutex::new(
-        publishers(&*driver, &plan.topic, plan.in_flight).await?,
-    ));
-    let permits = Arc::new(Semaphore::new(plan.in_flight.max(1)));
+    let pubs = publishers(&*driver, &plan.topic, plan.in_flight).await?;
+    // Messages whose send time has come, not yet taken by a publisher.
+    let pending: Arc<Mutex<Vec<Bytes>>> = Arc::new(Mutex::new(Vec::new()));
+    let wake = Arc::new(Notify::new());
+    let paced_out = Arc::new(AtomicBool::new(false));
     let failed: Arc<Mutex<Option<BenchError>>> = Arc::new(Mutex::new(None));
-    let ack_latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let epoch = Instant::now();
     // The schedule starts a little later, once the pacer thread runs.
     let start_ns = nanos(Duration::from_millis(20));
@@ -535,21 +540,81 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
         (result, latencies, end)
     });
 
+    // The publishers: each takes every message whose send time has come (at most `batch`) and
+    // publishes them in one call, so at most `in_flight` publishes are outstanding; a slow
+    // publish makes the next one larger, as a batching client library does.
+    let mut pub_tasks = Vec::with_capacity(pubs.len());
+    for mut p in pubs {
+        let (pending, wake, paced_out, failed) = (
+            pending.clone(),
+            wake.clone(),
+            paced_out.clone(),
+            failed.clone(),
+        );
+        let (headers, max) = (plan.headers.clone(), plan.batch.max(1));
+        pub_tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut take = Vec::with_capacity(max);
+            loop {
+                {
+                    let Ok(mut q) = pending.lock() else { break };
+                    let n = q.len().min(max);
+                    take.extend(q.drain(..n));
+                }
+                if take.is_empty() {
+                    if paced_out.load(Ordering::Acquire)
+                        && pending.lock().map(|q| q.is_empty()).unwrap_or(true)
+                    {
+                        break;
+                    }
+                    // Bounded, so the end of the schedule is seen even without a wake-up.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
+                    continue;
+                }
+                let n = take.len();
+                let batch = Batch::new(std::mem::take(&mut take), headers.clone());
+                match p.publish(&batch, n).await {
+                    Ok(done) if done == n => {}
+                    r => {
+                        let e = match r {
+                            Err(e) => e,
+                            Ok(done) => BenchError(format!(
+                                "a publish of {n} messages was acknowledged for {done}"
+                            )),
+                        };
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+                let done = nanos(epoch.elapsed());
+                for v in batch.values() {
+                    if let Some((seq, at)) = read_stamp(v)
+                        && seq >= warm
+                    {
+                        acks.push(done.saturating_sub(at));
+                    }
+                }
+                take = Vec::with_capacity(max);
+            }
+            acks
+        }));
+    }
+
     // The pacer: a thread of its own, sleeping until each intended send time (a runtime timer
-    // has 1 ms granularity), handing each message to the runtime as a task.
-    let handle = tokio::runtime::Handle::current();
+    // has 1 ms granularity), then handing the message to the publishers.
     let payload = wharf_benchkit::payload(plan.size, 1);
-    let (pool2, permits2, failed2, acks2) = (
-        pool.clone(),
-        permits.clone(),
+    let (pending2, wake2, paced_out2, failed2) = (
+        pending.clone(),
+        wake.clone(),
+        paced_out.clone(),
         failed.clone(),
-        ack_latencies.clone(),
     );
     let pacer = std::thread::Builder::new()
         .name("bench-pacer".into())
         .spawn(move || {
             let mut buf = BytesMut::new();
-            let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
             let mut max_lag = 0u64;
             for seq in 0..total {
                 if failed2.lock().map(|f| f.is_some()).unwrap_or(true) {
@@ -563,49 +628,15 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
                     max_lag = max_lag.max(now - at);
                 }
                 let value = stamped(&mut buf, &payload, seq, at);
-                let (pool, permits, failed, acks) = (
-                    pool2.clone(),
-                    permits2.clone(),
-                    failed2.clone(),
-                    acks2.clone(),
-                );
-                tasks.push(handle.spawn(async move {
-                    let Ok(_permit) = permits.acquire().await else {
-                        return;
-                    };
-                    let p = pool.lock().ok().and_then(|mut p| p.pop());
-                    let Some(mut p) = p else {
-                        return;
-                    };
-                    let r = p.publish(std::slice::from_ref(&value)).await;
-                    let done = nanos(epoch.elapsed());
-                    if let Ok(mut pool) = pool.lock() {
-                        pool.push(p);
-                    }
-                    match r {
-                        Ok(1) => {
-                            if seq >= warm
-                                && let Ok(mut a) = acks.lock()
-                            {
-                                a.push(done.saturating_sub(at));
-                            }
-                        }
-                        Ok(n) => {
-                            if let Ok(mut f) = failed.lock() {
-                                f.get_or_insert(BenchError(format!(
-                                    "a publish of 1 message was acknowledged for {n}"
-                                )));
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failed.lock() {
-                                f.get_or_insert(e);
-                            }
-                        }
-                    }
-                }));
+                match pending2.lock() {
+                    Ok(mut q) => q.push(value),
+                    Err(_) => break,
+                }
+                wake2.notify_one();
             }
-            (tasks, max_lag)
+            paced_out2.store(true, Ordering::Release);
+            wake2.notify_waiters();
+            max_lag
         })
         .map_err(|e| BenchError(format!("cannot start the pacer thread: {e}")))?;
     // Switch the progress line to the measured phase once it starts.
@@ -614,13 +645,16 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
         progress.phase("latency");
     }
     let before = CpuSnap::take(plan.server_pid);
-    let (tasks, max_lag) = tokio::task::spawn_blocking(move || pacer.join())
+    let max_lag = tokio::task::spawn_blocking(move || pacer.join())
         .await
         .map_err(|e| BenchError(format!("the pacer thread: {e}")))?
         .map_err(|_| BenchError::new("the pacer thread panicked"))?;
-    for t in tasks {
-        t.await
-            .map_err(|e| BenchError(format!("a publish task failed: {e}")))?;
+    let mut acks = Vec::new();
+    for t in pub_tasks {
+        acks.extend(
+            t.await
+                .map_err(|e| BenchError(format!("a publisher task failed: {e}")))?,
+        );
     }
     let (result, mut latencies, end) = consumer
         .await
@@ -631,7 +665,6 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
     }
     result?;
     latencies.sort_unstable();
-    let mut acks = ack_latencies.lock().map(|a| a.clone()).unwrap_or_default();
     acks.sort_unstable();
     let msgs = latencies.len() as u64;
     Ok(Outcome {
@@ -649,9 +682,9 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
             (
                 "schedule".into(),
                 format!(
-                    "{} msg/s, {warm} warm-up + {measured} measured messages, 1 per publish, \
-                     at most {} publishes outstanding",
-                    plan.rate, plan.in_flight
+                    "{} msg/s, {warm} warm-up + {measured} measured messages; at most {} \
+                     publishes outstanding, each of the messages due (at most {})",
+                    plan.rate, plan.in_flight, plan.batch
                 ),
             ),
             (
