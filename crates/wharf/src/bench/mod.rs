@@ -96,6 +96,10 @@ pub(crate) struct BenchArgs {
     /// temporary directory].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Worker threads of this process's runtime (the client's; with `--target inproc` also
+    /// the engine's) [default: one per CPU].
+    #[arg(long)]
+    threads: Option<usize>,
     /// A header (`NAME=VALUE`) on every published message; repeat for more [default: none].
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -209,6 +213,9 @@ fn command_line(a: &BenchArgs, topic_given: bool, topic: &str) -> String {
     if a.token.is_some() {
         c.push_str(" --token <redacted>");
     }
+    if let Some(n) = a.threads {
+        c.push_str(&format!(" --threads {n}"));
+    }
     if let Some(p) = a.server_pid {
         c.push_str(&format!(" --server-pid {p}"));
     }
@@ -238,6 +245,9 @@ fn check(a: &BenchArgs) -> Result<()> {
     if a.batch == 0 || a.batch > 100_000 {
         return bad("--batch must be within 1..=100000");
     }
+    if a.threads.is_some_and(|n| n == 0 || n > 256) {
+        return bad("--threads must be within 1..=256");
+    }
     if a.connections == 0 || a.connections > 64 {
         return bad("--connections must be within 1..=64");
     }
@@ -259,7 +269,11 @@ fn check(a: &BenchArgs) -> Result<()> {
 /// Runs `wharf bench`.
 pub(crate) fn run(args: BenchArgs) -> std::result::Result<(), CliError> {
     check(&args).map_err(|e| CliError::Serve(e.0))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("wharf-bench")
         .build()

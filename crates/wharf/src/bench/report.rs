@@ -38,12 +38,25 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// CPU time of this process and of the server process at one moment.
+/// The machine's CPU pressure so far: µs during which some runnable task waited for a CPU
+/// (`some total` of `/proc/pressure/cpu`), if the kernel tells.
+fn cpu_pressure_us() -> Option<u64> {
+    let text = fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let line = text.lines().find(|l| l.starts_with("some"))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// CPU time of this process and of the server process, and the machine's CPU pressure, at
+/// one moment.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CpuSnap {
     at: Instant,
     client: Option<u64>,
     server: Option<u64>,
+    pressure: Option<u64>,
 }
 
 impl CpuSnap {
@@ -53,8 +66,18 @@ impl CpuSnap {
             at: Instant::now(),
             client: cpu_ticks("self"),
             server: server.and_then(|p| cpu_ticks(&p.to_string())),
+            pressure: cpu_pressure_us(),
         }
     }
+}
+
+/// The share of a measured phase during which some task on the machine waited for a CPU
+/// (`/proc/pressure/cpu`), in percent: how contended the machine was.
+pub(crate) fn pressure_of(o: &Outcome) -> Option<f64> {
+    let (before, after) = o.cpu?;
+    let waited = after.pressure?.checked_sub(before.pressure?)?;
+    let secs = after.at.duration_since(before.at).as_secs_f64();
+    Some(100.0 * waited as f64 / 1e6 / secs.max(1e-9))
 }
 
 /// CPU used over an interval by one process: percent of one core, and µs per message.
@@ -344,6 +367,15 @@ pub(crate) fn text(plan: &Plan, info: &RunInfo, o: &Outcome) -> String {
         "cpu",
         "from /proc/<pid>/stat utime+stime over the measured phase (10 ms ticks); % of one core",
     );
+    if let Some(p) = pressure_of(o) {
+        line(
+            "cpu pressure",
+            &format!(
+                "some task waited for a CPU {p:.0}% of the measured phase (/proc/pressure/cpu): \
+                 the higher, the noisier"
+            ),
+        );
+    }
     line("server", &info.server_note);
     line(
         "settings",
@@ -419,6 +451,7 @@ pub(crate) fn json(plan: &Plan, info: &RunInfo, o: &Outcome) -> Value {
         "client_cpu": cpu_json(client),
         "server_cpu": if info.in_process { Value::Null } else { cpu_json(server) },
         "server_pid": info.server_pid,
+        "cpu_pressure_pct": pressure_of(o).map(num),
         "server": info.server_note,
         "in_process": info.in_process,
         "notes": o.notes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
