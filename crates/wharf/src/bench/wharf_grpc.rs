@@ -1,11 +1,17 @@
-//! [`WharfGrpc`]: a Wharf server over gRPC (`wharf.v1`), with the generated tonic clients of
-//! `wharf-proto` — what a plain Rust user of the raw API would write: `Publish` with a batch
-//! per request (no `wharf-message-id`, no headers), `StreamConsumer.Consume` for stream
-//! subscriptions, the bidi `SharedConsumer.Process` stream for queues.
+//! [`WharfGrpc`]: a Wharf server over gRPC (`wharf.v1`), with the tonic clients of
+//! `wharf-proto` — the requests a plain user of the raw API sends: `Publish` with a batch per
+//! request (no `wharf-message-id`, no headers unless `--header`), `StreamConsumer.Consume` for
+//! stream subscriptions (no commits), the bidi `SharedConsumer.Process` stream for queues
+//! (each received batch acked with one `settle`, waiting for its confirmation).
 //!
-//! Requests are spread round-robin over a few HTTP/2 connections (`--connections`): one
-//! connection is one TCP stream and one connection task on each side, which caps what one
-//! connection carries however many requests are in flight.
+//! What differs from a plain client, to leave the machine's CPU to the server: a publisher
+//! encodes a batch it publishes again and again once (the bytes on the wire are those of the
+//! generated `MessagesClient::publish`), and counts the results of the answer without building
+//! them (`RawCodec`, `CountResults`); this took the client from ~0.62 to ~0.43 µs of CPU per
+//! 100 B message in batches of 100. Consumers use the generated clients as they are.
+//!
+//! Requests are spread round-robin over `--connections` HTTP/2 connections (default 2); on two
+//! cores, 1, 2 or 4 connections made no difference beyond noise.
 
 use std::collections::VecDeque;
 use std::time::Duration;
