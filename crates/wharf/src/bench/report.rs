@@ -383,7 +383,7 @@ pub(crate) fn text(plan: &Plan, info: &RunInfo, o: &Outcome) -> String {
             "durability {}, {} partition{}, topic {}",
             plan.spec
                 .durability
-                .map_or("server default (always)", |d| d.as_str()),
+                .map_or("default (always)", |d| d.as_str()),
             plan.spec.partitions,
             if plan.spec.partitions == 1 { "" } else { "s" },
             plan.topic
