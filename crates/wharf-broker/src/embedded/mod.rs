@@ -574,7 +574,7 @@ impl Topic {
     /// Publishes to this topic (see [`Engine::publish`]).
     pub(crate) async fn publish(
         &self,
-        messages: Vec<Message>,
+        mut messages: Vec<Message>,
         clock: &dyn Clock,
     ) -> Result<Vec<Published>> {
         let topic = self;
@@ -718,14 +718,18 @@ impl Topic {
         let mut tickets = Vec::new();
         let mut failure = None;
         for (p, idxs) in &per_partition {
-            let records: Vec<NewRecord> = idxs
-                .iter()
-                .map(|&i| NewRecord {
-                    key: messages[i].key.clone(),
-                    value: messages[i].value.clone(),
-                    headers: messages[i].headers.clone(),
-                })
-                .collect();
+            // Each message is appended once (one partition each): move its parts into the
+            // record instead of copying its headers.
+            let mut records: Vec<NewRecord> = Vec::with_capacity(idxs.len());
+            for &i in idxs {
+                if let Some(m) = messages.get_mut(i) {
+                    records.push(NewRecord {
+                        key: m.key.take(),
+                        value: std::mem::take(&mut m.value),
+                        headers: std::mem::take(&mut m.headers),
+                    });
+                }
+            }
             match topic
                 .partition(*p)
                 .and_then(|log| log.append(&records).map_err(BrokerError::from))
