@@ -1,15 +1,14 @@
 //! `Topics`, `Subscriptions` and `Operations`: the resources and their settings.
 
-use std::time::Duration;
-
 use tonic::{Request, Response, Status};
-use wharf_broker::{Committed, Position, ReadRequest, ResetTo};
+use wharf_broker::{Committed, Position, ResetTo};
 use wharf_proto::v1;
 
 use super::convert::{self, edge};
 use super::{Ctx, Grpc};
 use crate::auth::Scope;
 use crate::error::ApiError;
+use crate::routes::subscriptions::{read_dead_letters, redrive_checked};
 use crate::routes::topics::topic_config;
 
 #[tonic::async_trait]
@@ -97,8 +96,6 @@ impl v1::topics_server::Topics for Grpc {
             "/wharf.v1.Topics/CreateQueue",
             request,
             |c: Ctx, r| async move {
-                c.caller.require(Scope::Admin, &r.name)?;
-                let topic_config = topic_config(&c.s, &convert::topic_settings(r.topic.as_ref())?)?;
                 let shared = r.shared.unwrap_or_default();
                 if shared.start.is_some() {
                     return Err(ApiError::invalid(
@@ -106,15 +103,14 @@ impl v1::topics_server::Topics for Grpc {
                         "a queue's subscription starts at the beginning of its topic",
                     ));
                 }
-                let sub_config = convert::shared_settings(&shared)?.to_config()?;
-                // Check both before creating either, so bad input changes nothing.
-                topic_config.validate()?;
-                sub_config.validate()?;
-                let topic = c.s.engine.create_topic(&r.name, topic_config).await?;
-                let sub =
-                    c.s.engine
-                        .create_subscription(&r.name, &r.name, sub_config)
-                        .await?;
+                let (topic, sub) = crate::routes::queues::create_queue(
+                    &c.s,
+                    &c.caller,
+                    &r.name,
+                    &convert::topic_settings(r.topic.as_ref())?,
+                    &convert::shared_settings(&shared)?,
+                )
+                .await?;
                 Ok(v1::Queue {
                     topic: Some(convert::topic_out(topic)),
                     subscription: Some(convert::subscription_out(sub)),
@@ -236,18 +232,15 @@ impl v1::subscriptions_server::Subscriptions for Grpc {
     ) -> Result<Response<v1::ReadResponse>, Status> {
         let route = "/wharf.v1.Subscriptions/ListDeadLetters";
         self.call(route, request, |c: Ctx, r| async move {
-            c.caller.require(Scope::Consume, &r.topic)?;
-            let request = ReadRequest {
-                partition: 0,
-                from: r.offset.map_or(Position::Earliest, Position::Offset),
-                max_messages: c.s.count("max_messages", r.max_messages, 100)?,
-                max_bytes: 16 * 1024 * 1024,
-                wait: Duration::ZERO,
-            };
-            let read =
-                c.s.engine
-                    .dead_letters(&r.topic, &r.subscription, request)
-                    .await?;
+            let read = read_dead_letters(
+                &c.s,
+                &c.caller,
+                &r.topic,
+                &r.subscription,
+                r.offset,
+                ("max_messages", r.max_messages),
+            )
+            .await?;
             Ok(convert::read_out(read))
         })
         .await
@@ -261,15 +254,8 @@ impl v1::subscriptions_server::Subscriptions for Grpc {
             "/wharf.v1.Subscriptions/Redrive",
             request,
             |c: Ctx, r| async move {
-                c.caller.require(Scope::Admin, &r.topic)?;
-                let max = r.max.unwrap_or(100_000);
-                if max == 0 || max > 100_000 {
-                    return Err(ApiError::invalid("max", "must be within 1..=100000"));
-                }
                 let redriven =
-                    c.s.engine
-                        .redrive(&r.topic, &r.subscription, max as usize)
-                        .await?;
+                    redrive_checked(&c.s, &c.caller, &r.topic, &r.subscription, r.max).await?;
                 Ok(v1::RedriveResponse { redriven })
             },
         )

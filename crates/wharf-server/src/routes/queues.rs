@@ -29,21 +29,14 @@ pub(crate) async fn put(
     PathParams(queue): PathParams<String>,
     JsonBody(body): JsonBody<QueueSettings>,
 ) -> ApiResult<Json<QueueOut>> {
-    caller.require(Scope::Admin, &queue)?;
-    let topic_config = topic_config(&s, &body.topic.unwrap_or_default())?;
-    let sub_config = body
-        .subscription
-        .unwrap_or_default()
-        .to_settings()
-        .to_config()?;
-    // Check both before creating either, so bad input changes nothing.
-    topic_config.validate()?;
-    sub_config.validate()?;
-    let topic = s.engine.create_topic(&queue, topic_config).await?;
-    let sub = s
-        .engine
-        .create_subscription(&queue, &queue, sub_config)
-        .await?;
+    let (topic, sub) = create_queue(
+        &s,
+        &caller,
+        &queue,
+        &body.topic.unwrap_or_default(),
+        &body.subscription.unwrap_or_default().to_settings(),
+    )
+    .await?;
     Ok(Json(QueueOut {
         name: queue,
         topic: topic.into(),
@@ -217,4 +210,26 @@ pub(crate) async fn redrive(
     JsonBody(body): JsonBody<RedriveRequest>,
 ) -> ApiResult<Json<RedriveResponse>> {
     Ok(Json(do_redrive(&s, &caller, &queue, &queue, body).await?))
+}
+
+/// Creates a queue's topic and shared subscription (REST and gRPC); checks both before
+/// creating either, so bad input changes nothing.
+pub(crate) async fn create_queue(
+    s: &AppState,
+    caller: &Caller,
+    queue: &str,
+    topic: &crate::wire::TopicSettings,
+    sub: &crate::wire::SubscriptionSettings,
+) -> ApiResult<(wharf_broker::TopicInfo, wharf_broker::SubscriptionInfo)> {
+    caller.require(Scope::Admin, queue)?;
+    let topic_config = topic_config(s, topic)?;
+    let sub_config = sub.to_config()?;
+    topic_config.validate()?;
+    sub_config.validate()?;
+    let topic = s.engine.create_topic(queue, topic_config).await?;
+    let sub = s
+        .engine
+        .create_subscription(queue, queue, sub_config)
+        .await?;
+    Ok((topic, sub))
 }

@@ -449,16 +449,28 @@ pub(crate) async fn do_dead_letters(
     sub: &str,
     q: DeadLetterQuery,
 ) -> ApiResult<ReadResponse> {
+    let r = read_dead_letters(s, caller, topic, sub, q.offset, ("limit", q.limit)).await?;
+    Ok(ReadResponse::new(r, q.encoding.unwrap_or_default()))
+}
+
+/// Reads a subscription's dead letters from `offset` (REST and gRPC).
+pub(crate) async fn read_dead_letters(
+    s: &AppState,
+    caller: &Caller,
+    topic: &str,
+    sub: &str,
+    offset: Option<u64>,
+    (limit_field, limit): (&str, Option<u32>),
+) -> ApiResult<wharf_broker::ReadResult> {
     caller.require(Scope::Consume, topic)?;
     let request = ReadRequest {
         partition: 0,
-        from: q.offset.map_or(Position::Earliest, Position::Offset),
-        max_messages: s.count("limit", q.limit, 100)?,
+        from: offset.map_or(Position::Earliest, Position::Offset),
+        max_messages: s.count(limit_field, limit, 100)?,
         max_bytes: 16 * 1024 * 1024,
         wait: Duration::ZERO,
     };
-    let r = s.engine.dead_letters(topic, sub, request).await?;
-    Ok(ReadResponse::new(r, q.encoding.unwrap_or_default()))
+    Ok(s.engine.dead_letters(topic, sub, request).await?)
 }
 
 /// Puts dead-lettered messages back into this subscription only.
@@ -483,11 +495,23 @@ pub(crate) async fn do_redrive(
     sub: &str,
     body: RedriveRequest,
 ) -> ApiResult<RedriveResponse> {
+    Ok(RedriveResponse {
+        redriven: redrive_checked(s, caller, topic, sub, body.max).await?,
+    })
+}
+
+/// Redrives up to `max` (default and at most 100000) dead letters (REST and gRPC).
+pub(crate) async fn redrive_checked(
+    s: &AppState,
+    caller: &Caller,
+    topic: &str,
+    sub: &str,
+    max: Option<u32>,
+) -> ApiResult<u64> {
     caller.require(Scope::Admin, topic)?;
-    let max = body.max.unwrap_or(100_000);
+    let max = max.unwrap_or(100_000);
     if max == 0 || max > 100_000 {
         return Err(ApiError::invalid("max", "must be within 1..=100000"));
     }
-    let redriven = s.engine.redrive(topic, sub, max as usize).await?;
-    Ok(RedriveResponse { redriven })
+    Ok(s.engine.redrive(topic, sub, max as usize).await?)
 }
