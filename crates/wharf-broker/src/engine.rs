@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::types::{
     AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Health, Membership, Message,
-    Published, ReadRequest, ReadResult, ReceiveRequest, ResetTo, StorageStats, SubscriptionConfig,
-    SubscriptionInfo, TopicConfig, TopicInfo,
+    PublishOptions, Published, ReadRequest, ReadResult, ReceiveRequest, ResetTo, StorageStats,
+    SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo,
 };
 
 /// A message engine with Wharf's semantics (DESIGN.md §1–2b).
@@ -67,7 +67,18 @@ pub trait Engine: Send + Sync + 'static {
     /// every message is durable under the topic's mode. A message whose `wharf-message-id`
     /// was published within the dedup window is not stored again: its result is the
     /// original's, marked `duplicate`.
-    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Published>>;
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
+        self.publish_with(topic, messages, PublishOptions::default())
+            .await
+    }
+
+    /// [`Engine::publish`] with options: headers shared by every message (trace context).
+    async fn publish_with(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        options: PublishOptions,
+    ) -> Result<Vec<Published>>;
 
     /// Reads a partition by offset or time, optionally waiting for new messages.
     async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult>;

@@ -134,6 +134,16 @@ pub struct PartitionInfo {
     pub high_watermark: u64,
 }
 
+/// Options of one publish call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Headers stored with every message of the publish (after its own), except a message
+    /// that already has a header of one of these names or that they would push over the
+    /// topic's `max_message_bytes` or the header-count limit: the server's trace context.
+    /// An engine should store them without a copy per message where it can.
+    pub shared_headers: Vec<(String, String)>,
+}
+
 /// A message to publish.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {

@@ -105,6 +105,7 @@ conformance::conformance_tests! { crate::harness;
         empty_batch,
         results_in_input_order,
         headers_and_binary_round_trip,
+        shared_headers,
         timestamps_non_decreasing,
     }
     dedup {

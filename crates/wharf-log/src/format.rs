@@ -22,7 +22,7 @@
 use bytes::{Buf, Bytes};
 
 use crate::error::FormatError;
-use crate::record::{NewRecord, Record};
+use crate::record::{NewRecord, Record, SharedHeaders};
 
 /// Magic number at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WHARFSEG";
@@ -291,25 +291,39 @@ impl BatchHeader {
 }
 
 /// Encoded size of a record, without its leading length varint.
-fn record_body_len(r: &NewRecord, offset_delta: u64) -> usize {
+fn record_body_len(r: &NewRecord, offset_delta: u64, shared: &[(String, String)]) -> usize {
     let key_len = r.key.as_ref().map_or(0, |k| k.len());
     let mut n = varint_len(offset_delta)
         + varint_len(0)
         + varint_len(r.key.as_ref().map_or(0, |k| k.len() as u64 + 1))
         + key_len;
     n += varint_len(r.value.len() as u64) + r.value.len();
-    n += varint_len(r.headers.len() as u64);
-    for (k, v) in &r.headers {
+    n += varint_len((r.headers.len() + shared.len()) as u64);
+    for (k, v) in r.headers.iter().chain(shared) {
         n += varint_len(k.len() as u64) + k.len() + varint_len(v.len() as u64) + v.len();
     }
     n
 }
 
+/// The shared headers record `i` gets.
+fn shared_for<'a>(shared: &SharedHeaders<'a>, i: usize) -> &'a [(String, String)] {
+    if shared.applies_to(i) {
+        shared.headers
+    } else {
+        &[]
+    }
+}
+
 /// Size of the batch [`encode_batch`] would produce for `records`.
 pub fn encoded_batch_len(records: &[NewRecord]) -> u64 {
+    encoded_batch_len_shared(records, &SharedHeaders::NONE)
+}
+
+/// Size of the batch [`EncodedBatch::encode_shared`] would produce.
+pub fn encoded_batch_len_shared(records: &[NewRecord], shared: &SharedHeaders<'_>) -> u64 {
     let mut n = BATCH_HEADER_LEN as u64;
     for (i, r) in records.iter().enumerate() {
-        let body = record_body_len(r, i as u64);
+        let body = record_body_len(r, i as u64, shared_for(shared, i));
         n += (varint_len(body as u64) + body) as u64;
     }
     n
@@ -327,19 +341,28 @@ pub struct EncodedBatch {
 impl EncodedBatch {
     /// Encodes `records` (at least one) into a batch with base offset 0 and timestamp 0.
     pub fn encode(records: &[NewRecord]) -> Result<Self, FormatError> {
+        Self::encode_shared(records, &SharedHeaders::NONE)
+    }
+
+    /// Encodes `records`, each followed by the `shared` headers that apply to it.
+    pub fn encode_shared(
+        records: &[NewRecord],
+        shared: &SharedHeaders<'_>,
+    ) -> Result<Self, FormatError> {
         let count = u32::try_from(records.len())
             .map_err(|_| FormatError::invalid("record count", records.len().to_string()))?;
         if count == 0 {
             return Err(FormatError::invalid("record count", "0"));
         }
-        let total = encoded_batch_len(records);
+        let total = encoded_batch_len_shared(records, shared);
         if total > u64::from(MAX_BATCH_LEN) {
             return Err(FormatError::invalid("batch length", total.to_string()));
         }
         let mut out = Vec::with_capacity(total as usize);
         out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
         for (i, r) in records.iter().enumerate() {
-            let body = record_body_len(r, i as u64);
+            let extra = shared_for(shared, i);
+            let body = record_body_len(r, i as u64, extra);
             put_varint(&mut out, body as u64);
             put_varint(&mut out, i as u64);
             put_varint(&mut out, 0); // every record of a batch gets the batch's append time
@@ -352,8 +375,8 @@ impl EncodedBatch {
             }
             put_varint(&mut out, r.value.len() as u64);
             out.extend_from_slice(&r.value);
-            put_varint(&mut out, r.headers.len() as u64);
-            for (k, v) in &r.headers {
+            put_varint(&mut out, (r.headers.len() + extra.len()) as u64);
+            for (k, v) in r.headers.iter().chain(extra) {
                 put_varint(&mut out, k.len() as u64);
                 out.extend_from_slice(k.as_bytes());
                 put_varint(&mut out, v.len() as u64);
@@ -764,6 +787,37 @@ mod tests {
             assert_eq!(r.value, want.value);
             assert_eq!(r.headers, want.headers);
         }
+    }
+
+    #[test]
+    fn shared_headers_are_stored_as_the_records_own() {
+        let shared = vec![("traceparent".to_owned(), "00-shared".to_owned())];
+        let with = SharedHeaders {
+            headers: &shared,
+            except: &[1],
+        };
+        let mut batch = EncodedBatch::encode_shared(&sample(), &with).unwrap();
+        assert_eq!(
+            batch.len() as u64,
+            encoded_batch_len_shared(&sample(), &with)
+        );
+        batch.stamp(0, 9);
+        let (_, records) = Batch::decode(Bytes::from(batch.into_bytes())).unwrap();
+        // The same records with the header added by hand encode to the same bytes.
+        let mut by_hand = sample();
+        for i in [0, 2] {
+            by_hand[i].headers.extend(shared.iter().cloned());
+        }
+        let mut expected = EncodedBatch::encode(&by_hand).unwrap();
+        expected.stamp(0, 9);
+        let (_, want) = Batch::decode(Bytes::from(expected.into_bytes())).unwrap();
+        assert_eq!(records, want);
+        assert_eq!(records[1].headers, Vec::new());
+        assert_eq!(records[2].headers.last(), shared.last());
+        assert_eq!(
+            encoded_batch_len_shared(&sample(), &SharedHeaders::NONE),
+            encoded_batch_len(&sample())
+        );
     }
 
     #[test]

@@ -58,5 +58,5 @@ pub use log::{
     AppendTicket, Appended, FSYNC_BUCKETS_US, FsyncHistogram, Log, LogStats, OffsetWait,
     RetentionOutcome,
 };
-pub use record::{NewRecord, Record};
+pub use record::{NewRecord, Record, SharedHeaders};
 pub use recovery::{RecoveryReport, Truncation};

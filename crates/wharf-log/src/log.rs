@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, Batch, EncodedBatch, IndexEntry, IndexSummary, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::record::{NewRecord, Record};
+use crate::record::{NewRecord, Record, SharedHeaders};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, ActiveSegment, BatchPosition, SegmentReader};
 use crate::vfs::DirLock;
@@ -478,16 +478,26 @@ impl Log {
     ///
     /// Fails at once if the batch is empty or too large, or the log is poisoned or closed.
     pub fn append(&self, records: &[NewRecord]) -> Result<AppendTicket> {
+        self.append_shared(records, &SharedHeaders::NONE)
+    }
+
+    /// [`Log::append`], storing the `shared` headers with every record they apply to (after
+    /// the record's own headers) without a copy of them per record.
+    pub fn append_shared(
+        &self,
+        records: &[NewRecord],
+        shared: &SharedHeaders<'_>,
+    ) -> Result<AppendTicket> {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let size = format::encoded_batch_len(records);
+        let size = format::encoded_batch_len_shared(records, shared);
         let limit = self.shared.config.max_batch_bytes;
         if size > limit {
             return Err(Error::BatchTooLarge { size, limit });
         }
-        let mut batch =
-            EncodedBatch::encode(records).map_err(|_| Error::BatchTooLarge { size, limit })?;
+        let mut batch = EncodedBatch::encode_shared(records, shared)
+            .map_err(|_| Error::BatchTooLarge { size, limit })?;
         let count = u64::from(batch.record_count());
         let len = batch.len() as u64;
         let config = &self.shared.config;

@@ -38,6 +38,31 @@ impl NewRecord {
     }
 }
 
+/// Headers stored with every record of one append, except the records listed: how the broker
+/// gives a whole publish the same trace context without a copy of it per record. They are
+/// encoded after each record's own headers, so a stored record cannot tell them apart from
+/// its own (the on-disk format does not change).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SharedHeaders<'a> {
+    /// The headers, in order.
+    pub headers: &'a [(String, String)],
+    /// Indexes of the records that do not get them, ascending.
+    pub except: &'a [usize],
+}
+
+impl SharedHeaders<'_> {
+    /// No shared headers.
+    pub const NONE: SharedHeaders<'static> = SharedHeaders {
+        headers: &[],
+        except: &[],
+    };
+
+    /// Whether record `index` gets the shared headers.
+    pub fn applies_to(&self, index: usize) -> bool {
+        !self.headers.is_empty() && self.except.binary_search(&index).is_err()
+    }
+}
+
 /// A stored record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 use wharf_log::vfs::{StdFs, Vfs};
-use wharf_log::{Clock, Log, LogConfig, NewRecord, Retention, SystemClock};
+use wharf_log::{Clock, Log, LogConfig, NewRecord, Retention, SharedHeaders, SystemClock};
 
 use crate::engine::Engine;
 use crate::error::{BrokerError, Result};
@@ -32,9 +32,9 @@ use crate::murmur2::partition_for_key;
 use crate::names;
 use crate::types::{
     AckOutcome, Capabilities, Committed, Delivery, FetchRequest, Health, Membership, Message,
-    PartitionInfo, Position, Published, ReadRequest, ReadResult, ReceiveRequest, ResetTo,
-    StorageStats, StoredMessage, SubscriptionConfig, SubscriptionInfo, Support, TopicConfig,
-    TopicInfo,
+    PartitionInfo, Position, PublishOptions, Published, ReadRequest, ReadResult, ReceiveRequest,
+    ResetTo, StorageStats, StoredMessage, SubscriptionConfig, SubscriptionInfo, Support,
+    TopicConfig, TopicInfo,
 };
 use dedup::{Check, Dedup};
 use shared::SharedSub;
@@ -575,6 +575,7 @@ impl Topic {
     pub(crate) async fn publish(
         &self,
         mut messages: Vec<Message>,
+        shared_headers: &[(String, String)],
         clock: &dyn Clock,
     ) -> Result<Vec<Published>> {
         let topic = self;
@@ -639,6 +640,28 @@ impl Topic {
             }
             routes.push(topic.route(m)?);
         }
+        // Messages that do not get the shared headers: they set one of them themselves, or
+        // the headers would make them too large.
+        let shared_size: u64 = shared_headers
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        let unshared: Vec<usize> = if shared_headers.is_empty() {
+            Vec::new()
+        } else {
+            messages
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| {
+                    message_size(m) + shared_size > topic.config.max_message_bytes
+                        || m.headers.len() + shared_headers.len() > MAX_HEADERS
+                        || m.headers
+                            .iter()
+                            .any(|(k, _)| shared_headers.iter().any(|(s, _)| s == k))
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
         let window = topic.config.dedup_window_ms;
         let mut results: Vec<Option<Published>> = vec![None; messages.len()];
         // Indexes of messages to store; ids this publish reserved; the channel that tells
@@ -721,7 +744,11 @@ impl Topic {
             // Each message is appended once (one partition each): move its parts into the
             // record instead of copying its headers.
             let mut records: Vec<NewRecord> = Vec::with_capacity(idxs.len());
-            for &i in idxs {
+            let mut except = Vec::new();
+            for (k, &i) in idxs.iter().enumerate() {
+                if !shared_headers.is_empty() && unshared.binary_search(&i).is_ok() {
+                    except.push(k);
+                }
                 if let Some(m) = messages.get_mut(i) {
                     records.push(NewRecord {
                         key: m.key.take(),
@@ -730,10 +757,16 @@ impl Topic {
                     });
                 }
             }
-            match topic
-                .partition(*p)
-                .and_then(|log| log.append(&records).map_err(BrokerError::from))
-            {
+            match topic.partition(*p).and_then(|log| {
+                log.append_shared(
+                    &records,
+                    &SharedHeaders {
+                        headers: shared_headers,
+                        except: &except,
+                    },
+                )
+                .map_err(BrokerError::from)
+            }) {
                 Ok(ticket) => tickets.push((*p, idxs.clone(), ticket)),
                 Err(e) => {
                     failure = Some(e);
@@ -1074,7 +1107,12 @@ impl Engine for EmbeddedEngine {
         .map_err(|e| BrokerError::Internal(e.to_string()))?
     }
 
-    async fn publish(&self, topic_name: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
+    async fn publish_with(
+        &self,
+        topic_name: &str,
+        messages: Vec<Message>,
+        options: PublishOptions,
+    ) -> Result<Vec<Published>> {
         let topic = self.topic(topic_name)?;
         if topic_name.starts_with(names::RESERVED_PREFIX) {
             return Err(BrokerError::invalid(
@@ -1087,9 +1125,13 @@ impl Engine for EmbeddedEngine {
         // message ids are recorded as published, and the caller's retry is answered as a
         // duplicate instead of being stored twice.
         let clock = self.inner.config.clock.clone();
-        tokio::spawn(async move { topic.publish(messages, clock.as_ref()).await })
-            .await
-            .map_err(|e| BrokerError::Internal(format!("the publish task failed: {e}")))?
+        tokio::spawn(async move {
+            topic
+                .publish(messages, &options.shared_headers, clock.as_ref())
+                .await
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("the publish task failed: {e}")))?
     }
 
     async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {

@@ -815,7 +815,7 @@ impl SharedSub {
                 }
             })
             .collect();
-        let published = self.dlq.publish(messages, self.clock.as_ref()).await;
+        let published = self.dlq.publish(messages, &[], self.clock.as_ref()).await;
         if let Err(e) = published {
             // The guard puts the records back (after a backoff) for another try.
             drop(guard);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use wharf_broker::murmur2::partition_for_key;
-use wharf_broker::{Engine, Message, TopicConfig};
+use wharf_broker::{Engine, Message, PublishOptions, TopicConfig};
 
 use super::Harness;
 use super::common::{expect_code, high_watermarks, publish_one, read_all, topic, values};
@@ -268,6 +268,63 @@ pub(crate) async fn headers_and_binary_round_trip(mut h: impl Harness) {
         want.sort();
         assert_eq!(got, want, "headers of offset {}", s.offset);
     }
+}
+
+/// Shared headers (the server's trace context) are stored with every message of the publish
+/// after its own headers, except on a message that sets one of them itself or that they would
+/// push over the topic's size limit; each such message is stored as given.
+pub(crate) async fn shared_headers(mut h: impl Harness) {
+    let e = h.start().await;
+    e.create_topic(
+        "t",
+        TopicConfig {
+            partitions: 2,
+            max_message_bytes: 200,
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let shared = vec![("traceparent".to_owned(), tp.to_owned())];
+    let messages = vec![
+        Message::new("plain").to_partition(0),
+        Message::new("own")
+            .with_header("traceparent", "00-mine")
+            .to_partition(1),
+        // 200 bytes: at the limit without the shared header, over it with it.
+        Message::new(vec![b'x'; 200]).to_partition(0),
+        Message::new("keyed")
+            .with_key("k")
+            .with_header("a", "1")
+            .to_partition(1),
+    ];
+    let r = e
+        .publish_with(
+            "t",
+            messages,
+            PublishOptions {
+                shared_headers: shared.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 4);
+    let p0 = read_all(&*e, "t", 0).await;
+    let p1 = read_all(&*e, "t", 1).await;
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(p0[0].headers, vec![pair("traceparent", tp)]);
+    assert_eq!(p0[1].headers, Vec::new(), "no room for the shared header");
+    assert_eq!(p0[1].value.len(), 200);
+    assert_eq!(p1[0].headers, vec![pair("traceparent", "00-mine")]);
+    assert_eq!(
+        p1[1].headers,
+        vec![pair("a", "1"), pair("traceparent", tp)],
+        "own headers first"
+    );
+    // Without options nothing is added.
+    publish_one(&*e, "t", Message::new("bare").to_partition(0)).await;
+    assert_eq!(read_all(&*e, "t", 0).await[2].headers, Vec::new());
 }
 
 /// Timestamps are the broker's append time and never decrease within a partition, even when

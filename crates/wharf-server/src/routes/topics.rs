@@ -3,7 +3,7 @@
 use crate::extract::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use wharf_broker::{BrokerError, Position, ReadRequest, TopicConfig};
+use wharf_broker::{BrokerError, Position, PublishOptions, ReadRequest, TopicConfig};
 
 use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, ApiResult};
@@ -149,7 +149,7 @@ pub(crate) async fn publish_messages(
     s: &AppState,
     trace: &RequestTrace,
     topic: &str,
-    mut messages: Vec<wharf_broker::Message>,
+    messages: Vec<wharf_broker::Message>,
     create_queue: bool,
 ) -> ApiResult<Vec<wharf_broker::Published>> {
     let limits = &s.config.limits;
@@ -206,29 +206,18 @@ pub(crate) async fn publish_messages(
         }
         bytes += (msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len()) as u64;
     }
-    // Bad input changed nothing so far. The topic's own size limit, so the trace context added
-    // below never makes a message too large for it; an unknown queue is created now.
-    let topic_limit = match s.engine.max_message_bytes(topic).await {
-        Err(BrokerError::TopicNotFound(_)) if create_queue => {
-            create_queue_with_defaults(s, topic).await?;
-            s.engine.max_message_bytes(topic).await?
-        }
-        r => r?,
-    };
-    let traceparent = trace.span.to_string();
-    let trace_size = ("traceparent".len() + traceparent.len()) as u64;
-    for msg in &mut messages {
-        if msg.headers.iter().any(|(k, _)| k == "traceparent") {
-            continue;
-        }
-        let headers: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let size = (msg.key.as_ref().map_or(0, |k| k.len()) + msg.value.len() + headers) as u64;
-        if size + trace_size <= topic_limit {
-            msg.headers
-                .push(("traceparent".to_owned(), traceparent.clone()));
-        }
+    // Bad input changed nothing so far. An unknown queue is created now.
+    if create_queue
+        && let Err(BrokerError::TopicNotFound(_)) = s.engine.max_message_bytes(topic).await
+    {
+        create_queue_with_defaults(s, topic).await?;
     }
-    let results = s.engine.publish(topic, messages).await?;
+    // The trace context goes with every message that has none of its own and has room for
+    // it under the topic's limit; the engine stores it once per publish, not per message.
+    let options = PublishOptions {
+        shared_headers: vec![("traceparent".to_owned(), trace.span.to_string())],
+    };
+    let results = s.engine.publish_with(topic, messages, options).await?;
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     let stored_bytes = if stored == results.len() as u64 {
         bytes
