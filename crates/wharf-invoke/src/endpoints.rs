@@ -1,0 +1,412 @@
+//! One app's instances as the balancer sees them: peak-EWMA latency, calls in flight, failure
+//! accrual with ejection and half-open probing. Pure state and decisions over an explicit
+//! `now`, so the model test drives it without a runtime.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::policy::BreakerPolicy;
+
+/// How fast a latency estimate forgets: the weight of an old sample halves about every 7 s.
+const DECAY: Duration = Duration::from_secs(10);
+/// The estimate of an instance nothing is known about yet.
+const INITIAL_RTT: Duration = Duration::from_millis(1);
+
+/// An instance: where it is, and what the balancer knows about it.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) id: String,
+    pub(crate) address: http::Uri,
+    pub(crate) http2: bool,
+    /// When it stops counting unless renewed (`None`: from config, never expires).
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) health: Health,
+}
+
+/// The balancer's view of one endpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct Health {
+    /// Peak-EWMA round-trip estimate, in nanoseconds, as of `updated`.
+    rtt_ns: f64,
+    updated: Instant,
+    pub(crate) in_flight: u32,
+    pub(crate) consecutive_failures: u32,
+    /// Ejected until then; a probe may go out once it has passed.
+    pub(crate) ejected_until: Option<Instant>,
+    /// Ejections in a row (the next lasts twice as long).
+    pub(crate) ejections: u32,
+    /// A probe is out.
+    pub(crate) probing: bool,
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+}
+
+impl Health {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            rtt_ns: INITIAL_RTT.as_nanos() as f64,
+            updated: now,
+            in_flight: 0,
+            consecutive_failures: 0,
+            ejected_until: None,
+            ejections: 0,
+            probing: false,
+            calls: 0,
+            failures: 0,
+        }
+    }
+
+    /// The latency estimate now (decayed since the last sample).
+    pub(crate) fn rtt(&self, now: Instant) -> Duration {
+        let age = now.saturating_duration_since(self.updated).as_secs_f64();
+        let w = (-age / DECAY.as_secs_f64()).exp();
+        Duration::from_nanos((self.rtt_ns * w) as u64)
+    }
+
+    /// Load as the balancer compares it: latency × (calls in flight + 1).
+    fn cost(&self, now: Instant) -> f64 {
+        self.rtt(now).as_nanos() as f64 * f64::from(self.in_flight + 1)
+    }
+
+    fn sample(&mut self, now: Instant, rtt: Duration) {
+        let rtt = rtt.as_nanos() as f64;
+        let current = self.rtt(now).as_nanos() as f64;
+        // Peak-sensitive: a slower sample replaces the estimate at once, faster ones blend in.
+        self.rtt_ns = if rtt > current {
+            rtt
+        } else {
+            let age = now.saturating_duration_since(self.updated).as_secs_f64();
+            let w = (-age / DECAY.as_secs_f64()).exp();
+            current * w + rtt * (1.0 - w)
+        };
+        self.updated = now;
+    }
+}
+
+/// What the balancer picked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// Send to this endpoint (index), as a probe if it was ejected.
+    Endpoint { index: usize, probe: bool },
+    /// No live endpoint at all.
+    NoInstances,
+    /// Every live endpoint is ejected and no probe is due.
+    AllEjected {
+        endpoints: usize,
+        retry_in: Duration,
+    },
+}
+
+/// How an attempt ended, for failure accrual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    Failure,
+}
+
+/// Drops expired endpoints.
+pub(crate) fn expire(endpoints: &mut Vec<Endpoint>, now: Instant) {
+    endpoints.retain(|e| e.expires_at.is_none_or(|t| t > now));
+}
+
+/// Power of two choices over the endpoints that are not ejected; a due probe first.
+/// `r1`, `r2` are uniform random numbers (injected for tests).
+pub(crate) fn pick(endpoints: &[Endpoint], now: Instant, r1: usize, r2: usize) -> Pick {
+    let live: Vec<usize> = (0..endpoints.len())
+        .filter(|&i| endpoints[i].expires_at.is_none_or(|t| t > now))
+        .collect();
+    if live.is_empty() {
+        return Pick::NoInstances;
+    }
+    // A probe is due: the endpoint ejected longest ago goes first.
+    if let Some(&i) = live
+        .iter()
+        .filter(|&&i| {
+            let h = &endpoints[i].health;
+            !h.probing && h.ejected_until.is_some_and(|t| t <= now)
+        })
+        .min_by_key(|&&i| endpoints[i].health.ejected_until)
+    {
+        return Pick::Endpoint {
+            index: i,
+            probe: true,
+        };
+    }
+    let ready: Vec<usize> = live
+        .iter()
+        .copied()
+        .filter(|&i| endpoints[i].health.ejected_until.is_none())
+        .collect();
+    match ready.len() {
+        0 => {
+            let retry_in = live
+                .iter()
+                .filter_map(|&i| endpoints[i].health.ejected_until)
+                .min()
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            Pick::AllEjected {
+                endpoints: live.len(),
+                retry_in,
+            }
+        }
+        1 => Pick::Endpoint {
+            index: ready[0],
+            probe: false,
+        },
+        n => {
+            let a = ready[r1 % n];
+            let mut b = ready[r2 % (n - 1)];
+            if b == a {
+                b = ready[n - 1];
+            }
+            let (ca, cb) = (endpoints[a].health.cost(now), endpoints[b].health.cost(now));
+            Pick::Endpoint {
+                index: if cb < ca { b } else { a },
+                probe: false,
+            }
+        }
+    }
+}
+
+/// Marks an attempt as started.
+pub(crate) fn start(h: &mut Health, probe: bool) {
+    h.in_flight += 1;
+    h.calls += 1;
+    if probe {
+        h.probing = true;
+    }
+}
+
+/// Records how an attempt ended: latency, failure accrual, ejection, probe result.
+pub(crate) fn finish(
+    h: &mut Health,
+    now: Instant,
+    elapsed: Duration,
+    outcome: Outcome,
+    probe: bool,
+    policy: &BreakerPolicy,
+) {
+    h.in_flight = h.in_flight.saturating_sub(1);
+    h.sample(now, elapsed);
+    match outcome {
+        Outcome::Success => {
+            h.consecutive_failures = 0;
+            if probe || h.ejected_until.is_some() {
+                h.ejected_until = None;
+                h.ejections = 0;
+            }
+        }
+        Outcome::Failure => {
+            h.failures += 1;
+            h.consecutive_failures += 1;
+            if probe || h.consecutive_failures >= policy.consecutive_failures {
+                let base = Duration::from_millis(policy.ejection_ms);
+                let max = Duration::from_millis(policy.max_ejection_ms);
+                let factor = 1u32 << h.ejections.min(16);
+                h.ejected_until = Some(now + base.saturating_mul(factor).min(max));
+                h.ejections = h.ejections.saturating_add(1);
+                h.consecutive_failures = 0;
+            }
+        }
+    }
+    if probe {
+        h.probing = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn endpoint(id: &str, now: Instant) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            address: "http://127.0.0.1:1".parse().unwrap(),
+            http2: false,
+            expires_at: None,
+            health: Health::new(now),
+        }
+    }
+
+    fn policy() -> BreakerPolicy {
+        BreakerPolicy {
+            consecutive_failures: 3,
+            ejection_ms: 1_000,
+            max_ejection_ms: 4_000,
+        }
+    }
+
+    #[test]
+    fn the_faster_of_two_wins() {
+        let now = Instant::now();
+        let mut e = vec![endpoint("fast", now), endpoint("slow", now)];
+        finish(
+            &mut e[0].health,
+            now,
+            Duration::from_millis(1),
+            Outcome::Success,
+            false,
+            &policy(),
+        );
+        finish(
+            &mut e[1].health,
+            now,
+            Duration::from_millis(50),
+            Outcome::Success,
+            false,
+            &policy(),
+        );
+        for r in 0..10 {
+            assert_eq!(
+                pick(&e, now, r, r + 1),
+                Pick::Endpoint {
+                    index: 0,
+                    probe: false
+                }
+            );
+        }
+        // Load counts: with many calls in flight the fast one costs more.
+        e[0].health.in_flight = 100;
+        assert_eq!(
+            pick(&e, now, 0, 0),
+            Pick::Endpoint {
+                index: 1,
+                probe: false
+            }
+        );
+    }
+
+    #[test]
+    fn ejection_probe_and_recovery() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut e = vec![endpoint("a", t0)];
+        for _ in 0..3 {
+            start(&mut e[0].health, false);
+            finish(
+                &mut e[0].health,
+                t0,
+                Duration::from_millis(1),
+                Outcome::Failure,
+                false,
+                &p,
+            );
+        }
+        assert_eq!(
+            pick(&e, t0, 0, 0),
+            Pick::AllEjected {
+                endpoints: 1,
+                retry_in: Duration::from_secs(1)
+            }
+        );
+        // The probe is due after the ejection; only one goes out.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            pick(&e, t1, 0, 0),
+            Pick::Endpoint {
+                index: 0,
+                probe: true
+            }
+        );
+        start(&mut e[0].health, true);
+        assert!(matches!(pick(&e, t1, 0, 0), Pick::AllEjected { .. }));
+        // A failed probe ejects for twice as long.
+        finish(
+            &mut e[0].health,
+            t1,
+            Duration::from_millis(1),
+            Outcome::Failure,
+            true,
+            &p,
+        );
+        assert_eq!(
+            pick(&e, t1, 0, 0),
+            Pick::AllEjected {
+                endpoints: 1,
+                retry_in: Duration::from_secs(2)
+            }
+        );
+        let t2 = t1 + Duration::from_secs(2);
+        assert_eq!(
+            pick(&e, t2, 0, 0),
+            Pick::Endpoint {
+                index: 0,
+                probe: true
+            }
+        );
+        start(&mut e[0].health, true);
+        finish(
+            &mut e[0].health,
+            t2,
+            Duration::from_millis(1),
+            Outcome::Success,
+            true,
+            &p,
+        );
+        assert_eq!(
+            pick(&e, t2, 0, 0),
+            Pick::Endpoint {
+                index: 0,
+                probe: false
+            }
+        );
+        assert_eq!(e[0].health.ejections, 0);
+    }
+
+    #[test]
+    fn expired_endpoints_do_not_count() {
+        let now = Instant::now();
+        let mut e = vec![endpoint("a", now)];
+        e[0].expires_at = Some(now + Duration::from_secs(1));
+        assert!(matches!(pick(&e, now, 0, 0), Pick::Endpoint { .. }));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(pick(&e, later, 0, 0), Pick::NoInstances);
+        expire(&mut e, later);
+        assert!(e.is_empty());
+    }
+
+    proptest! {
+        /// Model test: whatever the sequence of outcomes, the breaker never sends to an
+        /// ejected endpoint except as the single probe, in-flight counts return to zero, and
+        /// an ejection never exceeds the maximum.
+        #[test]
+        fn breaker_model(ops in proptest::collection::vec((0usize..3, any::<bool>(), 0u64..3_000), 1..200)) {
+            let p = policy();
+            let mut now = Instant::now();
+            let mut e = vec![endpoint("a", now), endpoint("b", now), endpoint("c", now)];
+            for (r, ok, advance) in ops {
+                now += Duration::from_millis(advance);
+                match pick(&e, now, r, r + 1) {
+                    Pick::Endpoint { index, probe } => {
+                        let h = &e[index].health;
+                        if probe {
+                            prop_assert!(h.ejected_until.is_some_and(|t| t <= now) && !h.probing);
+                        } else {
+                            prop_assert!(h.ejected_until.is_none());
+                        }
+                        start(&mut e[index].health, probe);
+                        let outcome = if ok { Outcome::Success } else { Outcome::Failure };
+                        finish(&mut e[index].health, now, Duration::from_millis(1), outcome, probe, &p);
+                        let h = &e[index].health;
+                        prop_assert_eq!(h.in_flight, 0);
+                        if let Some(t) = h.ejected_until {
+                            prop_assert!(t <= now + Duration::from_millis(p.max_ejection_ms));
+                        }
+                        if ok {
+                            prop_assert!(h.ejected_until.is_none());
+                        }
+                    }
+                    Pick::AllEjected { endpoints, retry_in } => {
+                        prop_assert_eq!(endpoints, 3);
+                        prop_assert!(retry_in > Duration::ZERO);
+                        prop_assert!(e.iter().all(|x| x.health.ejected_until.is_some_and(|t| t > now)));
+                    }
+                    Pick::NoInstances => prop_assert!(false, "three endpoints never expire"),
+                }
+            }
+        }
+    }
+}
