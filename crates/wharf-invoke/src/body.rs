@@ -49,12 +49,16 @@ impl ReqBody {
                     Ok(data) => {
                         buf.extend_from_slice(&data);
                         if buf.len() > RETRY_BUFFER_BYTES {
-                            return Ok(Self::Stream(Prefixed::new(buf.freeze(), None, body)));
+                            return Ok(Self::Stream(Prefixed::boxed(buf.freeze(), None, body)));
                         }
                     }
                     Err(frame) => {
                         // Trailers: keep them, and stream.
-                        return Ok(Self::Stream(Prefixed::new(buf.freeze(), Some(frame), body)));
+                        return Ok(Self::Stream(Prefixed::boxed(
+                            buf.freeze(),
+                            Some(frame),
+                            body,
+                        )));
                     }
                 },
             }
@@ -70,7 +74,7 @@ struct Prefixed {
 }
 
 impl Prefixed {
-    fn new(prefix: Bytes, frame: Option<Frame<Bytes>>, rest: Body) -> Body {
+    fn boxed(prefix: Bytes, frame: Option<Frame<Bytes>>, rest: Body) -> Body {
         Self {
             prefix: (!prefix.is_empty()).then_some(prefix),
             frame,

@@ -113,36 +113,46 @@ pub(crate) fn expire(endpoints: &mut Vec<Endpoint>, now: Instant) {
 /// Power of two choices over the endpoints that are not ejected; a due probe first.
 /// `r1`, `r2` are uniform random numbers (injected for tests).
 pub(crate) fn pick(endpoints: &[Endpoint], now: Instant, r1: usize, r2: usize) -> Pick {
-    let live: Vec<usize> = (0..endpoints.len())
-        .filter(|&i| endpoints[i].expires_at.is_none_or(|t| t > now))
+    let live: Vec<(usize, &Health)> = endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.expires_at.is_none_or(|t| t > now))
+        .map(|(i, e)| (i, &e.health))
         .collect();
     if live.is_empty() {
         return Pick::NoInstances;
     }
     // A probe is due: the endpoint ejected longest ago goes first.
-    if let Some(&i) = live
+    if let Some((i, _)) = live
         .iter()
-        .filter(|&&i| {
-            let h = &endpoints[i].health;
-            !h.probing && h.ejected_until.is_some_and(|t| t <= now)
-        })
-        .min_by_key(|&&i| endpoints[i].health.ejected_until)
+        .filter(|(_, h)| !h.probing && h.ejected_until.is_some_and(|t| t <= now))
+        .min_by_key(|(_, h)| h.ejected_until)
     {
         return Pick::Endpoint {
-            index: i,
+            index: *i,
             probe: true,
         };
     }
-    let ready: Vec<usize> = live
+    let ready: Vec<(usize, &Health)> = live
         .iter()
         .copied()
-        .filter(|&i| endpoints[i].health.ejected_until.is_none())
+        .filter(|(_, h)| h.ejected_until.is_none())
         .collect();
-    match ready.len() {
-        0 => {
+    let n = ready.len();
+    let first = ready.get(r1 % n.max(1));
+    // The second choice is any other ready endpoint.
+    let second = if n > 1 {
+        let k = r2 % (n - 1);
+        let k = if k >= r1 % n { k + 1 } else { k };
+        ready.get(k)
+    } else {
+        None
+    };
+    match (first, second) {
+        (None, _) => {
             let retry_in = live
                 .iter()
-                .filter_map(|&i| endpoints[i].health.ejected_until)
+                .filter_map(|(_, h)| h.ejected_until)
                 .min()
                 .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
             Pick::AllEjected {
@@ -150,22 +160,14 @@ pub(crate) fn pick(endpoints: &[Endpoint], now: Instant, r1: usize, r2: usize) -
                 retry_in,
             }
         }
-        1 => Pick::Endpoint {
-            index: ready[0],
+        (Some((a, _)), None) => Pick::Endpoint {
+            index: *a,
             probe: false,
         },
-        n => {
-            let a = ready[r1 % n];
-            let mut b = ready[r2 % (n - 1)];
-            if b == a {
-                b = ready[n - 1];
-            }
-            let (ca, cb) = (endpoints[a].health.cost(now), endpoints[b].health.cost(now));
-            Pick::Endpoint {
-                index: if cb < ca { b } else { a },
-                probe: false,
-            }
-        }
+        (Some((a, ha)), Some((b, hb))) => Pick::Endpoint {
+            index: if hb.cost(now) < ha.cost(now) { *b } else { *a },
+            probe: false,
+        },
     }
 }
 
