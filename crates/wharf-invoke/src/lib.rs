@@ -68,6 +68,22 @@ pub struct AppConfig {
     pub instances: Vec<InstanceConfig>,
 }
 
+impl AppConfig {
+    /// Checks the app's name, policy and static instances; the error names the key.
+    pub fn validate(&self, name: &str) -> Result<(), InvokeError> {
+        validate_name("app", name)?;
+        self.policy.validate()?;
+        for s in &self.grpc_services {
+            validate_name("grpc_services", s)?;
+        }
+        for i in &self.instances {
+            validate_name("instance id", &i.id)?;
+            parse_address(&i.address)?;
+        }
+        Ok(())
+    }
+}
+
 /// A static instance of an app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,8 +205,7 @@ impl Invoker {
     /// Creates an app or replaces its settings (its registered instances and their health
     /// are kept; static instances are replaced by the config's).
     pub fn put_app(&self, name: &str, config: AppConfig) -> Result<AppStatus, InvokeError> {
-        validate_name("app", name)?;
-        config.policy.validate()?;
+        config.validate(name)?;
         let mut statics = Vec::new();
         for i in &config.instances {
             validate_name("instance id", &i.id)?;

@@ -46,7 +46,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The listener.
@@ -63,6 +63,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Apps that can be called (`[apps.NAME]`: `policy`, `grpc_services`, static `instances`).
+    pub apps: std::collections::BTreeMap<String, wharf_invoke::AppConfig>,
 }
 
 /// `[server]`
@@ -352,6 +354,10 @@ impl Config {
     /// Checks every key; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let addr = self.listen_addr()?;
+        for (name, app) in &self.apps {
+            app.validate(name)
+                .map_err(|e| invalid(format!("apps.{name}"), e.to_string()))?;
+        }
         let l = &self.limits;
         range("limits.max_message_bytes", l.max_message_bytes, 1, 16 << 20)?;
         range(

@@ -155,6 +155,44 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "limits.max_connections reached; retry",
     ),
     ("shutting_down", 503, "the server is shutting down"),
+    ("app_not_found", 404, "no app of that name is registered"),
+    (
+        "no_instances",
+        503,
+        "the app has no live instance (none registered, or none heart-beating)",
+    ),
+    (
+        "deadline_exceeded",
+        504,
+        "the call's deadline passed (before it was sent, or while waiting for the app)",
+    ),
+    ("rate_limited", 429, "over the app's rate limit; retry later"),
+    (
+        "concurrency_limited",
+        429,
+        "the app already has its maximum of calls in flight; retry later",
+    ),
+    (
+        "breaker_open",
+        503,
+        "every instance of the app is ejected after failures; failing fast until a probe",
+    ),
+    (
+        "upstream_timeout",
+        504,
+        "the app's instance did not answer within the per-try timeout",
+    ),
+    (
+        "upstream_unreachable",
+        502,
+        "cannot connect to the app's instance",
+    ),
+    (
+        "upstream_failed",
+        502,
+        "the connection to the app's instance failed during the call",
+    ),
+    ("bad_request_body", 400, "reading the request body failed"),
 ];
 
 impl ApiError {
@@ -214,6 +252,16 @@ impl From<BrokerError> for ApiError {
             BrokerError::Closed => ApiError::new("shutting_down", message).retry_after(1),
             _ => ApiError::new(e.code(), message),
         }
+    }
+}
+
+impl From<wharf_invoke::InvokeError> for ApiError {
+    fn from(e: wharf_invoke::InvokeError) -> Self {
+        let retry_after = e.retry_after().map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
+        let message = format!("{e} (layer: {})", e.layer().as_str());
+        let mut out = ApiError::new(e.code(), message);
+        out.retry_after = retry_after;
+        out
     }
 }
 

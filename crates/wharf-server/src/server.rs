@@ -93,12 +93,22 @@ pub async fn start(config: Config, engine: Arc<dyn Engine>) -> Result<ServerHand
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     let shutdown = CancellationToken::new();
+    let invoker = wharf_invoke::Invoker::new();
+    for (name, app) in &config.apps {
+        invoker
+            .put_app(name, app.clone())
+            .map_err(|e| crate::config::ConfigError::Invalid {
+                key: format!("apps.{name}"),
+                message: e.to_string(),
+            })?;
+    }
     let state = AppState {
         engine,
         config: Arc::new(config),
         tokens: Arc::new(tokens),
         metrics: Arc::new(Metrics::new()),
         shutdown: shutdown.clone(),
+        invoker,
     };
     let task = tokio::spawn(run(listener, tls, state));
     Ok(ServerHandle {
@@ -343,15 +353,28 @@ async fn refuse(mut stream: TcpStream, plain: bool) {
     }
 }
 
-/// Housekeeping: metrics upkeep every 5 s, retention every `storage.retention_check_ms`.
+/// Housekeeping: expired app instances every second, metrics upkeep every 5 s, retention
+/// every `storage.retention_check_ms`.
 async fn retention_loop(state: AppState) {
     let metrics = state.metrics.clone();
     let shutdown = state.shutdown.clone();
+    let invoker = state.invoker.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
         loop {
             tokio::select! {
-                _ = tick.tick() => metrics.upkeep(),
+                _ = tick.tick() => {
+                    // Instances that stopped heart-beating leave the registry within a second.
+                    let gone = invoker.expire();
+                    if gone > 0 {
+                        tracing::info!(instances = gone, "app instances expired (no heartbeat)");
+                    }
+                    n += 1;
+                    if n.is_multiple_of(5) {
+                        metrics.upkeep();
+                    }
+                }
                 () = shutdown.cancelled() => return,
             }
         }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins: long-polls return early, event streams end.
     pub shutdown: CancellationToken,
+    /// The app registry and invocation stack.
+    pub invoker: wharf_invoke::Invoker,
 }
 
 impl std::fmt::Debug for AppState {

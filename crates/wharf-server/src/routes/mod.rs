@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::trace::RequestTrace;
 
+pub(crate) mod apps;
 pub(crate) mod events;
 pub(crate) mod ops;
 pub(crate) mod queues;
@@ -116,6 +117,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/dead-letters", get(queues::dead_letters))
         .route("/v1/queues/{queue}/redrive", post(queues::redrive))
         .route("/v1/queues/{queue}/events", get(events::queue_events))
+        .route("/v1/apps", get(apps::list))
+        .route(
+            "/v1/apps/{app}",
+            put(apps::put).get(apps::get).delete(apps::delete),
+        )
+        .route(
+            "/v1/apps/{app}/instances/{id}",
+            put(apps::put_instance).delete(apps::delete_instance),
+        )
+        .route("/v1/invoke/{app}", any(apps::invoke))
+        .route("/v1/invoke/{app}/", any(apps::invoke))
+        .route("/v1/invoke/{app}/{*path}", any(apps::invoke))
         .route("/v1/stats", get(ops::stats))
         .route("/metrics", get(ops::metrics))
         .route_layer(from_fn_with_state(state.clone(), authenticate));
@@ -137,11 +150,32 @@ pub fn router(state: AppState) -> Router {
     // body deadlines; tonic enforces its own message size limit).
     let mut app = app
         .with_state(state.clone())
-        .merge(crate::grpc::routes(state));
+        .merge(crate::grpc::routes(state.clone()))
+        // gRPC calls for other services go to the apps that serve them, outside the REST
+        // layers (their streams outlive body deadlines and size limits).
+        .layer(from_fn_with_state(state, grpc_apps));
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
     app
+}
+
+/// Sends gRPC calls that are not for `wharf.*` services to apps (`wharf-invoke`).
+async fn grpc_apps(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct == "application/grpc" || ct.starts_with("application/grpc+")
+        });
+    if !grpc || req.uri().path().starts_with("/wharf.") {
+        return next.run(req).await;
+    }
+    match apps::grpc_passthrough(&s, req).await {
+        Ok(response) => response,
+        Err(req) => next.run(req).await,
+    }
 }
 
 fn cors(config: &Config) -> Option<CorsLayer> {
@@ -294,6 +328,8 @@ async fn method_not_allowed(req: Request) -> Response {
         queues::put, queues::get, queues::delete, queues::send, queues::receive,
         queues::ack, queues::nack, queues::extend, queues::terminate,
         queues::dead_letters, queues::redrive,
+        apps::list, apps::get, apps::put, apps::delete, apps::put_instance,
+        apps::delete_instance, apps::invoke,
         ops::healthz, ops::readyz, ops::metrics, ops::stats, ops::openapi,
     ),
     components(schemas(crate::error::ErrorBody)),
@@ -305,6 +341,7 @@ async fn method_not_allowed(req: Request) -> Response {
         (name = "shared", description = "Queue semantics: receive under a lease, ack, nack, dead letters"),
         (name = "queues", description = "A topic plus one shared subscription of the same name"),
         (name = "events", description = "Server-Sent Events for live consumption"),
+        (name = "apps", description = "The app registry and service invocation through the resiliency stack"),
         (name = "operations", description = "Health, readiness, metrics, stats"),
     )
 )]
