@@ -358,6 +358,37 @@ pub struct SharedConfig {
     pub max_in_flight_per_member: u32,
     /// Where the subscription starts on the topic. Default `earliest`.
     pub start: Position,
+    /// Deliver to an app instead of waiting for consumers to receive (the server's push
+    /// workers do it through the invocation stack). Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
+}
+
+/// Push delivery of a shared subscription to an app route: `POST {route}` on an instance of
+/// `app`, the message as the body. 2xx acks; 408, 429, 5xx, timeouts and connection errors
+/// nack with the subscription's backoff; any other answer dead-letters at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// The app (see the app registry).
+    pub app: String,
+    /// The path to `POST` to, starting with `/`.
+    pub route: String,
+    /// Deliveries in flight at once. Default 16.
+    pub max_in_flight: u32,
+    /// How long the app has to answer one delivery, in milliseconds. Default 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            app: String::new(),
+            route: "/".into(),
+            max_in_flight: 16,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Default for SharedConfig {
@@ -371,6 +402,7 @@ impl Default for SharedConfig {
             ordered_by_key: false,
             max_in_flight_per_member: 1_000,
             start: Position::Earliest,
+            push: None,
         }
     }
 }
@@ -417,6 +449,29 @@ impl SubscriptionConfig {
                         "backoff_jitter_pct",
                         "must be within 0..=100",
                     ));
+                }
+                if let Some(p) = &s.push {
+                    if p.app.is_empty() || p.app.len() > 128 {
+                        return Err(BrokerError::invalid("push.app", "must name an app"));
+                    }
+                    if !p.route.starts_with('/') || p.route.len() > 2048 {
+                        return Err(BrokerError::invalid(
+                            "push.route",
+                            "must be a path starting with '/' (at most 2048 bytes)",
+                        ));
+                    }
+                    if !(1..=10_000).contains(&p.max_in_flight) {
+                        return Err(BrokerError::invalid(
+                            "push.max_in_flight",
+                            "must be within 1..=10000",
+                        ));
+                    }
+                    if !(1..=3_600_000).contains(&p.timeout_ms) {
+                        return Err(BrokerError::invalid(
+                            "push.timeout_ms",
+                            "must be within 1..=3600000",
+                        ));
+                    }
                 }
                 if s.max_in_flight_per_member == 0 {
                     return Err(BrokerError::invalid(

@@ -1016,6 +1016,7 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
             ordered_by_key: setup.ordered_by_key,
             max_in_flight_per_member: setup.max_in_flight,
             start: Position::Earliest,
+            push: None,
         };
         let mut h = Harness {
             fs,

@@ -530,21 +530,54 @@ pub struct SubscriptionSettings {
     /// Shared: most deliveries one member holds at once (default 1000).
     #[schema(minimum = 1)]
     pub max_in_flight_per_member: Option<u32>,
-    /// Reserved for push delivery to an app (arrives with service invocation).
-    #[schema(ignore)]
+    /// Shared: deliver to an app route instead of waiting for consumers to receive.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub push: Option<serde_json::Value>,
+    pub push: Option<PushSettings>,
+}
+
+/// Push delivery to an app: `POST {route}` on an instance of `app`, the message as the body
+/// and its headers as headers. 2xx acks; 408, 429, 5xx, timeouts and connection errors nack
+/// with the subscription's backoff; any other answer dead-letters the message at once with
+/// the answer as the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushSettings {
+    /// The app (`/v1/apps`).
+    pub app: String,
+    /// The path to `POST` to (default `/`).
+    pub route: Option<String>,
+    /// Deliveries in flight at once (default 16).
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_in_flight: Option<u32>,
+    /// How long the app has to answer one delivery, in milliseconds (default 10000).
+    #[schema(minimum = 1, maximum = 3600000)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl PushSettings {
+    fn to_config(&self) -> broker::PushConfig {
+        let d = broker::PushConfig::default();
+        broker::PushConfig {
+            app: self.app.clone(),
+            route: self.route.clone().unwrap_or(d.route),
+            max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
+            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
+        }
+    }
+
+    fn from_config(c: &broker::PushConfig) -> Self {
+        Self {
+            app: c.app.clone(),
+            route: Some(c.route.clone()),
+            max_in_flight: Some(c.max_in_flight),
+            timeout_ms: Some(c.timeout_ms),
+        }
+    }
 }
 
 impl SubscriptionSettings {
     /// To the broker's config.
     pub fn to_config(&self) -> Result<broker::SubscriptionConfig, ApiError> {
-        if self.push.as_ref().is_some_and(|p| !p.is_null()) {
-            return Err(ApiError::new(
-                "not_supported",
-                "push delivery is not supported yet: it arrives with service invocation",
-            ));
-        }
         let start = match (self.start, self.start_offset, &self.start_time) {
             (None, None, None) | (Some(FromPosition::Earliest), None, None) => {
                 broker::Position::Earliest
@@ -572,6 +605,7 @@ impl SubscriptionSettings {
         match self.kind {
             SubscriptionKind::Stream => {
                 only("max_deliveries", self.max_deliveries.is_some(), "shared")?;
+                only("push", self.push.is_some(), "shared")?;
                 only("lease_ms", self.lease_ms.is_some(), "shared")?;
                 only("backoff", self.backoff.is_some(), "shared")?;
                 only("ordered_by_key", self.ordered_by_key.is_some(), "shared")?;
@@ -605,6 +639,7 @@ impl SubscriptionSettings {
                         .max_in_flight_per_member
                         .unwrap_or(d.max_in_flight_per_member),
                     start,
+                    push: self.push.as_ref().map(PushSettings::to_config),
                 }))
             }
         }
@@ -652,7 +687,7 @@ impl SubscriptionSettings {
                     }),
                     ordered_by_key: Some(s.ordered_by_key),
                     max_in_flight_per_member: Some(s.max_in_flight_per_member),
-                    push: None,
+                    push: s.push.as_ref().map(PushSettings::from_config),
                 }
             }
         }

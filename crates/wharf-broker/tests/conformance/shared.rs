@@ -255,6 +255,13 @@ pub(crate) async fn create_describe_list_delete(mut h: impl Harness) {
         ordered_by_key: true,
         max_in_flight_per_member: 12,
         start: Position::Earliest,
+        // Stored and given back as is (the server's push workers act on it).
+        push: Some(wharf_broker::PushConfig {
+            app: "billing".into(),
+            route: "/hooks/t".into(),
+            max_in_flight: 4,
+            timeout_ms: 2_000,
+        }),
     });
     let info = e
         .create_subscription("t", "s", config.clone())

@@ -356,6 +356,7 @@ mod tests {
             ordered_by_key: true,
             max_in_flight_per_member: 9,
             start: broker::Position::Offset(4),
+            push: None,
         };
         let back = shared_settings(&shared_config_out(&s))
             .unwrap()

@@ -160,7 +160,7 @@ pub fn router(state: AppState) -> Router {
     app
 }
 
-/// Sends gRPC calls that are not for `wharf.*` services to apps (`wharf-invoke`).
+/// Sends gRPC calls that are not for Wharf's own `wharf.v1` services to apps (`wharf-invoke`).
 async fn grpc_apps(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let grpc = req
         .headers()
@@ -169,7 +169,7 @@ async fn grpc_apps(State(s): State<AppState>, req: Request, next: Next) -> Respo
         .is_some_and(|ct| {
             ct == "application/grpc" || ct.starts_with("application/grpc+")
         });
-    if !grpc || req.uri().path().starts_with("/wharf.") {
+    if !grpc || req.uri().path().starts_with("/wharf.v1.") {
         return next.run(req).await;
     }
     match apps::grpc_passthrough(&s, req).await {
