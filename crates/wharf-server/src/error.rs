@@ -166,7 +166,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         504,
         "the call's deadline passed (before it was sent, or while waiting for the app)",
     ),
-    ("rate_limited", 429, "over the app's rate limit; retry later"),
+    (
+        "rate_limited",
+        429,
+        "over the app's rate limit; retry later",
+    ),
     (
         "concurrency_limited",
         429,
@@ -257,7 +261,9 @@ impl From<BrokerError> for ApiError {
 
 impl From<wharf_invoke::InvokeError> for ApiError {
     fn from(e: wharf_invoke::InvokeError) -> Self {
-        let retry_after = e.retry_after().map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
+        let retry_after = e
+            .retry_after()
+            .map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
         let message = format!("{e} (layer: {})", e.layer().as_str());
         let mut out = ApiError::new(e.code(), message);
         out.retry_after = retry_after;

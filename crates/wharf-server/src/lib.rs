@@ -37,6 +37,7 @@ pub mod error;
 pub mod extract;
 mod grpc;
 pub mod metrics;
+pub mod push;
 mod routes;
 mod server;
 pub mod state;

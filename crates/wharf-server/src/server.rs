@@ -109,6 +109,7 @@ pub async fn start(config: Config, engine: Arc<dyn Engine>) -> Result<ServerHand
         metrics: Arc::new(Metrics::new()),
         shutdown: shutdown.clone(),
         invoker,
+        push: Arc::new(crate::push::PushWorkers::default()),
     };
     let task = tokio::spawn(run(listener, tls, state));
     Ok(ServerHandle {
@@ -151,6 +152,7 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
     let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
     let shutdown = state.shutdown.clone();
     let retention = tokio::spawn(retention_loop(state.clone()));
+    tokio::spawn(crate::push::PushWorkers::run(state.clone()));
     let app = routes::router(state);
     let service = TowerToHyperService::new(app);
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -27,6 +27,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The app registry and invocation stack.
     pub invoker: wharf_invoke::Invoker,
+    /// Push delivery workers.
+    pub push: Arc<crate::push::PushWorkers>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -240,7 +240,11 @@ async fn forward(
         }
         Err(e) => {
             let e = ApiError::from(e);
-            if grpc { grpc_error(e) } else { e.into_response() }
+            if grpc {
+                grpc_error(e)
+            } else {
+                e.into_response()
+            }
         }
     }
 }

@@ -166,9 +166,7 @@ async fn grpc_apps(State(s): State<AppState>, req: Request, next: Next) -> Respo
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct == "application/grpc" || ct.starts_with("application/grpc+")
-        });
+        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+"));
     if !grpc || req.uri().path().starts_with("/wharf.v1.") {
         return next.run(req).await;
     }

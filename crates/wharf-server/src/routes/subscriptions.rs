@@ -55,12 +55,9 @@ pub(crate) async fn put(
 ) -> ApiResult<Json<SubscriptionOut>> {
     caller.require(Scope::Admin, &topic)?;
     let config = body.to_config()?;
-    Ok(Json(
-        s.engine
-            .create_subscription(&topic, &sub, config)
-            .await?
-            .into(),
-    ))
+    let created = s.engine.create_subscription(&topic, &sub, config).await?;
+    s.push.poke();
+    Ok(Json(created.into()))
 }
 
 /// A subscription's settings, progress and members.
@@ -93,6 +90,7 @@ pub(crate) async fn delete(
 ) -> ApiResult<StatusCode> {
     caller.require(Scope::Admin, &topic)?;
     s.engine.delete_subscription(&topic, &sub).await?;
+    s.push.poke();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -99,6 +99,7 @@ pub(crate) async fn delete_topic(
 ) -> ApiResult<StatusCode> {
     caller.require(Scope::Admin, &topic)?;
     s.engine.delete_topic(&topic).await?;
+    s.push.poke();
     Ok(StatusCode::NO_CONTENT)
 }
 
