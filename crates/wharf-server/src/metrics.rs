@@ -116,6 +116,17 @@ impl Metrics {
         self.counter("wharf_delivered_bytes_total", l, bytes);
     }
 
+    /// One call through the invocation stack (HTTP invoke, gRPC passthrough, push):
+    /// `outcome` is the app's status class (`2xx`, `5xx`, ...) or Wharf's error code.
+    pub fn invoked(&self, app: &str, kind: &str, outcome: &str, took: Duration) {
+        let l = labels(&[("app", app), ("kind", kind), ("outcome", outcome)]);
+        self.counter("wharf_invoke_calls_total", l.clone(), 1);
+        let key = Key::from_parts("wharf_invoke_duration_seconds", l);
+        self.recorder
+            .register_histogram(&key, &METADATA)
+            .record(took.as_secs_f64());
+    }
+
     fn counter(&self, name: &'static str, labels: Vec<Label>, n: u64) {
         let key = Key::from_parts(name, labels);
         self.recorder.register_counter(&key, &METADATA).increment(n);
@@ -128,8 +139,9 @@ impl Metrics {
     }
 
     /// The text exposition: recorded metrics plus the engine's state now.
-    pub async fn render(&self, engine: &dyn Engine) -> String {
+    pub async fn render(&self, engine: &dyn Engine, apps: &[wharf_invoke::AppStatus]) -> String {
         let mut out = self.recorder.handle().render();
+        render_apps(&mut out, apps);
         let health = engine.health();
         gauge_header(
             &mut out,
@@ -235,6 +247,67 @@ impl Metrics {
             out.push_str(text);
         }
         out
+    }
+}
+
+/// The registry's state: breakers, instance health, latency estimates, in-flight attempts.
+fn render_apps(out: &mut String, apps: &[wharf_invoke::AppStatus]) {
+    if apps.is_empty() {
+        return;
+    }
+    gauge_header(
+        out,
+        "wharf_app_breaker_open",
+        "1 while every instance of the app is ejected (calls fail fast).",
+    );
+    for a in apps {
+        let _ = writeln!(
+            out,
+            "wharf_app_breaker_open{{app=\"{}\"}} {}",
+            esc(&a.name),
+            u8::from(a.breaker == "open")
+        );
+    }
+    let series: [(&str, &str, fn(&wharf_invoke::InstanceStatus) -> f64); 5] = [
+        (
+            "wharf_app_instance_healthy",
+            "1 if the instance takes traffic (not ejected).",
+            |i| f64::from(u8::from(i.state == "healthy")),
+        ),
+        (
+            "wharf_app_instance_latency_ewma_seconds",
+            "Peak-EWMA latency estimate the balancer uses.",
+            |i| i.latency_ewma_ms / 1000.0,
+        ),
+        (
+            "wharf_app_instance_in_flight",
+            "Attempts in flight to the instance.",
+            |i| f64::from(i.in_flight),
+        ),
+        (
+            "wharf_app_instance_attempts",
+            "Attempts sent to the instance since it registered.",
+            |i| i.attempts as f64,
+        ),
+        (
+            "wharf_app_instance_failures",
+            "Attempts to the instance that failed since it registered.",
+            |i| i.failures as f64,
+        ),
+    ];
+    for (name, help, value) in series {
+        gauge_header(out, name, help);
+        for a in apps {
+            for i in &a.instances {
+                let _ = writeln!(
+                    out,
+                    "{name}{{app=\"{}\",instance=\"{}\"}} {}",
+                    esc(&a.name),
+                    esc(&i.id),
+                    value(i)
+                );
+            }
+        }
     }
 }
 

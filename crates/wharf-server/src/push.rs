@@ -192,9 +192,19 @@ async fn push_one(state: &AppState, topic: &str, sub: &str, config: &PushConfig,
             return;
         }
     };
+    let start = std::time::Instant::now();
     let outcome = match state.invoker.call(&config.app, request).await {
         Ok(resp) => {
             let status = resp.status();
+            let class = match status.as_u16() {
+                200..=299 => "2xx",
+                400..=499 => "4xx",
+                500..=599 => "5xx",
+                _ => "other",
+            };
+            state
+                .metrics
+                .invoked(&config.app, "push", class, start.elapsed());
             if status.is_success() {
                 Settle::Ack
             } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
@@ -211,6 +221,9 @@ async fn push_one(state: &AppState, topic: &str, sub: &str, config: &PushConfig,
             }
         }
         Err(e) => {
+            state
+                .metrics
+                .invoked(&config.app, "push", e.code(), start.elapsed());
             tracing::debug!(%topic, subscription = %sub, error = %e, "push failed; nacking");
             Settle::Nack
         }

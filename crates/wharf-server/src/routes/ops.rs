@@ -57,7 +57,7 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require_metrics()?;
-    let text = s.metrics.render(&*s.engine).await;
+    let text = s.metrics.render(&*s.engine, &s.invoker.list()).await;
     Ok((
         [(
             header::CONTENT_TYPE,
