@@ -99,8 +99,9 @@ pub use stream::{Assignment, StreamConsumer, StreamConsumerOptions};
 pub use types::{
     DELIVER_AT_HEADER, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
     DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER, Durability, FetchOptions,
-    MESSAGE_ID_HEADER, Message, Position, PublishResult, ReadOptions, ReadResult, ReceiveOptions,
-    Record, ResetTo, SharedConfig, StreamConfig, SubscriptionConfig, TopicConfig, new_message_id,
+    MESSAGE_ID_HEADER, Message, Position, PublishResult, Push, ReadOptions, ReadResult,
+    ReceiveOptions, Record, ResetTo, SharedConfig, StreamConfig, SubscriptionConfig, TopicConfig,
+    new_message_id,
 };
 
 #[cfg(test)]

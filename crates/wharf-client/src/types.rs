@@ -508,6 +508,24 @@ pub struct SharedConfig {
     pub max_in_flight_per_member: Option<u32>,
     /// Where the subscription starts (default earliest).
     pub start: Option<Position>,
+    /// Deliver to an app instead of waiting for consumers (see [`Push`]).
+    pub push: Option<Push>,
+}
+
+/// Push delivery of a shared subscription: Wharf `POST`s each message to `route` on an
+/// instance of `app` (registered with [`crate::Client::register_instance`] or in the
+/// server's config). 2xx acks; 408, 429, 5xx, timeouts and connection errors nack with the
+/// subscription's backoff; any other answer dead-letters the message at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Push {
+    /// The app.
+    pub app: String,
+    /// The path (default `/`).
+    pub route: Option<String>,
+    /// Deliveries in flight at once (default 16).
+    pub max_in_flight: Option<u32>,
+    /// How long the app has per delivery (default 10 s).
+    pub timeout: Option<Duration>,
 }
 
 impl From<SharedConfig> for proto::SharedConfig {
@@ -521,6 +539,12 @@ impl From<SharedConfig> for proto::SharedConfig {
             ordered_by_key: c.ordered_by_key,
             max_in_flight_per_member: c.max_in_flight_per_member,
             start: c.start.map(Into::into),
+            push: c.push.map(|p| proto::PushConfig {
+                app: p.app,
+                route: p.route,
+                max_in_flight: p.max_in_flight,
+                timeout_ms: p.timeout.map(millis),
+            }),
         }
     }
 }

@@ -1366,16 +1366,22 @@ async fn subscriptions_create_get_list_delete() {
         ordered_by_key: Some(true),
         max_in_flight_per_member: Some(7),
         start: None,
+        push: Some(wharf_proto::v1::PushConfig {
+            app: "billing".into(),
+            route: Some("/hooks".into()),
+            max_in_flight: Some(2),
+            timeout_ms: Some(1500),
+        }),
     };
     let work = ok(api
         .subs
-        .create_subscription(shared_sub("t", "work", settings))
+        .create_subscription(shared_sub("t", "work", settings.clone()))
         .await);
     assert_eq!(
         work.config,
         Some(subscription::Config::Shared(SharedConfig {
             start: edge(Edge::Earliest),
-            ..settings
+            ..settings.clone()
         }))
     );
     // Shared defaults.
@@ -1394,6 +1400,7 @@ async fn subscriptions_create_get_list_delete() {
             ordered_by_key: Some(false),
             max_in_flight_per_member: Some(1000),
             start: edge(Edge::Earliest),
+            push: None,
         }))
     );
     // Starting points.
@@ -1435,7 +1442,7 @@ async fn subscriptions_create_get_list_delete() {
     assert_eq!(
         ok(api
             .subs
-            .create_subscription(shared_sub("t", "work", settings))
+            .create_subscription(shared_sub("t", "work", settings.clone()))
             .await),
         work
     );
@@ -3560,4 +3567,121 @@ async fn process_frees_slots_of_expired_leases_and_survives_bad_settles() {
     assert_eq!(settled.outcomes[0].error, None, "{settled:?}");
     drop(tx);
     s.stop().await;
+}
+
+// ---- apps -----------------------------------------------------------------------------------
+
+/// `Apps`: every RPC, the defaults filled in, bad input refused without a change.
+#[tokio::test]
+async fn apps_registry_over_grpc() {
+    use wharf_proto::v1::apps_client::AppsClient;
+    use wharf_proto::v1::{
+        AppPolicy, DeleteAppRequest, DeregisterInstanceRequest, GetAppRequest, ListAppsRequest,
+        PutAppRequest, RegisterInstanceRequest, StaticInstance,
+    };
+    let s = TestServer::start().await;
+    let channel = Channel::from_shared(s.base.clone())
+        .expect("endpoint")
+        .timeout(TIMEOUT)
+        .connect()
+        .await
+        .expect("connect");
+    let mut apps = AppsClient::new(channel);
+    let app = ok(apps
+        .put_app(PutAppRequest {
+            name: "orders".into(),
+            policy: Some(AppPolicy {
+                max_concurrency: Some(7),
+                retry_max_attempts: Some(2),
+                ..AppPolicy::default()
+            }),
+            grpc_services: vec!["shop.Orders".into()],
+            instances: vec![StaticInstance {
+                id: "s1".into(),
+                address: "http://127.0.0.1:9".into(),
+                http2: true,
+            }],
+        })
+        .await);
+    let policy = app.policy.expect("policy");
+    assert_eq!(policy.max_concurrency, Some(7));
+    assert_eq!(policy.retry_max_attempts, Some(2));
+    assert_eq!(policy.timeout_ms, Some(15_000), "defaults filled in");
+    assert_eq!(app.breaker, "closed");
+    let i = ok(apps
+        .register_instance(RegisterInstanceRequest {
+            app: "orders".into(),
+            id: "r1".into(),
+            address: "http://127.0.0.1:10".into(),
+            ttl_ms: 60_000,
+            http2: false,
+        })
+        .await);
+    assert_eq!(i.state, "healthy");
+    assert!(i.expires_in_ms > 0 && i.expires_in_ms <= 60_000);
+    let got = ok(apps
+        .get_app(GetAppRequest {
+            name: "orders".into(),
+        })
+        .await);
+    let ids: Vec<&str> = got.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["s1", "r1"]);
+    assert_eq!(got.instances[0].expires_in_ms, 0, "static");
+    let list = ok(apps.list_apps(ListAppsRequest {}).await);
+    assert_eq!(list.apps.len(), 1);
+    // Bad input: a clear error, nothing changed.
+    err(
+        apps.register_instance(RegisterInstanceRequest {
+            app: "orders".into(),
+            id: "bad".into(),
+            address: "ftp://x".into(),
+            ttl_ms: 0,
+            http2: false,
+        })
+        .await,
+        Code::InvalidArgument,
+        "invalid_argument",
+    );
+    err(
+        apps.put_app(PutAppRequest {
+            name: "orders".into(),
+            policy: Some(AppPolicy {
+                retry_max_attempts: Some(0),
+                ..AppPolicy::default()
+            }),
+            ..PutAppRequest::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "invalid_argument",
+    );
+    assert_eq!(
+        ok(apps
+            .get_app(GetAppRequest {
+                name: "orders".into()
+            })
+            .await)
+        .instances
+        .len(),
+        2
+    );
+    ok(apps
+        .deregister_instance(DeregisterInstanceRequest {
+            app: "orders".into(),
+            id: "r1".into(),
+        })
+        .await);
+    ok(apps
+        .delete_app(DeleteAppRequest {
+            name: "orders".into(),
+        })
+        .await);
+    err(
+        apps.get_app(GetAppRequest {
+            name: "orders".into(),
+        })
+        .await,
+        Code::NotFound,
+        "app_not_found",
+    );
 }

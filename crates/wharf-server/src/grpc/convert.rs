@@ -170,7 +170,12 @@ pub(crate) fn shared_settings(c: &v1::SharedConfig) -> ApiResult<SubscriptionSet
         backoff,
         ordered_by_key: c.ordered_by_key,
         max_in_flight_per_member: c.max_in_flight_per_member,
-        push: None,
+        push: c.push.as_ref().map(|p| crate::wire::PushSettings {
+            app: p.app.clone(),
+            route: p.route.clone(),
+            max_in_flight: p.max_in_flight,
+            timeout_ms: p.timeout_ms,
+        }),
     })
 }
 
@@ -215,6 +220,12 @@ fn shared_config_out(s: &broker::SharedConfig) -> v1::SharedConfig {
         ordered_by_key: Some(s.ordered_by_key),
         max_in_flight_per_member: Some(s.max_in_flight_per_member),
         start: Some(position_out(s.start)),
+        push: s.push.as_ref().map(|p| v1::PushConfig {
+            app: p.app.clone(),
+            route: Some(p.route.clone()),
+            max_in_flight: Some(p.max_in_flight),
+            timeout_ms: Some(p.timeout_ms),
+        }),
     }
 }
 
@@ -356,7 +367,12 @@ mod tests {
             ordered_by_key: true,
             max_in_flight_per_member: 9,
             start: broker::Position::Offset(4),
-            push: None,
+            push: Some(broker::PushConfig {
+                app: "billing".into(),
+                route: "/in".into(),
+                max_in_flight: 3,
+                timeout_ms: 700,
+            }),
         };
         let back = shared_settings(&shared_config_out(&s))
             .unwrap()

@@ -27,6 +27,7 @@ use crate::state::AppState;
 use crate::trace::RequestTrace;
 
 mod admin;
+mod apps;
 mod consumers;
 pub(crate) mod convert;
 mod messages;
@@ -184,6 +185,10 @@ pub(crate) fn routes(state: AppState) -> Router {
         router,
         v1::shared_consumer_server::SharedConsumerServer::new(g.clone())
             .max_decoding_message_size(max),
+    );
+    let router = add(
+        router,
+        v1::apps_server::AppsServer::new(g.clone()).max_decoding_message_size(max),
     );
     add(
         router,

@@ -125,6 +125,13 @@ pub(crate) struct SharedArgs {
     /// Shared: most unsettled deliveries per member.
     #[arg(long, value_name = "N")]
     max_in_flight_per_member: Option<u32>,
+    /// Shared: push every message to this app (`POST` to --push-route) instead of waiting for
+    /// consumers.
+    #[arg(long, value_name = "APP")]
+    push_app: Option<String>,
+    /// Shared: the app route push delivery posts to (default `/`).
+    #[arg(long, value_name = "PATH", requires = "push_app")]
+    push_route: Option<String>,
 }
 
 impl SharedArgs {
@@ -139,6 +146,11 @@ impl SharedArgs {
             ordered_by_key: self.ordered_by_key.then_some(true),
             max_in_flight_per_member: self.max_in_flight_per_member,
             start: self.start,
+            push: self.push_app.clone().map(|app| wharf_client::Push {
+                app,
+                route: self.push_route.clone(),
+                ..wharf_client::Push::default()
+            }),
         })
     }
 
@@ -146,6 +158,7 @@ impl SharedArgs {
     fn shared_only_flag(&self) -> Option<&'static str> {
         [
             (self.max_deliveries.is_some(), "--max-deliveries"),
+            (self.push_app.is_some(), "--push-app"),
             (self.lease_ms.is_some(), "--lease-ms"),
             (self.backoff_initial_ms.is_some(), "--backoff-initial-ms"),
             (self.backoff_max_ms.is_some(), "--backoff-max-ms"),
