@@ -268,7 +268,12 @@ fn render_apps(out: &mut String, apps: &[wharf_invoke::AppStatus]) {
             u8::from(a.breaker == "open")
         );
     }
-    let series: [(&str, &str, fn(&wharf_invoke::InstanceStatus) -> f64); 5] = [
+    type Series = (
+        &'static str,
+        &'static str,
+        fn(&wharf_invoke::InstanceStatus) -> f64,
+    );
+    let series: [Series; 5] = [
         (
             "wharf_app_instance_healthy",
             "1 if the instance takes traffic (not ejected).",

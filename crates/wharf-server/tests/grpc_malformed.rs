@@ -226,6 +226,7 @@ fn methods(member: &str, ack_ids: &[String]) -> Vec<Method> {
                     ordered_by_key: Some(false),
                     max_in_flight_per_member: Some(10),
                     start: at(Edge::Earliest),
+                    push: None,
                 })),
             }
         ),
@@ -413,6 +414,38 @@ fn methods(member: &str, ack_ids: &[String]) -> Vec<Method> {
             GetStatsRequest,
             Stats,
             GetStatsRequest {}
+        ),
+        method!(
+            "/wharf.v1.Apps/PutApp",
+            PutAppRequest,
+            App,
+            PutAppRequest {
+                name: s("fuzzapp"),
+                policy: Some(AppPolicy {
+                    retry_max_attempts: Some(2),
+                    ..AppPolicy::default()
+                }),
+                grpc_services: vec![s("fuzz.Svc")],
+                instances: vec![],
+            }
+        ),
+        method!(
+            "/wharf.v1.Apps/RegisterInstance",
+            RegisterInstanceRequest,
+            Instance,
+            RegisterInstanceRequest {
+                app: s("fuzzapp"),
+                id: s("i1"),
+                address: s("http://127.0.0.1:9"),
+                ttl_ms: 60_000,
+                http2: false,
+            }
+        ),
+        method!(
+            "/wharf.v1.Apps/GetApp",
+            GetAppRequest,
+            App,
+            GetAppRequest { name: s("fuzzapp") }
         ),
     ]
 }
