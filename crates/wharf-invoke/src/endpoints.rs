@@ -19,8 +19,11 @@ pub(crate) struct Endpoint {
     pub(crate) id: String,
     pub(crate) address: http::Uri,
     pub(crate) http2: bool,
-    /// When it stops counting unless renewed (`None`: from config, never expires).
+    /// When it stops counting unless renewed (`None`: never expires).
     pub(crate) expires_at: Option<Instant>,
+    /// Registered through the API or the SDK (kept when the app's config is replaced), as
+    /// opposed to listed in the app's config.
+    pub(crate) registered: bool,
     pub(crate) health: Health,
 }
 
@@ -229,6 +232,7 @@ mod tests {
             address: "http://127.0.0.1:1".parse().unwrap(),
             http2: false,
             expires_at: None,
+            registered: true,
             health: Health::new(now),
         }
     }

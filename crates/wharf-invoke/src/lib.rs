@@ -218,7 +218,8 @@ impl Invoker {
             let mut st = app.runtime.lock();
             st.set_policy(config.policy);
             st.grpc_services = config.grpc_services;
-            st.endpoints.retain(|e| e.expires_at.is_some());
+            // Config instances are replaced; registered ones (and their health) stay.
+            st.endpoints.retain(|e| e.registered);
             for (id, address, http2) in statics {
                 st.endpoints.retain(|e| e.id != id);
                 st.endpoints.push(Endpoint {
@@ -226,6 +227,7 @@ impl Invoker {
                     address,
                     http2,
                     expires_at: None,
+                    registered: false,
                     health: Health::new(now),
                 });
             }
@@ -278,12 +280,14 @@ impl Invoker {
                 e.address = address;
                 e.http2 = registration.http2;
                 e.expires_at = expires_at;
+                e.registered = true;
             }
             None => st.endpoints.push(Endpoint {
                 id: id.to_owned(),
                 address,
                 http2: registration.http2,
                 expires_at,
+                registered: true,
                 health: Health::new(now),
             }),
         }
