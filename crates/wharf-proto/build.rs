@@ -1,4 +1,5 @@
-//! Compiles `proto/wharf/v1/wharf.proto` with protox (pure Rust: no system `protoc`).
+//! Compiles `proto/wharf/v1/wharf.proto` (and the test service
+//! `proto/wharf/testing/v1/echo.proto`) with protox (pure Rust: no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/wharf/v1/wharf.proto";
@@ -11,6 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Malformed requests must be INVALID_ARGUMENT (tonic's prost codec says INTERNAL).
         .codec_path("crate::codec::WharfCodec")
         .bytes(".wharf.v1")
+        .compile_fds(fds)?;
+    // The test service, with tonic's own codec.
+    let echo = "proto/wharf/testing/v1/echo.proto";
+    println!("cargo:rerun-if-changed={echo}");
+    let fds = protox::compile([echo], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(true)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -12,6 +12,16 @@ pub mod v1 {
     tonic::include_proto!("wharf.v1");
 }
 
+/// A small service for tests and benchmarks of gRPC invocation (one RPC of each kind); not
+/// part of Wharf's API.
+pub mod testing {
+    /// The `wharf.testing.v1` package.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("wharf.testing.v1");
+    }
+}
+
 /// The source of `wharf/v1/wharf.proto`, for tools that generate clients in other languages.
 pub const PROTO: &str = include_str!("../proto/wharf/v1/wharf.proto");
 

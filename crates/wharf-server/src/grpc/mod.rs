@@ -120,7 +120,8 @@ pub(crate) fn code_of(e: &ApiError) -> Code {
             Code::FailedPrecondition
         }
         "offset_out_of_range" => Code::OutOfRange,
-        "request_timeout" => Code::DeadlineExceeded,
+        "request_timeout" | "deadline_exceeded" | "upstream_timeout" => Code::DeadlineExceeded,
+        "rate_limited" | "concurrency_limited" => Code::ResourceExhausted,
         _ => match e.status.as_u16() {
             400 | 413 | 415 => Code::InvalidArgument,
             401 => Code::Unauthenticated,
@@ -128,7 +129,9 @@ pub(crate) fn code_of(e: &ApiError) -> Code {
             404 => Code::NotFound,
             405 | 501 => Code::Unimplemented,
             409 => Code::Aborted,
-            503 => Code::Unavailable,
+            429 => Code::ResourceExhausted,
+            502 | 503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
             _ => Code::Internal,
         },
     }
