@@ -27,7 +27,7 @@ use crate::types::{
 };
 
 /// The largest response message the client accepts (a read or fetch of many big messages).
-const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The server address of `wharf serve` with its defaults.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7400";
@@ -343,6 +343,14 @@ impl Client {
     }
 
     // ---- call plumbing --------------------------------------------------------------------
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.inner.channel.clone()
+    }
+
+    pub(crate) fn auth(&self) -> AuthInterceptor {
+        self.inner.auth.clone()
+    }
 
     /// The limit for a call that may wait `extra` on the server (a long-poll).
     pub(crate) fn call_timeout(&self, extra: Duration) -> Option<Duration> {

@@ -79,6 +79,7 @@
 //! connection (with its token) are [`Client::topics_service`] and friends, for fields the
 //! helpers do not cover.
 
+mod apps;
 mod client;
 mod error;
 mod publisher;
@@ -90,6 +91,7 @@ mod types;
 /// The generated `wharf.v1` messages and tonic clients (re-exported from `wharf-proto`).
 pub use wharf_proto::v1 as proto;
 
+pub use apps::{Instance, Registration};
 pub use client::{AuthInterceptor, Client, ClientBuilder, DEFAULT_URL, GrpcChannel};
 pub use error::{Error, ErrorKind, Result};
 pub use publisher::{PublishFuture, Publisher, PublisherOptions};

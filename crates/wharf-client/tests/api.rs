@@ -781,3 +781,46 @@ async fn concurrent_settles_on_one_stream_get_their_own_answers() {
     assert_eq!(sub.in_flight, 0, "{sub:?}");
     server.stop().await;
 }
+
+/// The app registry: an instance kept registered by heartbeats, visible with its health,
+/// deregistered on close; and one whose heartbeats stop expires.
+#[tokio::test]
+async fn instances_stay_registered_while_renewed() {
+    let server = TestServer::start().await;
+    let c = client(&server).await;
+    let me = wharf_client::Instance::new("http://127.0.0.1:9", Duration::from_millis(600));
+    let reg = within("register", c.keep_registered("orders", "o1", me.clone()))
+        .await
+        .unwrap();
+    let app = c.get_app("orders").await.unwrap();
+    assert_eq!(app.instances.len(), 1);
+    assert_eq!(app.instances[0].id, "o1");
+    assert_eq!(app.breaker, "closed");
+    // Renewals keep it there well past its TTL (each answer says it has most of a TTL left).
+    let start = std::time::Instant::now();
+    let mut renewed = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        let app = c.get_app("orders").await.unwrap();
+        assert_eq!(app.instances.len(), 1, "still registered");
+        if start.elapsed() > Duration::from_millis(1500) {
+            renewed = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(renewed);
+    within("close", reg.close()).await.unwrap();
+    assert!(c.get_app("orders").await.unwrap().instances.is_empty());
+    // Dropped without close: the server drops it after the TTL.
+    let reg = c.keep_registered("orders", "o2", me).await.unwrap();
+    drop(reg);
+    let start = std::time::Instant::now();
+    while !c.get_app("orders").await.unwrap().instances.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "never expired");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(c.list_apps().await.unwrap().len(), 1);
+    c.delete_app("orders").await.unwrap();
+    let e = c.get_app("orders").await.unwrap_err();
+    assert_eq!(e.code(), Some("app_not_found"));
+}
