@@ -23,7 +23,8 @@
 //!   flight), latency from each call's start; **max** — `CONCURRENCY` closed-loop workers.
 //! - Every cell stops after its time limit (`WHARF_BENCH_SECS`, default 4 s, at most 20) or
 //!   its call count, whichever comes first; `ROUNDS` interleaved rounds (quick: 1); medians.
-//!   Knobs: `WHARF_BENCH_QUICK=1`, `WHARF_BENCH_SECS`, `WHARF_BENCH_NGINX`, `WHARF_BENCH_MD`.
+//!   Knobs: `WHARF_BENCH_QUICK=1`, `WHARF_BENCH_SECS`, `WHARF_BENCH_NGINX`, `WHARF_BENCH_MD`,
+//!   `WHARF_BENCH_ONLY` (cells whose `protocol-mode-target` contains it, e.g. `http-max`).
 //!
 //! Targets (issue 6): Wharf adds at most 150 µs at p50 and 1 ms at p99 over direct, and is no
 //! slower than nginx for HTTP.
@@ -434,7 +435,12 @@ fn run() -> BoxResult<()> {
         None => None,
     };
 
-    let knobs = ["WHARF_BENCH_QUICK", "WHARF_BENCH_SECS", "WHARF_BENCH_NGINX"];
+    let knobs = [
+        "WHARF_BENCH_QUICK",
+        "WHARF_BENCH_SECS",
+        "WHARF_BENCH_NGINX",
+        "WHARF_BENCH_ONLY",
+    ];
     let command = reproduce_command(
         &knobs,
         "cargo bench -p wharf-server --bench invoke",
@@ -540,6 +546,9 @@ fn run() -> BoxResult<()> {
         Ok::<_, wharf_benchkit::BoxError>(out)
     })?;
 
+    // `WHARF_BENCH_ONLY=http-max-wharf` (any substring of `proto-mode-target`): only those
+    // cells, e.g. to profile one.
+    let only = std::env::var("WHARF_BENCH_ONLY").unwrap_or_default();
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..rounds {
         for mode in [Mode::Rate, Mode::Max] {
@@ -550,6 +559,10 @@ fn run() -> BoxResult<()> {
                 let Some((proto, target, caller)) = callers.get(i).cloned() else {
                     continue;
                 };
+                let name = format!("{proto:?}-{mode:?}-{target}").to_lowercase();
+                if !name.contains(&only) {
+                    continue;
+                }
                 // Warm up (connections, pools).
                 cli_rt.block_on(max_cell(caller.clone(), Duration::from_millis(200), 200))?;
                 let r = cli_rt.block_on(async {
