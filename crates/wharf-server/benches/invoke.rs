@@ -16,7 +16,8 @@
 //!   goes through the whole stack (deadline, admission, retry, balancer, per-try timeout).
 //! - **nginx**: the Debian package's `nginx` as a child process (`WHARF_BENCH_NGINX` or
 //!   `nginx` on the PATH; skipped with a note if absent), `worker_processes auto`, `access_log
-//!   off`, upstream keep-alive; HTTP: `proxy_pass`, gRPC: `grpc_pass` on an h2c listener.
+//!   off`, keep-alive without a request limit on both sides (nginx's default of 1000
+//!   requests per connection would close the gRPC clients' HTTP/2 connection mid-run); HTTP: `proxy_pass`, gRPC: `grpc_pass` on an h2c listener.
 //! - **clients** (on their own tokio runtime): HTTP/1.1 keep-alive (`reqwest`, one client);
 //!   gRPC: one tonic channel. Two modes per target and protocol: **rate** — an open loop at
 //!   `RATE` calls/s (calls start on schedule whatever the earlier ones do, up to 512 in
@@ -194,9 +195,9 @@ async fn start_nginx(bin: &Path, app: SocketAddr) -> BoxResult<Nginx> {
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         client_max_body_size 1m;\n\
-         upstream app_http {{ server {app}; keepalive 64; }}\n\
-         upstream app_grpc {{ server {app}; keepalive 64; }}\n\
+         client_max_body_size 1m;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n\
+         upstream app_http {{ server {app}; keepalive 64; keepalive_requests 10000000; }}\n\
+         upstream app_grpc {{ server {app}; keepalive 64; keepalive_requests 10000000; }}\n\
          server {{ listen {http}; location / {{ proxy_pass http://app_http; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
          server {{ listen {grpc} http2; location / {{ grpc_pass grpc://app_grpc; }} }}\n}}\n"
     );
