@@ -139,6 +139,30 @@ async fn breaker_fails_fast_then_a_probe_restores_traffic() {
     assert_eq!(a.hits(), 3, "no upstream attempt while the breaker is open");
     let (_, status) = server.get("/v1/apps/dead").await;
     assert_eq!(status["breaker"], "open", "{status}");
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("wharf_app_breaker_open{app=\"dead\"} 1"),
+        "the breaker is visible in /metrics"
+    );
+    assert!(
+        metrics.contains(
+            "wharf_invoke_calls_total{app=\"dead\",kind=\"http\",outcome=\"breaker_open\"}"
+        ),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("invoke"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // The app recovers; once the ejection ends, a real call probes it and traffic flows.
     a.set_mode(Mode::Ok);
     let start = std::time::Instant::now();
@@ -443,4 +467,36 @@ async fn instances_expire_without_heartbeats() {
     }
     let (_, app) = server.get("/v1/apps/ttl").await;
     assert_eq!(app["instances"], json!([]));
+}
+
+#[tokio::test]
+async fn apps_from_the_config_file_are_callable() {
+    let a = HttpApp::start("static").await;
+    let address = a.address();
+    let server = TestServer::builder()
+        .config(move |c| {
+            c.apps.insert(
+                "inventory".into(),
+                wharf_invoke::AppConfig {
+                    instances: vec![wharf_invoke::InstanceConfig {
+                        id: "s1".into(),
+                        address,
+                        http2: true,
+                    }],
+                    ..wharf_invoke::AppConfig::default()
+                },
+            );
+        })
+        .start()
+        .await;
+    let (status, body, headers) = call(&server, Method::POST, "inventory", "/stock", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-instance"], "static");
+    let (_, app) = server.get("/v1/apps/inventory").await;
+    assert_eq!(
+        app["instances"][0]["expires_in_ms"],
+        Value::Null,
+        "static: {app}"
+    );
+    assert_eq!(app["instances"][0]["http2"], true);
 }

@@ -233,12 +233,23 @@ async fn forward(
     }
     let body = body.map_err(Into::into).boxed_unsync();
     let request = axum::http::Request::from_parts(parts, body);
+    let start = std::time::Instant::now();
+    let kind = if grpc { "grpc" } else { "http" };
     match s.invoker.call(app, request).await {
         Ok(resp) => {
+            let class = match resp.status().as_u16() {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                500..=599 => "5xx",
+                _ => "1xx",
+            };
+            s.metrics.invoked(app, kind, class, start.elapsed());
             let (parts, body) = resp.into_parts();
             Response::from_parts(parts, AxumBody::new(body))
         }
         Err(e) => {
+            s.metrics.invoked(app, kind, e.code(), start.elapsed());
             let e = ApiError::from(e);
             if grpc {
                 grpc_error(e)
