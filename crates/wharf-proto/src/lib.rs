@@ -25,6 +25,10 @@ pub mod testing {
 /// The source of `wharf/v1/wharf.proto`, for tools that generate clients in other languages.
 pub const PROTO: &str = include_str!("../proto/wharf/v1/wharf.proto");
 
+/// The source of `wharf/testing/v1/echo.proto`, the test service in [`testing::v1`] (for
+/// clients and fake apps written in other languages).
+pub const ECHO_PROTO: &str = include_str!("../proto/wharf/testing/v1/echo.proto");
+
 /// The metadata key carrying the stable error code (`topic_not_found`, ...) on every error.
 pub const ERROR_CODE_KEY: &str = "wharf-error-code";
 /// The metadata key saying, in seconds, when to retry (on `UNAVAILABLE`).
