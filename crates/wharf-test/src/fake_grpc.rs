@@ -48,6 +48,8 @@ impl std::fmt::Debug for GrpcEchoApp {
 
 impl Drop for GrpcEchoApp {
     fn drop(&mut self) {
+        // Release hung calls too (tonic's graceful shutdown waits for them).
+        self.inner.mode.send_replace(GrpcMode::Unavailable);
         let _ = self.stop.send(true);
     }
 }
