@@ -273,6 +273,30 @@ allowed_origins = []
 # A tracing filter (e.g. "info", "wharf_server=debug,info"); "text" or "json" lines on stderr.
 level = "info"
 format = "text"
+
+# Apps Wharf calls (service invocation and push delivery); none by default. Instances can
+# also be registered at run time (PUT /v1/apps/{app}/instances/{id}, the SDK, `wharf apps`).
+# Every policy key is optional; these are the defaults.
+# [apps.orders]
+# grpc_services = ["shop.Orders"]       # gRPC calls to these services go to this app
+# instances = [{ id = "a", address = "http://127.0.0.1:8081", http2 = false }]
+# [apps.orders.policy]
+# timeout_ms = 15000                    # deadline when the call brings none (and its upper bound)
+# per_try_timeout_ms = 5000
+# max_concurrency = 1000                # calls in flight; more are refused at once (429)
+# rate_limit_per_second = 0             # 0 = no rate limit
+# [apps.orders.policy.retry]
+# max_attempts = 3                      # the first included; at most 10
+# backoff_base_ms = 25
+# backoff_max_ms = 1000
+# jitter = 1.0                          # 0 = exact schedule, 1 = full jitter
+# budget_ratio = 0.2                    # retries at most 20% of calls ...
+# budget_min_per_second = 10            # ... plus this many per second
+# idempotent_routes = []                # e.g. ["POST /orders/*", "/shop.Orders/Get"]
+# [apps.orders.policy.breaker]
+# consecutive_failures = 5
+# ejection_ms = 5000                    # doubles after each failed probe ...
+# max_ejection_ms = 60000               # ... up to this
 "#;
 
 /// Command-line overrides (the highest precedence).
@@ -587,6 +611,33 @@ mod tests {
             }
         }
         Config::default().validate().expect("valid");
+    }
+
+    #[test]
+    fn apps_in_the_file_are_typed_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wharf.toml");
+        std::fs::write(
+            &path,
+            "[apps.orders]\ngrpc_services = [\"shop.Orders\"]\n\
+             instances = [{ id = \"a\", address = \"http://127.0.0.1:8081\" }]\n\
+             [apps.orders.policy.retry]\nmax_attempts = 2\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&path), Vec::new(), &Overrides::default()).expect("valid");
+        let app = &c.apps["orders"];
+        assert_eq!(app.policy.retry.max_attempts, 2);
+        assert_eq!(app.policy.timeout_ms, 15_000, "unset keys take the default");
+        assert_eq!(app.instances[0].address, "http://127.0.0.1:8081");
+        std::fs::write(
+            &path,
+            "[apps.orders]\ninstances = [{ id = \"a\", address = \"ftp://x\" }]\n",
+        )
+        .expect("write");
+        let e = Config::load(Some(&path), Vec::new(), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("apps.orders"), "{e}");
+        std::fs::write(&path, "[apps.orders.policy]\nretries = 3\n").expect("write");
+        assert!(Config::load(Some(&path), Vec::new(), &Overrides::default()).is_err());
     }
 
     #[test]
