@@ -645,3 +645,322 @@ fn status_tokens_and_errors() {
     assert_eq!(doc["reachable"], false);
     assert_eq!(doc["error"]["code"], "transport");
 }
+
+// ---- apps and call ----------------------------------------------------------------------------
+
+/// A runtime for the fake apps: their tasks run on its worker while the test thread runs the
+/// binary.
+fn app_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The app named `name` in a `wharf apps list --json` document.
+fn find_app<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no app {name} in {list}"))
+}
+
+#[test]
+fn apps_register_list_describe_put_deregister() {
+    use wharf_test::fake_http::HttpApp;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path());
+    let cli = Cli::new(&server);
+    let rt = app_runtime();
+    let app = rt.block_on(HttpApp::start("a"));
+    let address = app.address();
+
+    // Nothing yet: `wharf apps` is `wharf apps list`, a header and no rows.
+    assert_eq!(cli.json(&["apps"])["apps"], Value::Array(Vec::new()));
+    let human = cli.ok(&["apps"]);
+    assert_eq!(human.lines().count(), 1, "{human}");
+    assert!(human.starts_with("APP "), "{human}");
+
+    // register (with a TTL, and one without), printed back.
+    let instance = cli.json(&[
+        "apps", "register", "shop", "a", &address, "--ttl-ms", "60000",
+    ]);
+    assert_eq!(instance["app"], "shop");
+    assert_eq!(instance["id"], "a");
+    assert_eq!(instance["address"], address.as_str());
+    assert_eq!(instance["state"], "healthy");
+    let expires = instance["expires_in_ms"].as_u64().expect("a TTL");
+    assert!(expires > 0 && expires <= 60_000, "{instance}");
+    let human = cli.ok(&["apps", "register", "shop", "b", "http://127.0.0.1:1"]);
+    assert!(human.lines().any(|l| l == "expires   static"), "{human}");
+
+    // list --json: the app, its breaker, its instances and their health.
+    let list = cli.json(&["apps", "list"]);
+    let shop = find_app(&list, "shop");
+    assert_eq!(shop["breaker"], "closed");
+    let instances = shop["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 2, "{shop}");
+    let a = instances.iter().find(|i| i["id"] == "a").expect("a");
+    assert_eq!(a["state"], "healthy");
+    assert_eq!(a["address"], address.as_str());
+    assert_eq!(a["failures"], 0);
+    let b = instances.iter().find(|i| i["id"] == "b").expect("b");
+    assert_eq!(b["expires_in_ms"], Value::Null);
+    assert_eq!(shop["policy"]["retry"]["max_attempts"], 3);
+    // The table: one row per instance.
+    let human = cli.ok(&["apps", "ls"]);
+    let row = human
+        .lines()
+        .find(|l| l.starts_with("shop ") && l.contains(&address))
+        .unwrap_or_else(|| panic!("no row for instance a:\n{human}"));
+    assert!(
+        row.contains(" closed ") && row.contains(" healthy "),
+        "{row}"
+    );
+    assert!(row.ends_with('s'), "{row}");
+    let row = human
+        .lines()
+        .find(|l| l.contains("http://127.0.0.1:1 "))
+        .unwrap_or_else(|| panic!("no row for instance b:\n{human}"));
+    assert!(row.ends_with(" static"), "{row}");
+
+    // put: the policy replaced (unset settings at the defaults), the instances kept.
+    let put = cli.json(&[
+        "apps",
+        "put",
+        "shop",
+        "--max-attempts",
+        "2",
+        "--timeout-ms",
+        "4000",
+        "--grpc-service",
+        "shop.Orders",
+        "--idempotent-route",
+        "POST /orders/*",
+        "--idempotent-route",
+        "PUT /carts/*",
+        "--breaker-failures",
+        "7",
+        "--ejection-ms",
+        "2500",
+        "--rate-limit",
+        "100",
+        "--max-concurrency",
+        "50",
+        "--per-try-timeout-ms",
+        "1500",
+    ]);
+    let policy = &put["policy"];
+    assert_eq!(policy["timeout_ms"], 4000);
+    assert_eq!(policy["per_try_timeout_ms"], 1500);
+    assert_eq!(policy["max_concurrency"], 50);
+    assert_eq!(policy["rate_limit_per_second"], 100);
+    assert_eq!(policy["retry"]["max_attempts"], 2);
+    assert_eq!(policy["retry"]["backoff_base_ms"], 25);
+    assert_eq!(policy["retry"]["budget_ratio"], 0.2);
+    assert_eq!(
+        policy["retry"]["idempotent_routes"],
+        serde_json::json!(["POST /orders/*", "PUT /carts/*"])
+    );
+    assert_eq!(policy["breaker"]["consecutive_failures"], 7);
+    assert_eq!(policy["breaker"]["ejection_ms"], 2500);
+    assert_eq!(policy["breaker"]["max_ejection_ms"], 60_000);
+    assert_eq!(put["grpc_services"], serde_json::json!(["shop.Orders"]));
+    assert_eq!(put["instances"].as_array().map(Vec::len), Some(2), "{put}");
+
+    // describe: the same document; for people, every setting and the instance table.
+    let described = cli.json(&["apps", "describe", "shop"]);
+    assert_eq!(described["policy"], put["policy"]);
+    assert_eq!(described["name"], "shop");
+    let human = cli.ok(&["apps", "describe", "shop"]);
+    for (key, value) in [
+        ("app", "shop"),
+        ("breaker", "closed"),
+        ("grpc services", "shop.Orders"),
+        ("timeout", "4s"),
+        ("per-try timeout", "1500ms"),
+        ("max concurrency", "50"),
+        ("rate limit", "100/s"),
+        ("max attempts", "2"),
+        ("retry budget", "20% of calls + 10/s"),
+        ("idempotent routes", "POST /orders/*, PUT /carts/*"),
+        ("breaker failures", "7"),
+        ("ejection", "2500ms"),
+        ("max ejection", "1m"),
+    ] {
+        assert!(
+            human
+                .lines()
+                .any(|l| l.starts_with(&format!("{key} ")) && l.ends_with(&format!(" {value}"))),
+            "no {key} {value} in:\n{human}"
+        );
+    }
+    assert!(human.contains("INSTANCE  ADDRESS"), "{human}");
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains(" healthy ")),
+        "{human}"
+    );
+
+    // deregister: gone; again is app_not_found unless --if-exists.
+    let out = cli.ok(&["apps", "deregister", "shop", "a"]);
+    assert_eq!(out.trim(), "deregistered instance a of app shop");
+    let doc = cli.json(&["apps", "deregister", "shop", "b"]);
+    assert_eq!(doc["deregistered"], true);
+    let shop = cli.json(&["apps", "describe", "shop"]);
+    assert_eq!(shop["instances"], Value::Array(Vec::new()));
+    assert_eq!(shop["breaker"], "empty");
+    let human = cli.ok(&["apps"]);
+    let row = human
+        .lines()
+        .find(|l| l.starts_with("shop "))
+        .unwrap_or_else(|| panic!("no row for shop:\n{human}"));
+    assert!(row.ends_with(" -"), "{row}");
+    assert!(
+        cli.ok(&["apps", "describe", "shop"])
+            .contains("no instances")
+    );
+    cli.fails_with(&["apps", "deregister", "shop", "a"], "app_not_found");
+    let doc = cli.json(&["apps", "deregister", "shop", "a", "--if-exists"]);
+    assert_eq!(doc["deregistered"], false);
+
+    // delete.
+    assert_eq!(
+        cli.ok(&["apps", "delete", "shop"]).trim(),
+        "deleted app shop"
+    );
+    cli.fails_with(&["apps", "describe", "shop"], "app_not_found");
+    cli.fails_with(&["apps", "delete", "shop"], "app_not_found");
+    cli.ok(&["apps", "rm", "shop", "--if-exists"]);
+    assert_eq!(cli.json(&["apps"])["apps"], Value::Array(Vec::new()));
+    // Nothing was called.
+    assert_eq!(app.hits(), 0);
+}
+
+#[test]
+fn call_apps_through_wharf() {
+    use wharf_test::fake_http::{HttpApp, Mode};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\nname = \"ops\"\ntoken = \"ops-token-0123456789\"\n\
+         scopes = [\"admin\", \"invoke\"]\n",
+    )
+    .expect("write config");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--listen", "127.0.0.1:0", "--config", config_arg],
+    );
+    let mut cli = Cli::new(&server);
+    cli.token = Some("ops-token-0123456789".into());
+    let rt = app_runtime();
+    let app = rt.block_on(HttpApp::start("a"));
+    cli.ok(&["apps", "register", "shop", "a", &app.address()]);
+
+    // POST with a body, a header, a query and a deadline: the app gets them; its answer's
+    // body comes back as it is, exit status 0.
+    let out = cli.run(&[
+        "call",
+        "shop",
+        "/orders/17?expand=lines",
+        "-d",
+        "hello",
+        "-H",
+        "x-trace: t1",
+        "--deadline-ms",
+        "20000",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "hello");
+    assert_eq!(out.stderr, "");
+    let seen = app.requests().pop().expect("a request");
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path_and_query, "/orders/17?expand=lines");
+    assert_eq!(seen.header("x-trace"), Some("t1"));
+    assert_eq!(&seen.body[..], b"hello");
+    let deadline: u64 = seen
+        .header("wharf-deadline")
+        .and_then(|v| v.parse().ok())
+        .expect("a wharf-deadline");
+    assert!(deadline <= 20_000, "{deadline}");
+    // Wharf's token is for Wharf, not for the app.
+    assert_eq!(seen.header("authorization"), None);
+
+    // -i: the status line and headers first, like curl -i; GET by default.
+    let out = cli.ok(&["call", "shop", "/x", "-i"]);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("\r\nx-instance: a\r\n"), "{out}");
+    assert!(out.contains("\r\nx-seen-path: /x\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\n"), "{out:?}");
+    assert_eq!(app.requests().pop().expect("a request").method, "GET");
+
+    // A body from a file, another method; --json prints the answer as a document.
+    let file = dir.path().join("body.txt");
+    std::fs::write(&file, "line 1\nline 2\n").expect("write body");
+    let out = cli.ok(&[
+        "call",
+        "shop",
+        "/carts/9",
+        "-X",
+        "put",
+        "--data-file",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out, "line 1\nline 2\n");
+    assert_eq!(app.requests().pop().expect("a request").method, "PUT");
+    let doc = cli.json(&["call", "shop", "/j", "-d", "{\"n\":1}"]);
+    assert_eq!(doc["status"], 200);
+    assert_eq!(doc["body"], "{\"n\":1}");
+    assert_eq!(doc["encoding"], "utf8");
+    assert_eq!(doc["headers"]["x-instance"], "a");
+
+    // The app answers 503: its body still printed, exit status 1. A POST is not retried.
+    app.set_mode(Mode::Status(503));
+    let before = app.hits();
+    let out = cli.run(&["call", "shop", "/pay", "-d", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "a says 503");
+    assert!(
+        out.stderr.starts_with("error: ") && out.stderr.contains("503"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(app.hits(), before + 1);
+    // --idempotent: the same POST may be retried, and is, past one 503.
+    app.set_mode(Mode::FailFirst { n: 1, status: 503 });
+    let before = app.hits();
+    let out = cli.ok(&["call", "shop", "/pay", "-d", "y", "--idempotent"]);
+    assert_eq!(out, "y");
+    assert_eq!(app.hits(), before + 2);
+    app.set_mode(Mode::Ok);
+
+    // Wharf's own errors: `error: <message> (<code>)`, exit status 1.
+    let err = cli.fails_with(&["call", "nope", "/x"], "app_not_found");
+    assert!(err.contains("nope"), "{err}");
+    let mut anonymous = Cli::new(&server);
+    anonymous.token = None;
+    anonymous.fails_with(&["call", "shop", "/x"], "unauthenticated");
+    cli.fails_with(
+        &["call", "shop", "/x", "--server", "http://127.0.0.1:1"],
+        "transport",
+    );
+    // A path that does not start with '/' is a usage error.
+    let usage = cli.run(&["call", "shop", "x"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", usage.stderr);
+
+    // Deregistered: calls fail without reaching the app.
+    cli.ok(&["apps", "deregister", "shop", "a"]);
+    let before = app.hits();
+    let out = cli.run(&["call", "shop", "/x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+    assert_eq!(app.hits(), before);
+}

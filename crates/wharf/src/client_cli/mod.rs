@@ -1,5 +1,6 @@
 //! The operator verbs on a running server, over the Rust SDK (gRPC): `topic`, `publish`,
-//! `consume`, `queue`, `sub`, `dlq` and `status`.
+//! `consume`, `queue`, `sub`, `dlq`, `status` and `apps`; and `call`, an HTTP request to an
+//! app through Wharf.
 //!
 //! Every verb takes the connection flags of [`ConnArgs`] (`--server`, `--token`, `--json`, ...),
 //! builds its own Tokio runtime, and reports a failure as `error: <message> (<code>)` on stderr
@@ -15,6 +16,8 @@ use wharf_client::{Client, ErrorKind, Position};
 
 use crate::cli::CliError;
 
+mod apps;
+mod call;
 mod consume;
 mod dlq;
 mod output;
@@ -43,6 +46,11 @@ pub(crate) enum ClientCommand {
     /// Whether the server is reachable and writable, and every topic and subscription with
     /// its messages, lag, in-flight and dead-lettered counts.
     Status(status::StatusArgs),
+    /// The apps Wharf calls: list (default), describe, register, deregister, delete, put.
+    Apps(apps::AppsArgs),
+    /// Call an app through Wharf over HTTP (`/v1/invoke/APP/PATH`), like curl: the answer's
+    /// body on stdout; exit status 0 for a 2xx answer, 1 otherwise.
+    Call(call::CallArgs),
 }
 
 /// How to reach the server, and how to print. Accepted after any client verb or its
@@ -242,6 +250,8 @@ impl ClientCommand {
             ClientCommand::Sub(a) => &a.conn,
             ClientCommand::Dlq(a) => &a.conn,
             ClientCommand::Status(a) => &a.conn,
+            ClientCommand::Apps(a) => &a.conn,
+            ClientCommand::Call(a) => &a.conn,
         }
     }
 }
@@ -267,6 +277,8 @@ pub(crate) fn run(cmd: ClientCommand) -> Result<(), CliError> {
             ClientCommand::Sub(a) => sub::run(&ctx, a).await,
             ClientCommand::Dlq(a) => dlq::run(&ctx, a).await,
             ClientCommand::Status(a) => status::run(&ctx, a).await,
+            ClientCommand::Apps(a) => apps::run(&ctx, a).await,
+            ClientCommand::Call(a) => call::run(&ctx, a).await,
         }
     });
     // A thread blocked on stdin must not keep the process alive.
