@@ -64,6 +64,7 @@ pub struct Config {
     /// Logging.
     pub log: LogConfig,
     /// Apps that can be called (`[apps.NAME]`: `policy`, `grpc_services`, static `instances`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub apps: std::collections::BTreeMap<String, wharf_invoke::AppConfig>,
 }
 
