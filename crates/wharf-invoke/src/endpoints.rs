@@ -41,6 +41,9 @@ pub(crate) struct Health {
     pub(crate) ejections: u32,
     /// A probe is out.
     pub(crate) probing: bool,
+    /// Changes at every ejection and every restore: an attempt started under another epoch
+    /// (before the instance was ejected, or before it came back) does not move the breaker.
+    pub(crate) epoch: u64,
     pub(crate) calls: u64,
     pub(crate) failures: u64,
 }
@@ -55,6 +58,7 @@ impl Health {
             ejected_until: None,
             ejections: 0,
             probing: false,
+            epoch: 0,
             calls: 0,
             failures: 0,
         }
@@ -106,6 +110,8 @@ pub(crate) enum Pick {
 pub(crate) enum Outcome {
     Success,
     Failure,
+    /// The caller went away or its deadline passed first: says nothing about the instance.
+    Cancelled,
 }
 
 /// Drops expired endpoints.
@@ -153,11 +159,17 @@ pub(crate) fn pick(endpoints: &[Endpoint], now: Instant, r1: usize, r2: usize) -
     };
     match (first, second) {
         (None, _) => {
+            // The next probe: the earliest ejection end not being probed right now (if every
+            // one is being probed, its answer decides soon).
             let retry_in = live
                 .iter()
+                .filter(|(_, h)| !h.probing)
                 .filter_map(|(_, h)| h.ejected_until)
                 .min()
-                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                .map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(now)
+                        .max(Duration::from_millis(1))
+                });
             Pick::AllEjected {
                 endpoints: live.len(),
                 retry_in,
@@ -174,32 +186,46 @@ pub(crate) fn pick(endpoints: &[Endpoint], now: Instant, r1: usize, r2: usize) -
     }
 }
 
-/// Marks an attempt as started.
-pub(crate) fn start(h: &mut Health, probe: bool) {
+/// Marks an attempt as started; returns the epoch to give back to [`finish`].
+pub(crate) fn start(h: &mut Health, probe: bool) -> u64 {
     h.in_flight += 1;
     h.calls += 1;
     if probe {
         h.probing = true;
     }
+    h.epoch
 }
 
-/// Records how an attempt ended: latency, failure accrual, ejection, probe result.
+/// Records how an attempt ended: latency, failure accrual, ejection, probe result. An
+/// attempt from an earlier epoch (in flight when the instance was ejected or restored) only
+/// updates the latency and the in-flight count; a cancelled one only the in-flight count.
 pub(crate) fn finish(
     h: &mut Health,
     now: Instant,
     elapsed: Duration,
     outcome: Outcome,
     probe: bool,
+    epoch: u64,
     policy: &BreakerPolicy,
 ) {
     h.in_flight = h.in_flight.saturating_sub(1);
+    if probe {
+        h.probing = false;
+    }
+    if outcome == Outcome::Cancelled {
+        return;
+    }
     h.sample(now, elapsed);
+    if epoch != h.epoch {
+        return;
+    }
     match outcome {
         Outcome::Success => {
             h.consecutive_failures = 0;
-            if probe || h.ejected_until.is_some() {
+            if probe {
                 h.ejected_until = None;
                 h.ejections = 0;
+                h.epoch += 1;
             }
         }
         Outcome::Failure => {
@@ -212,11 +238,10 @@ pub(crate) fn finish(
                 h.ejected_until = Some(now + base.saturating_mul(factor).min(max));
                 h.ejections = h.ejections.saturating_add(1);
                 h.consecutive_failures = 0;
+                h.epoch += 1;
             }
         }
-    }
-    if probe {
-        h.probing = false;
+        Outcome::Cancelled => {}
     }
 }
 
@@ -255,6 +280,7 @@ mod tests {
             Duration::from_millis(1),
             Outcome::Success,
             false,
+            0,
             &policy(),
         );
         finish(
@@ -263,6 +289,7 @@ mod tests {
             Duration::from_millis(50),
             Outcome::Success,
             false,
+            0,
             &policy(),
         );
         for r in 0..10 {
@@ -291,13 +318,14 @@ mod tests {
         let p = policy();
         let mut e = vec![endpoint("a", t0)];
         for _ in 0..3 {
-            start(&mut e[0].health, false);
+            let epoch = start(&mut e[0].health, false);
             finish(
                 &mut e[0].health,
                 t0,
                 Duration::from_millis(1),
                 Outcome::Failure,
                 false,
+                epoch,
                 &p,
             );
         }
@@ -317,7 +345,7 @@ mod tests {
                 probe: true
             }
         );
-        start(&mut e[0].health, true);
+        let epoch = start(&mut e[0].health, true);
         assert!(matches!(pick(&e, t1, 0, 0), Pick::AllEjected { .. }));
         // A failed probe ejects for twice as long.
         finish(
@@ -326,6 +354,7 @@ mod tests {
             Duration::from_millis(1),
             Outcome::Failure,
             true,
+            epoch,
             &p,
         );
         assert_eq!(
@@ -343,13 +372,14 @@ mod tests {
                 probe: true
             }
         );
-        start(&mut e[0].health, true);
+        let epoch = start(&mut e[0].health, true);
         finish(
             &mut e[0].health,
             t2,
             Duration::from_millis(1),
             Outcome::Success,
             true,
+            epoch,
             &p,
         );
         assert_eq!(
@@ -374,43 +404,157 @@ mod tests {
         assert!(e.is_empty());
     }
 
+    #[test]
+    fn attempts_from_before_an_ejection_do_not_move_the_breaker() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut e = vec![endpoint("a", t0)];
+        // Ten calls in flight when the instance dies.
+        let epochs: Vec<u64> = (0..10).map(|_| start(&mut e[0].health, false)).collect();
+        for &epoch in &epochs[..3] {
+            finish(
+                &mut e[0].health,
+                t0,
+                Duration::from_millis(1),
+                Outcome::Failure,
+                false,
+                epoch,
+                &p,
+            );
+        }
+        let ejected = e[0].health.ejected_until;
+        assert!(ejected.is_some());
+        // The other seven fail (or one succeeds late): the ejection stays as it was.
+        for &epoch in &epochs[3..9] {
+            finish(
+                &mut e[0].health,
+                t0,
+                Duration::from_millis(1),
+                Outcome::Failure,
+                false,
+                epoch,
+                &p,
+            );
+        }
+        finish(
+            &mut e[0].health,
+            t0,
+            Duration::from_millis(1),
+            Outcome::Success,
+            false,
+            epochs[9],
+            &p,
+        );
+        assert_eq!(e[0].health.ejected_until, ejected);
+        assert_eq!(e[0].health.ejections, 1);
+        assert_eq!(e[0].health.in_flight, 0);
+        // A cancelled probe lets another probe go out, and changes nothing else.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            pick(&e, t1, 0, 0),
+            Pick::Endpoint {
+                index: 0,
+                probe: true
+            }
+        );
+        let epoch = start(&mut e[0].health, true);
+        finish(
+            &mut e[0].health,
+            t1,
+            Duration::from_millis(1),
+            Outcome::Cancelled,
+            true,
+            epoch,
+            &p,
+        );
+        assert_eq!(
+            pick(&e, t1, 0, 0),
+            Pick::Endpoint {
+                index: 0,
+                probe: true
+            }
+        );
+        assert_eq!(e[0].health.ejections, 1);
+    }
+
+    /// One step of the model: start an attempt (the balancer picks), or finish an outstanding
+    /// one with an outcome, after some time passes.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Start(usize),
+        Finish(usize, u8),
+    }
+
+    fn op() -> impl Strategy<Value = (Op, u64)> {
+        (
+            prop_oneof![
+                (0usize..3).prop_map(Op::Start),
+                (0usize..16, 0u8..3).prop_map(|(i, o)| Op::Finish(i, o)),
+            ],
+            0u64..1_500,
+        )
+    }
+
     proptest! {
-        /// Model test: whatever the sequence of outcomes, the breaker never sends to an
-        /// ejected endpoint except as the single probe, in-flight counts return to zero, and
-        /// an ejection never exceeds the maximum.
+        /// Model test with concurrent attempts: the balancer never sends to an ejected
+        /// endpoint except as its single probe; in-flight counts match the outstanding
+        /// attempts; an ejection never exceeds the maximum; only attempts of the current
+        /// epoch move the breaker, and a success restores only through a probe.
         #[test]
-        fn breaker_model(ops in proptest::collection::vec((0usize..3, any::<bool>(), 0u64..3_000), 1..200)) {
+        fn breaker_model(ops in proptest::collection::vec(op(), 1..300)) {
             let p = policy();
             let mut now = Instant::now();
             let mut e = vec![endpoint("a", now), endpoint("b", now), endpoint("c", now)];
-            for (r, ok, advance) in ops {
+            // Outstanding attempts: (endpoint, probe, epoch).
+            let mut out: Vec<(usize, bool, u64)> = Vec::new();
+            for (op, advance) in ops {
                 now += Duration::from_millis(advance);
-                match pick(&e, now, r, r + 1) {
-                    Pick::Endpoint { index, probe } => {
-                        let h = &e[index].health;
-                        if probe {
-                            prop_assert!(h.ejected_until.is_some_and(|t| t <= now) && !h.probing);
-                        } else {
-                            prop_assert!(h.ejected_until.is_none());
+                match op {
+                    Op::Start(r) => match pick(&e, now, r, r + 1) {
+                        Pick::Endpoint { index, probe } => {
+                            let h = &e[index].health;
+                            if probe {
+                                prop_assert!(h.ejected_until.is_some_and(|t| t <= now) && !h.probing);
+                            } else {
+                                prop_assert!(h.ejected_until.is_none());
+                            }
+                            let epoch = start(&mut e[index].health, probe);
+                            out.push((index, probe, epoch));
                         }
-                        start(&mut e[index].health, probe);
-                        let outcome = if ok { Outcome::Success } else { Outcome::Failure };
-                        finish(&mut e[index].health, now, Duration::from_millis(1), outcome, probe, &p);
+                        Pick::AllEjected { endpoints, retry_in } => {
+                            prop_assert_eq!(endpoints, 3);
+                            prop_assert!(retry_in > Duration::ZERO);
+                            prop_assert!(e.iter().all(|x| x.health.ejected_until.is_some_and(|t| t > now) || x.health.probing));
+                        }
+                        Pick::NoInstances => prop_assert!(false, "three endpoints never expire"),
+                    },
+                    Op::Finish(i, o) => {
+                        if out.is_empty() {
+                            continue;
+                        }
+                        let (index, probe, epoch) = out.remove(i % out.len());
+                        let outcome = [Outcome::Success, Outcome::Failure, Outcome::Cancelled][usize::from(o)];
+                        let before = (e[index].health.ejected_until, e[index].health.ejections);
+                        let current = e[index].health.epoch;
+                        finish(&mut e[index].health, now, Duration::from_millis(1), outcome, probe, epoch, &p);
                         let h = &e[index].health;
-                        prop_assert_eq!(h.in_flight, 0);
+                        if outcome == Outcome::Cancelled || epoch != current {
+                            prop_assert_eq!((h.ejected_until, h.ejections), before);
+                        }
+                        if outcome == Outcome::Success && !probe {
+                            prop_assert_eq!(h.ejected_until.is_some(), before.0.is_some());
+                        }
                         if let Some(t) = h.ejected_until {
                             prop_assert!(t <= now + Duration::from_millis(p.max_ejection_ms));
                         }
-                        if ok {
-                            prop_assert!(h.ejected_until.is_none());
-                        }
                     }
-                    Pick::AllEjected { endpoints, retry_in } => {
-                        prop_assert_eq!(endpoints, 3);
-                        prop_assert!(retry_in > Duration::ZERO);
-                        prop_assert!(e.iter().all(|x| x.health.ejected_until.is_some_and(|t| t > now)));
-                    }
-                    Pick::NoInstances => prop_assert!(false, "three endpoints never expire"),
+                }
+                for (k, x) in e.iter().enumerate() {
+                    let n = out.iter().filter(|(i, _, _)| *i == k).count() as u32;
+                    prop_assert_eq!(x.health.in_flight, n);
+                    let probes = out.iter().filter(|(i, pr, _)| *i == k && *pr).count();
+                    prop_assert!(probes <= 1);
+                    prop_assert_eq!(x.health.probing, probes == 1);
                 }
             }
         }

@@ -343,6 +343,23 @@ impl Invoker {
             .ok_or_else(|| InvokeError::UnknownApp(name.to_owned()))
     }
 
+    /// Whether calls to `app` would fail fast now (unknown app, no live instance, every
+    /// instance ejected), and if so for about how long: push delivery waits instead of
+    /// spending a delivery attempt on a call that cannot be sent.
+    pub fn unavailable_for(&self, app: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let apps = self.apps();
+        let Some(entry) = apps.get(app) else {
+            return Some(Duration::from_secs(1));
+        };
+        let st = entry.runtime.lock();
+        match endpoints::pick(&st.endpoints, now, 0, 1) {
+            endpoints::Pick::Endpoint { .. } => None,
+            endpoints::Pick::NoInstances => Some(Duration::from_secs(1)),
+            endpoints::Pick::AllEjected { retry_in, .. } => Some(retry_in),
+        }
+    }
+
     /// The app serving gRPC service `service` (`pkg.Service`), if one registered it.
     pub fn app_for_grpc_service(&self, service: &str) -> Option<String> {
         self.apps()
@@ -401,28 +418,25 @@ impl Invoker {
         let idempotent = marked
             || policy.retry.marks_idempotent(&parts.method, &path)
             || (!grpc && parts.method.is_idempotent());
+        // A body that may be sent again is read whole once the call is admitted (if it is
+        // small): when the call is idempotent, or when its length is known and small (a
+        // connect error can then be retried for any method). A gRPC call not marked
+        // idempotent may be a stream and is never held back.
+        let small = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n <= RETRY_BUFFER_BYTES);
         parts.extensions.insert(CallInfo {
             app: app.to_owned(),
             deadline: arrived + time,
             budget: time,
             idempotent,
             grpc,
+            buffer: idempotent || (!grpc && small),
         });
-        // A body that may be sent again is read whole first (if small); a gRPC call that is
-        // not marked idempotent may be a stream and is never held back.
-        let body = if idempotent || !grpc {
-            match tokio::time::timeout_at(arrived + time, ReqBody::buffer(body)).await {
-                Ok(b) => b?,
-                Err(_) => {
-                    return Err(InvokeError::DeadlineExceeded {
-                        app: app.to_owned(),
-                        after: time,
-                    });
-                }
-            }
-        } else {
-            ReqBody::Stream(body)
-        };
+        let body = ReqBody::Stream(body);
         budget.deposit();
         service
             .oneshot(http::Request::from_parts(parts, body))

@@ -38,6 +38,8 @@ pub(crate) struct CallInfo {
     pub(crate) idempotent: bool,
     /// A gRPC call (HTTP/2, `grpc-status`).
     pub(crate) grpc: bool,
+    /// Read the body whole (up to 64 KiB) once admitted, so that it can be sent again.
+    pub(crate) buffer: bool,
 }
 
 /// The endpoint the balancer chose (a request extension for the layers below it).
@@ -260,6 +262,14 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let permit = admitted?;
+            // Only an admitted call holds a buffered body (memory stays bounded by the limit).
+            let buffer = req.extensions().get::<CallInfo>().is_some_and(|i| i.buffer);
+            let req = match (buffer, req.into_parts()) {
+                (true, (parts, ReqBody::Stream(body))) => {
+                    http::Request::from_parts(parts, ReqBody::buffer(body).await?)
+                }
+                (_, (parts, body)) => http::Request::from_parts(parts, body),
+            };
             let resp = inner.call(req).await?;
             let (parts, body) = resp.into_parts();
             Ok(http::Response::from_parts(
@@ -442,7 +452,7 @@ where
                 }),
                 Pick::Endpoint { index, probe } => match st.endpoints.get_mut(index) {
                     Some(e) => {
-                        endpoints::start(&mut e.health, probe);
+                        let epoch = endpoints::start(&mut e.health, probe);
                         Ok((
                             Target {
                                 instance: e.id.clone(),
@@ -450,6 +460,7 @@ where
                                 http2: e.http2,
                             },
                             probe,
+                            epoch,
                         ))
                     }
                     None => Err(InvokeError::NoInstances(app.name.clone())),
@@ -458,16 +469,18 @@ where
         };
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let (target, probe) = chosen?;
+            let (target, probe, epoch) = chosen?;
             let instance = target.instance.clone();
             req.extensions_mut().insert(target);
-            // Counted as finished even if this future is dropped (deadline, caller gone).
+            // Finished even if this future is dropped (the caller's deadline passed or the
+            // caller went away): then it says nothing about the instance.
             let mut guard = Attempt {
                 app: app.clone(),
                 instance,
                 probe,
+                epoch,
                 started: Instant::now(),
-                outcome: Outcome::Failure,
+                outcome: Outcome::Cancelled,
             };
             let result = inner.call(req).await;
             guard.outcome = outcome(&result);
@@ -481,6 +494,7 @@ struct Attempt {
     app: Arc<AppRuntime>,
     instance: String,
     probe: bool,
+    epoch: u64,
     started: Instant,
     outcome: Outcome,
 }
@@ -497,6 +511,7 @@ impl Drop for Attempt {
                 now.saturating_duration_since(self.started),
                 self.outcome,
                 self.probe,
+                self.epoch,
                 &policy.breaker,
             );
         }

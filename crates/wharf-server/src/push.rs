@@ -125,6 +125,15 @@ async fn worker(
     let lease = Duration::from_millis(config.timeout_ms) + Duration::from_secs(5);
     let mut failures = 0u32;
     while !stop.is_cancelled() {
+        // A call that would fail fast (app unknown, no instance, breaker open) would still
+        // spend one of the message's deliveries: wait for the app instead of receiving.
+        if let Some(wait) = state.invoker.unavailable_for(&config.app) {
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                () = stop.cancelled() => break,
+            }
+            continue;
+        }
         let Ok(first) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -269,7 +278,24 @@ fn build_request(
         .headers_mut()
         .ok_or_else(|| format!("push route {:?} is not a valid path", config.route))?;
     for (k, v) in &m.headers {
-        if k.eq_ignore_ascii_case("traceparent") {
+        // Wharf's and gRPC's own headers (and hop-by-hop ones) are not the publisher's to
+        // set on the push: they would change how the call is made.
+        let lower = k.to_ascii_lowercase();
+        if lower == "traceparent"
+            || lower.starts_with("wharf-")
+            || lower.starts_with("grpc-")
+            || matches!(
+                lower.as_str(),
+                "te" | "connection"
+                    | "keep-alive"
+                    | "host"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "authorization"
+            )
+            || (lower == "content-type" && v.starts_with("application/grpc"))
+        {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

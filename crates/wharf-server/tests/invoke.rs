@@ -320,15 +320,15 @@ async fn excess_calls_are_refused_at_once() {
 }
 
 #[tokio::test]
-async fn the_balancer_prefers_the_fast_instance_and_ejects_a_failing_one() {
+async fn the_balancer_prefers_the_fast_instance_ejects_a_failing_one_and_probes_it_back() {
     let server = TestServer::start().await;
     let fast = HttpApp::start("fast").await;
     let slow = HttpApp::start("slow").await;
-    slow.set_mode(Mode::Delay(Duration::from_millis(40)));
+    slow.set_mode(Mode::Delay(Duration::from_millis(100)));
     app(
         &server,
         "pair",
-        json!({}),
+        json!({ "breaker": { "ejection_ms": 3000, "max_ejection_ms": 3000 } }),
         &[("fast", &fast), ("slow", &slow)],
     )
     .await;
@@ -346,24 +346,60 @@ async fn the_balancer_prefers_the_fast_instance_and_ejects_a_failing_one() {
     fast.set_mode(Mode::Status(500));
     let before = fast.hits();
     let mut errors = 0;
-    for _ in 0..40 {
+    for _ in 0..10 {
         let (status, _, _) = call(&server, Method::GET, "pair", "/", &[]).await;
         if status != StatusCode::OK {
             errors += 1;
         }
     }
-    assert!(
-        fast.hits() - before <= 5,
-        "{} attempts after it failed",
-        fast.hits() - before
-    );
-    assert!(errors <= 5);
+    assert_eq!(fast.hits() - before, 5, "ejected after 5 failures in a row");
+    assert_eq!(errors, 5);
     let (_, status) = server.get("/v1/apps/pair").await;
     let state = status["instances"]
         .as_array()
         .and_then(|i| i.iter().find(|i| i["id"] == "fast"))
         .map(|i| i["state"].clone());
     assert_eq!(state, Some(json!("ejected")), "{status}");
+    // It recovers: once its ejection ends, a real call probes it, and it is back.
+    fast.set_mode(Mode::Ok);
+    let recovered = fast.hits();
+    let start = std::time::Instant::now();
+    while fast.hits() == recovered {
+        assert!(start.elapsed() < WAIT, "never probed back");
+        let (status, _, _) = call(&server, Method::GET, "pair", "/", &[]).await;
+        assert_eq!(status, StatusCode::OK, "the slow one answers meanwhile");
+    }
+    let (_, status) = server.get("/v1/apps/pair").await;
+    let state = status["instances"]
+        .as_array()
+        .and_then(|i| i.iter().find(|i| i["id"] == "fast"))
+        .map(|i| i["state"].clone());
+    assert_eq!(state, Some(json!("healthy")), "{status}");
+}
+
+#[tokio::test]
+async fn no_retry_past_the_deadline() {
+    let server = TestServer::start().await;
+    let a = HttpApp::start("a").await;
+    a.set_mode(Mode::Status(503));
+    app(
+        &server,
+        "late",
+        json!({ "retry": { "max_attempts": 3, "backoff_base_ms": 5000, "backoff_max_ms": 5000, "jitter": 0.0 } }),
+        &[("a", &a)],
+    )
+    .await;
+    // The backoff would end after the deadline: the 503 comes back at once, tried once.
+    let (status, _, _) = call(
+        &server,
+        Method::GET,
+        "late",
+        "/",
+        &[("wharf-deadline", "1000")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.hits(), 1);
 }
 
 #[tokio::test]

@@ -107,10 +107,8 @@ fn app_out(a: AppStatus) -> v1::App {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn may_read(c: &Ctx) -> ApiResult<()> {
-    c.caller
-        .require_any(Scope::Admin)
-        .or_else(|_| c.caller.require_any(Scope::Invoke))
+fn sees(c: &Ctx, app: &str) -> bool {
+    c.caller.allows(Scope::Invoke, app) || c.caller.allows(Scope::Admin, app)
 }
 
 #[tonic::async_trait]
@@ -144,7 +142,9 @@ impl v1::apps_server::Apps for Grpc {
         request: Request<v1::GetAppRequest>,
     ) -> Result<Response<v1::App>, Status> {
         self.call("/wharf.v1.Apps/GetApp", request, |c: Ctx, r| async move {
-            may_read(&c)?;
+            if !sees(&c, &r.name) {
+                c.caller.require(Scope::Admin, &r.name)?;
+            }
             Ok(app_out(c.s.invoker.get(&r.name)?))
         })
         .await
@@ -158,9 +158,15 @@ impl v1::apps_server::Apps for Grpc {
             "/wharf.v1.Apps/ListApps",
             request,
             |c: Ctx, _r| async move {
-                may_read(&c)?;
                 Ok(v1::ListAppsResponse {
-                    apps: c.s.invoker.list().into_iter().map(app_out).collect(),
+                    apps: c
+                        .s
+                        .invoker
+                        .list()
+                        .into_iter()
+                        .filter(|a| sees(&c, &a.name))
+                        .map(app_out)
+                        .collect(),
                 })
             },
         )

@@ -35,18 +35,29 @@ pub(crate) struct InstanceIn {
     http2: bool,
 }
 
-fn may_read(caller: &Caller) -> ApiResult<()> {
-    caller
-        .require_any(Scope::Admin)
-        .or_else(|_| caller.require_any(Scope::Invoke))
+/// Seeing an app (its policy and instance addresses) takes `admin` or `invoke` on it.
+fn may_read(caller: &Caller, app: &str) -> ApiResult<()> {
+    if caller.allows(Scope::Invoke, app) {
+        Ok(())
+    } else {
+        caller.require(Scope::Admin, app)
+    }
+}
+
+fn sees(caller: &Caller, app: &str) -> bool {
+    caller.allows(Scope::Invoke, app) || caller.allows(Scope::Admin, app)
 }
 
 /// Every app with its instances, their health and the breaker state.
 #[utoipa::path(get, path = "/v1/apps", tag = "apps",
     responses((status = 200, description = "Apps", body = Object)))]
 pub(crate) async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    may_read(&caller)?;
-    let apps: Vec<AppStatus> = s.invoker.list();
+    let apps: Vec<AppStatus> = s
+        .invoker
+        .list()
+        .into_iter()
+        .filter(|a| sees(&caller, &a.name))
+        .collect();
     Ok(Json(serde_json::json!({ "apps": apps })))
 }
 
@@ -59,7 +70,7 @@ pub(crate) async fn get(
     caller: Caller,
     PathParams(app): PathParams<String>,
 ) -> ApiResult<Json<AppStatus>> {
-    may_read(&caller)?;
+    may_read(&caller, &app)?;
     Ok(Json(s.invoker.get(&app)?))
 }
 
@@ -237,11 +248,27 @@ async fn forward(
     let kind = if grpc { "grpc" } else { "http" };
     match s.invoker.call(app, request).await {
         Ok(resp) => {
-            let class = match resp.status().as_u16() {
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                500..=599 => "5xx",
+            // gRPC: the status of a trailers-only answer (an error); a streamed answer's status
+            // is in its trailers, counted as "ok".
+            let grpc_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| match v {
+                    "0" => "ok",
+                    "4" => "grpc_deadline_exceeded",
+                    "8" => "grpc_resource_exhausted",
+                    "13" => "grpc_internal",
+                    "14" => "grpc_unavailable",
+                    _ => "grpc_error",
+                });
+            let class = match (grpc, grpc_status, resp.status().as_u16()) {
+                (true, Some(s), _) => s,
+                (true, None, 200) => "ok",
+                (_, _, 200..=299) => "2xx",
+                (_, _, 300..=399) => "3xx",
+                (_, _, 400..=499) => "4xx",
+                (_, _, 500..=599) => "5xx",
                 _ => "1xx",
             };
             s.metrics.invoked(app, kind, class, start.elapsed());
@@ -249,7 +276,13 @@ async fn forward(
             Response::from_parts(parts, AxumBody::new(body))
         }
         Err(e) => {
-            s.metrics.invoked(app, kind, e.code(), start.elapsed());
+            // An unknown name is not a series of its own (callers choose it).
+            let label = if matches!(e, wharf_invoke::InvokeError::UnknownApp(_)) {
+                "(unknown)"
+            } else {
+                app
+            };
+            s.metrics.invoked(label, kind, e.code(), start.elapsed());
             let e = ApiError::from(e);
             if grpc {
                 grpc_error(e)
