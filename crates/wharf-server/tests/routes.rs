@@ -1078,15 +1078,40 @@ async fn subscriptions_create_describe_list_delete_and_kind_mismatch() {
         400,
         "invalid_json",
     );
+    // Push settings: unknown keys and bad values are refused; a stream cannot push.
     assert_error(
         &s.put(
             "/v1/topics/t/subscriptions/bad",
             json!({"kind": "shared", "push": {"url": "http://x"}}),
         )
         .await,
-        501,
-        "not_supported",
+        400,
+        "invalid_json",
     );
+    for bad in [
+        json!({"kind": "shared", "push": {"app": "a", "route": "no-slash"}}),
+        json!({"kind": "shared", "push": {"app": "a", "max_in_flight": 0}}),
+        json!({"kind": "shared", "push": {"app": ""}}),
+        json!({"kind": "stream", "push": {"app": "a"}}),
+    ] {
+        assert_error(
+            &s.put("/v1/topics/t/subscriptions/bad", bad).await,
+            400,
+            "invalid_argument",
+        );
+    }
+    let (st, body) = s
+        .put(
+            "/v1/topics/t/subscriptions/pushed",
+            json!({"kind": "shared", "push": {"app": "billing", "route": "/in"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body["settings"]["push"],
+        json!({"app": "billing", "route": "/in", "max_in_flight": 16, "timeout_ms": 10000})
+    );
+    assert_eq!(s.delete("/v1/topics/t/subscriptions/pushed").await.0, 204);
     assert_error(
         &s.put("/v1/topics/nope/subscriptions/x", json!({"kind": "stream"}))
             .await,
@@ -2617,6 +2642,13 @@ async fn openapi_documents_every_route() {
         ("get", "/v1/queues/{queue}/dead-letters".into()),
         ("post", "/v1/queues/{queue}/redrive".into()),
         ("get", "/v1/queues/{queue}/events".into()),
+        ("get", "/v1/apps".into()),
+        ("put", "/v1/apps/{app}".into()),
+        ("get", "/v1/apps/{app}".into()),
+        ("delete", "/v1/apps/{app}".into()),
+        ("put", "/v1/apps/{app}/instances/{id}".into()),
+        ("delete", "/v1/apps/{app}/instances/{id}".into()),
+        ("post", "/v1/invoke/{app}/{path}".into()),
         ("get", "/v1/stats".into()),
         ("get", "/metrics".into()),
         ("get", "/healthz".into()),

@@ -39,7 +39,8 @@ fn check(v: &Value, workload: &str, target: &str) {
     assert_eq!(v["stopped_by"], "count", "{v}");
     assert!(v["msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{v}");
     assert!(
-        v["secs"].as_f64().is_some_and(|s| s > 0.0 && s < 40.0),
+        // Rounded to milliseconds: a fast in-process run of a few hundred messages can be 0.
+        v["secs"].as_f64().is_some_and(|s| (0.0..40.0).contains(&s)),
         "{v}"
     );
     assert!(
