@@ -435,6 +435,7 @@ impl Invoker {
             idempotent,
             grpc,
             buffer: idempotent || (!grpc && small),
+            policy,
         });
         let body = ReqBody::Stream(body);
         budget.deposit();

@@ -40,6 +40,8 @@ pub(crate) struct CallInfo {
     pub(crate) grpc: bool,
     /// Read the body whole (up to 64 KiB) once admitted, so that it can be sent again.
     pub(crate) buffer: bool,
+    /// The app's policy when the call arrived (so the layers need not lock to read it).
+    pub(crate) policy: Arc<Policy>,
 }
 
 /// The endpoint the balancer chose (a request extension for the layers below it).
@@ -134,10 +136,9 @@ impl TokenBucket {
     }
 }
 
-fn info(req: &Req) -> Result<CallInfo, InvokeError> {
+fn info(req: &Req) -> Result<&CallInfo, InvokeError> {
     req.extensions()
         .get::<CallInfo>()
-        .cloned()
         .ok_or_else(|| InvokeError::invalid("request", "missing call information"))
 }
 
@@ -177,16 +178,19 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let info = info(&req)?;
-            if Instant::now() >= info.deadline {
-                return Err(InvokeError::DeadlineExpired { app: info.app });
+            let (deadline, time) = {
+                let info = info(&req)?;
+                (info.deadline, info.budget)
+            };
+            if Instant::now() >= deadline {
+                return Err(InvokeError::DeadlineExpired {
+                    app: info(&req)?.app.clone(),
+                });
             }
-            match tokio::time::timeout_at(info.deadline, inner.call(req)).await {
+            let app = info(&req)?.app.clone();
+            match tokio::time::timeout_at(deadline, inner.call(req)).await {
                 Ok(r) => r,
-                Err(_) => Err(InvokeError::DeadlineExceeded {
-                    app: info.app,
-                    after: info.budget,
-                }),
+                Err(_) => Err(InvokeError::DeadlineExceeded { app, after: time }),
             }
         })
     }
@@ -327,10 +331,8 @@ impl tower::retry::Policy<Req, Resp, InvokeError> for RetryDecider {
         if !safe {
             return None;
         }
-        let (policy, budget) = {
-            let st = self.app.lock();
-            (st.policy.clone(), st.budget.clone())
-        };
+        let policy = info.policy.clone();
+        let budget = self.app.lock().budget.clone();
         if self.attempts >= policy.retry.max_attempts {
             return None;
         }
@@ -563,7 +565,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let after = self.app.lock().policy.per_try_timeout();
+        let after = req.extensions().get::<CallInfo>().map_or_else(
+            || self.app.lock().policy.per_try_timeout(),
+            |i| i.policy.per_try_timeout(),
+        );
         let instance = req
             .extensions()
             .get::<Target>()

@@ -75,9 +75,12 @@ impl Service<http::Request<ReqBody>> for Transport {
         let this = self.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let (Some(target), Some(info)) = (
+            let (Some(target), Some((app, deadline, grpc))) = (
                 parts.extensions.remove::<Target>(),
-                parts.extensions.get::<CallInfo>().cloned(),
+                parts
+                    .extensions
+                    .get::<CallInfo>()
+                    .map(|i| (i.app.clone(), i.deadline, i.grpc)),
             ) else {
                 return Err(InvokeError::invalid("request", "no endpoint was chosen"));
             };
@@ -99,23 +102,23 @@ impl Service<http::Request<ReqBody>> for Transport {
             for name in HOP_BY_HOP {
                 parts.headers.remove(name);
             }
-            if info.grpc {
+            if grpc {
                 // gRPC needs `te: trailers` end to end.
                 parts
                     .headers
                     .insert("te", http::HeaderValue::from_static("trailers"));
             }
-            // The remaining time travels with the call.
-            let remaining = info.deadline.saturating_duration_since(Instant::now());
-            if let Ok(v) = http::HeaderValue::from_str(&remaining.as_millis().to_string()) {
-                parts.headers.insert(WHARF_DEADLINE, v);
-            }
-            if info.grpc
-                && let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(remaining))
-            {
+            // The remaining time travels with the call (the caller's own values are replaced).
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let millis = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+            parts
+                .headers
+                .insert(WHARF_DEADLINE, http::HeaderValue::from(millis));
+            parts.headers.remove(GRPC_TIMEOUT);
+            if grpc && let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(remaining)) {
                 parts.headers.insert(GRPC_TIMEOUT, v);
             }
-            let http2 = info.grpc || target.http2;
+            let http2 = grpc || target.http2;
             parts.version = if http2 {
                 http::Version::HTTP_2
             } else {
@@ -133,12 +136,12 @@ impl Service<http::Request<ReqBody>> for Transport {
                     Ok(http::Response::from_parts(parts, body))
                 }
                 Err(e) if e.is_connect() => Err(InvokeError::Connect {
-                    app: info.app.clone(),
+                    app: app.clone(),
                     instance: target.instance,
                     source: Box::new(e),
                 }),
                 Err(e) => Err(InvokeError::Upstream {
-                    app: info.app.clone(),
+                    app: app.clone(),
                     instance: target.instance,
                     source: Box::new(e),
                 }),
