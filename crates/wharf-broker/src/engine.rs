@@ -56,7 +56,8 @@ pub trait Engine: Send + Sync + 'static {
     async fn delete_topic(&self, name: &str) -> Result<()>;
 
     /// The largest message (key + value + headers) the topic accepts; `topic_not_found` if
-    /// there is no such topic. Called on every publish, so engines should answer it cheaply.
+    /// there is no such topic. The server calls it on every queue send (to create an unknown
+    /// queue first), so engines should answer it cheaply.
     async fn max_message_bytes(&self, name: &str) -> Result<u64> {
         Ok(self.describe_topic(name).await?.config.max_message_bytes)
     }

@@ -116,6 +116,17 @@ impl Metrics {
         self.counter("wharf_delivered_bytes_total", l, bytes);
     }
 
+    /// The outcome label of an app's HTTP answer: its status class.
+    pub fn status_class(status: u16) -> &'static str {
+        match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "1xx",
+        }
+    }
+
     /// One call through the invocation stack (HTTP invoke, gRPC passthrough, push):
     /// `outcome` is the app's status class (`2xx`, `5xx`, ...) or Wharf's error code.
     pub fn invoked(&self, app: &str, kind: &str, outcome: &str, took: Duration) {

@@ -205,12 +205,7 @@ async fn push_one(state: &AppState, topic: &str, sub: &str, config: &PushConfig,
     let outcome = match state.invoker.call(&config.app, request).await {
         Ok(resp) => {
             let status = resp.status();
-            let class = match status.as_u16() {
-                200..=299 => "2xx",
-                400..=499 => "4xx",
-                500..=599 => "5xx",
-                _ => "other",
-            };
+            let class = crate::metrics::Metrics::status_class(status.as_u16());
             state
                 .metrics
                 .invoked(&config.app, "push", class, start.elapsed());

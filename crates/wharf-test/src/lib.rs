@@ -26,7 +26,6 @@ use wharf_server::{Config, ServerHandle};
 
 pub use reqwest;
 
-pub mod fake_app;
 pub mod fake_grpc;
 pub mod fake_http;
 

@@ -10,7 +10,8 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use wharf_proto::testing::v1::EchoRequest;
 use wharf_proto::testing::v1::echo_client::EchoClient;
-use wharf_test::fake_app::{GrpcEchoApp, GrpcMode, HttpApp, Mode};
+use wharf_test::fake_grpc::{GrpcEchoApp, GrpcMode};
+use wharf_test::fake_http::{HttpApp, Mode};
 use wharf_test::reqwest::{self, Method, Version};
 
 const LONG: Duration = Duration::from_secs(30);

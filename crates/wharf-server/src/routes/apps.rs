@@ -265,11 +265,7 @@ async fn forward(
             let class = match (grpc, grpc_status, resp.status().as_u16()) {
                 (true, Some(s), _) => s,
                 (true, None, 200) => "ok",
-                (_, _, 200..=299) => "2xx",
-                (_, _, 300..=399) => "3xx",
-                (_, _, 400..=499) => "4xx",
-                (_, _, 500..=599) => "5xx",
-                _ => "1xx",
+                (_, _, status) => crate::metrics::Metrics::status_class(status),
             };
             s.metrics.invoked(app, kind, class, start.elapsed());
             let (parts, body) = resp.into_parts();
