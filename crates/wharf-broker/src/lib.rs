@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`engine`]: the [`Engine`] trait.
+//! - [`check`]: the publish checks every engine applies.
 //! - [`types`]: settings, messages, requests, results, capabilities.
 //! - [`error`]: [`BrokerError`] with stable codes.
 //! - [`names`]: the naming rule; dead-letter topic names.
@@ -17,6 +18,7 @@
 //! - `embedded`: the engine on `wharf-log` (topics, dedup, stream groups, shared
 //!   subscriptions with dead letters and redrive, metadata files).
 
+pub mod check;
 pub mod engine;
 pub mod error;
 pub mod murmur2;

@@ -48,8 +48,6 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
 pub(crate) const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
 /// Most messages one read or fetch returns.
 pub(crate) const MAX_READ_MESSAGES: usize = 100_000;
-/// Most headers one message may carry.
-const MAX_HEADERS: usize = 100;
 
 /// Where and how the embedded engine keeps its data.
 #[derive(Clone, Debug)]
@@ -579,89 +577,13 @@ impl Topic {
         clock: &dyn Clock,
     ) -> Result<Vec<Published>> {
         let topic = self;
-        if messages.is_empty() {
-            return Err(BrokerError::invalid(
-                "messages",
-                "at least one message is required",
-            ));
-        }
         // Validate everything before storing anything.
-        if messages.len() > 100_000 {
-            return Err(BrokerError::invalid(
-                "messages",
-                "at most 100000 messages per publish",
-            ));
-        }
-        let total: u64 = messages.iter().map(message_size).sum();
-        if total > 32 * 1024 * 1024 {
-            return Err(BrokerError::invalid(
-                "messages",
-                format!("{total} bytes in one publish; at most 33554432"),
-            ));
-        }
-        let mut routes = Vec::with_capacity(messages.len());
-        for m in &messages {
-            let size = message_size(m);
-            if size > topic.config.max_message_bytes {
-                return Err(BrokerError::MessageTooLarge {
-                    size,
-                    limit: topic.config.max_message_bytes,
-                });
-            }
-            if m.headers.len() > MAX_HEADERS {
-                return Err(BrokerError::invalid(
-                    "headers",
-                    format!(
-                        "{} headers; at most {MAX_HEADERS} are allowed",
-                        m.headers.len()
-                    ),
-                ));
-            }
-            if let Some((name, _)) = m
-                .headers
-                .iter()
-                .find(|(k, _)| k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
-            {
-                return Err(BrokerError::invalid(
-                    "headers",
-                    format!(
-                        "header name {:?} must be 1 to 256 characters without control characters",
-                        name.chars().take(40).collect::<String>()
-                    ),
-                ));
-            }
-            if let Some(at) = crate::types::header(&m.headers, crate::types::HEADER_DELIVER_AT)
-                && crate::time::parse_rfc3339(at).is_none()
-            {
-                return Err(BrokerError::invalid(
-                    "wharf-deliver-at",
-                    format!("{at:?} is not an RFC 3339 time such as 2026-11-26T10:00:00Z"),
-                ));
-            }
-            routes.push(topic.route(m)?);
-        }
-        // Messages that do not get the shared headers: they set one of them themselves, or
-        // the headers would make them too large.
-        let shared_size: u64 = shared_headers
+        crate::check::publish(&messages, &topic.config)?;
+        let routes = messages
             .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum();
-        let unshared: Vec<usize> = if shared_headers.is_empty() {
-            Vec::new()
-        } else {
-            messages
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| {
-                    message_size(m) + shared_size > topic.config.max_message_bytes
-                        || m.headers.len() + shared_headers.len() > MAX_HEADERS
-                        || m.headers
-                            .iter()
-                            .any(|(k, _)| shared_headers.iter().any(|(s, _)| s == k))
-                })
-                .map(|(i, _)| i)
-                .collect()
-        };
+            .map(|m| topic.route(m))
+            .collect::<Result<Vec<u32>>>()?;
+        let unshared = crate::check::unshared(&messages, shared_headers, &topic.config);
         let window = topic.config.dedup_window_ms;
         let mut results: Vec<Option<Published>> = vec![None; messages.len()];
         // Indexes of messages to store; ids this publish reserved; the channel that tells
@@ -826,11 +748,6 @@ impl Topic {
             (None, None) => Ok(self.next_partition.fetch_add(1, Ordering::Relaxed) % n),
         }
     }
-}
-
-fn message_size(m: &Message) -> u64 {
-    let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    (m.key.as_ref().map_or(0, Bytes::len) + m.value.len() + headers) as u64
 }
 
 /// Dedup reservations of a publish in flight; released on drop unless taken over.

@@ -59,7 +59,9 @@ pub(crate) trait Harness {
     async fn enforce_retention(&self);
 }
 
-/// Generates one `#[tokio::test]` per case, grouped in modules named like the case groups:
+/// Generates one `#[tokio::test]` per case, grouped in modules named like the case groups
+/// (with `skip_if = path`, each case first calls that `fn() -> bool` and passes without
+/// running when it says so: an external engine that is not there):
 ///
 /// ```ignore
 /// mod conformance;
@@ -70,6 +72,25 @@ pub(crate) trait Harness {
 /// }
 /// ```
 macro_rules! conformance_tests {
+    (
+        $harness:path, skip_if = $skip:path;
+        $( $group:ident { $( $(#[$attr:meta])* $case:ident ),* $(,)? } )*
+    ) => {
+        $(
+            mod $group {
+                $(
+                    $(#[$attr])*
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $case() {
+                        if $skip() {
+                            return;
+                        }
+                        crate::conformance::$group::$case($harness()).await;
+                    }
+                )*
+            }
+        )*
+    };
     (
         $harness:path;
         $( $group:ident { $( $(#[$attr:meta])* $case:ident ),* $(,)? } )*
