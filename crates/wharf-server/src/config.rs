@@ -51,6 +51,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// The listener.
     pub server: ServerConfig,
+    /// Which message engine runs under the API.
+    pub engine: EngineConfig,
     /// Where and how data is kept.
     pub storage: StorageConfig,
     /// Limits on requests and connections.
@@ -86,6 +88,36 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7400".into(),
             allow_anonymous: false,
             shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// `[engine]`: the message engine under the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `embedded` (Wharf's own storage in `storage.data`), `nats` (NATS JetStream) or
+    /// `rabbitmq` (not supported yet).
+    pub kind: String,
+    /// NATS server URL(s), comma-separated (`kind = "nats"`).
+    pub nats_url: String,
+    /// Prefix of the streams, subjects and KV bucket Wharf creates in NATS; nodes with the
+    /// same prefix on the same NATS are one Wharf.
+    pub nats_prefix: String,
+    /// Replicas of each stream (1 on one NATS server; 3 or 5 on a cluster).
+    pub nats_replicas: u64,
+    /// AMQP URL of RabbitMQ (`kind = "rabbitmq"`).
+    pub amqp_url: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: "embedded".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_prefix: "wharf".into(),
+            nats_replicas: 1,
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         }
     }
 }
@@ -225,6 +257,17 @@ allow_anonymous = false
 # On SIGINT/SIGTERM: stop accepting, give in-flight requests this long, make state durable.
 shutdown_grace_ms = 30000
 
+[engine]
+# The message engine: "embedded" (Wharf's own storage, in storage.data), "nats" (NATS
+# JetStream 2.9+; several Wharf nodes with one nats_prefix on one NATS are one Wharf), or
+# "rabbitmq" (not supported yet). docs/ENGINES.md says what each engine does and lacks.
+kind = "embedded"
+nats_url = "nats://127.0.0.1:4222"
+nats_prefix = "wharf"
+# Replicas of each stream: 1 on one NATS server, 3 or 5 on a cluster.
+nats_replicas = 1
+amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
 [storage]
 # Data directory of the embedded engine.
 data = "./wharf-data"
@@ -311,6 +354,12 @@ pub struct Overrides {
     pub allow_anonymous: bool,
     /// `--log-level`
     pub log_level: Option<String>,
+    /// `--engine`
+    pub engine: Option<String>,
+    /// `--nats-url`
+    pub nats_url: Option<String>,
+    /// `--amqp-url`
+    pub amqp_url: Option<String>,
 }
 
 impl Config {
@@ -352,6 +401,15 @@ impl Config {
         if let Some(level) = &overrides.log_level {
             config.log.level.clone_from(level);
         }
+        if let Some(kind) = &overrides.engine {
+            config.engine.kind.clone_from(kind);
+        }
+        if let Some(url) = &overrides.nats_url {
+            config.engine.nats_url.clone_from(url);
+        }
+        if let Some(url) = &overrides.amqp_url {
+            config.engine.amqp_url.clone_from(url);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -379,6 +437,16 @@ impl Config {
     /// Checks every key; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let addr = self.listen_addr()?;
+        if !matches!(self.engine.kind.as_str(), "embedded" | "nats" | "rabbitmq") {
+            return Err(invalid(
+                "engine.kind",
+                format!(
+                    "{:?} is not an engine: use \"embedded\", \"nats\" or \"rabbitmq\"",
+                    self.engine.kind
+                ),
+            ));
+        }
+        range("engine.nats_replicas", self.engine.nats_replicas, 1, 5)?;
         for (name, app) in &self.apps {
             app.validate(name)
                 .map_err(|e| invalid(format!("apps.{name}"), e.to_string()))?;

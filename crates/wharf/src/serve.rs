@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wharf_broker::{EmbeddedConfig, EmbeddedEngine};
+use wharf_broker::{EmbeddedConfig, EmbeddedEngine, Engine};
+use wharf_engine_nats::NatsConfig;
 use wharf_server::{Config, Overrides};
 
 use crate::cli::CliError;
@@ -26,6 +27,15 @@ pub(crate) struct ServeArgs {
     /// Log filter, e.g. `info` or `wharf_server=debug,info`.
     #[arg(long)]
     log_level: Option<String>,
+    /// Message engine: `embedded` (default), `nats` or `rabbitmq`.
+    #[arg(long, value_parser = ["embedded", "nats", "rabbitmq"])]
+    engine: Option<String>,
+    /// NATS server URL for `--engine nats` [default: nats://127.0.0.1:4222].
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// RabbitMQ URL for `--engine rabbitmq`.
+    #[arg(long)]
+    amqp_url: Option<String>,
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -34,6 +44,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         data: args.data,
         allow_anonymous: args.allow_anonymous,
         log_level: args.log_level,
+        engine: args.engine,
+        nats_url: args.nats_url,
+        amqp_url: args.amqp_url,
     };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(&config);
@@ -59,51 +72,108 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// The engine `wharf serve` runs on, and how to close it.
+enum Running {
+    Embedded(EmbeddedEngine),
+    Nats(wharf_engine_nats::NatsEngine),
+}
+
+impl Running {
+    async fn open(config: &Config) -> Result<Self, CliError> {
+        match config.engine.kind.as_str() {
+            "nats" => {
+                let engine = wharf_engine_nats::NatsEngine::connect(NatsConfig {
+                    prefix: config.engine.nats_prefix.clone(),
+                    replicas: usize::try_from(config.engine.nats_replicas).unwrap_or(1),
+                    ..NatsConfig::new(config.engine.nats_url.clone())
+                })
+                .await
+                .map_err(|e| CliError::Serve(format!("cannot start on NATS: {e}")))?;
+                Ok(Running::Nats(engine))
+            }
+            "rabbitmq" => Err(CliError::Serve(
+                "the rabbitmq engine is not supported yet (use embedded or nats)".into(),
+            )),
+            _ => {
+                let data = config.storage.data.clone();
+                let engine = tokio::task::spawn_blocking(move || {
+                    EmbeddedEngine::open(EmbeddedConfig::new(data))
+                })
+                .await
+                .map_err(|e| CliError::Serve(e.to_string()))?
+                .map_err(|e| {
+                    CliError::Serve(format!(
+                        "cannot open the data directory {}: {e}",
+                        config.storage.data.display()
+                    ))
+                })?;
+                Ok(Running::Embedded(engine))
+            }
+        }
+    }
+
+    fn engine(&self) -> Arc<dyn Engine> {
+        match self {
+            Running::Embedded(e) => Arc::new(e.clone()),
+            Running::Nats(e) => Arc::new(e.clone()),
+        }
+    }
+
+    /// Where the data is, for the startup line.
+    fn describe(&self, config: &Config) -> String {
+        match self {
+            Running::Embedded(_) => format!("data {}", config.storage.data.display()),
+            Running::Nats(e) => format!(
+                "engine nats at {}, server {}, prefix {}",
+                config.engine.nats_url,
+                e.server_version(),
+                config.engine.nats_prefix
+            ),
+        }
+    }
+
+    async fn close(self) -> Result<(), CliError> {
+        match self {
+            Running::Embedded(engine) => tokio::task::spawn_blocking(move || engine.close())
+                .await
+                .map_err(|e| CliError::Serve(e.to_string()))?
+                .map_err(|e| CliError::Serve(format!("closing the data directory: {e}"))),
+            Running::Nats(_) => Ok(()),
+        }
+    }
+}
+
 async fn serve(config: Config) -> Result<(), CliError> {
-    let data = config.storage.data.clone();
-    let engine =
-        tokio::task::spawn_blocking(move || EmbeddedEngine::open(EmbeddedConfig::new(data)))
-            .await
-            .map_err(|e| CliError::Serve(e.to_string()))?
-            .map_err(|e| {
-                CliError::Serve(format!(
-                    "cannot open the data directory {}: {e}",
-                    config.storage.data.display()
-                ))
-            })?;
+    let running = Running::open(&config).await?;
     let scheme = if config.tls.cert_file.is_empty() {
         "http"
     } else {
         "https"
     };
-    let data = config.storage.data.clone();
-    let server = match wharf_server::start(config, Arc::new(engine.clone())).await {
+    let whereabouts = running.describe(&config);
+    let server = match wharf_server::start(config, running.engine()).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = engine.close();
+            let _ = running.close().await;
             return Err(CliError::Serve(e.to_string()));
         }
     };
     tracing::info!(
         address = %server.local_addr(),
-        data = %data.display(),
+        engine = %whereabouts,
         version = env!("CARGO_PKG_VERSION"),
         "wharf is serving"
     );
     // A line for people and for scripts that start the server on port 0.
     eprintln!(
-        "wharf {} listening on {scheme}://{} (data {})",
+        "wharf {} listening on {scheme}://{} ({whereabouts})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
-        data.display()
     );
     wait_for_signal().await;
     tracing::info!("signal received: shutting down");
     server.shutdown().await;
-    let closed = tokio::task::spawn_blocking(move || engine.close())
-        .await
-        .map_err(|e| CliError::Serve(e.to_string()))?;
-    closed.map_err(|e| CliError::Serve(format!("closing the data directory: {e}")))?;
+    running.close().await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
