@@ -22,7 +22,10 @@
 //! - Subscriptions are not built on NATS yet: creating one answers `not_supported`.
 
 pub mod envelope;
+mod groups;
 mod names;
+mod shared;
+mod subs;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
@@ -42,6 +45,8 @@ use wharf_broker::{
     TopicConfig, TopicInfo,
 };
 use wharf_log::Clock;
+
+use crate::shared::Settle;
 
 /// The longest a read waits for a publish.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -102,6 +107,8 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     meta: kv::Store,
+    /// Extended lease deadlines of shared deliveries (`{stream}.{seq}.{delivered}`).
+    leases: kv::Store,
     names: names::Names,
     replicas: usize,
     clock: Arc<dyn Clock>,
@@ -122,16 +129,48 @@ impl std::fmt::Debug for NatsEngine {
     }
 }
 
+/// Opens a KV bucket, creating its stream as `create_key_value` would, without the account
+/// query whose answer from a 2.9 server this client version cannot parse.
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+    description: &str,
+) -> Result<kv::Store> {
+    if js.get_key_value(bucket).await.is_err() {
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_bytes: -1,
+            max_messages: -1,
+            max_age,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas.max(1),
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120).min(if max_age.is_zero() {
+                Duration::MAX
+            } else {
+                max_age
+            }),
+            ..stream::Config::default()
+        })
+        .await
+        .map_err(|e| unavailable(&format!("creating the KV bucket {bucket}"), e))?;
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| unavailable(&format!("opening the KV bucket {bucket}"), e))
+}
+
 /// `engine_unavailable` with what failed.
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::EngineUnavailable(format!("nats: {what}: {e}"))
-}
-
-fn not_supported(what: &'static str) -> BrokerError {
-    BrokerError::NotSupported {
-        what,
-        engine: "nats",
-    }
 }
 
 /// Major and minor of a `2.9.10`-style version.
@@ -185,37 +224,29 @@ impl NatsEngine {
             return Err(no_js(error.to_string()));
         }
         let bucket = names.meta_bucket();
-        // The bucket's stream is created as `create_key_value` would, without its account
-        // query, whose answer from a 2.9 server this client version cannot parse.
-        if js.get_key_value(&bucket).await.is_err() {
-            js.get_or_create_stream(stream::Config {
-                name: format!("KV_{bucket}"),
-                description: Some("Wharf's topic and subscription settings".into()),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_bytes: -1,
-                max_messages: -1,
-                storage: stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                num_replicas: config.replicas.max(1),
-                discard: stream::DiscardPolicy::New,
-                duplicate_window: Duration::from_secs(120),
-                ..stream::Config::default()
-            })
-            .await
-            .map_err(|e| unavailable(&format!("creating the KV bucket {bucket}"), e))?;
-        }
-        let meta = js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| unavailable(&format!("opening the KV bucket {bucket}"), e))?;
+        let meta = open_bucket(
+            &js,
+            &bucket,
+            config.replicas,
+            Duration::ZERO,
+            "Wharf's topic and subscription settings",
+        )
+        .await?;
+        let leases = open_bucket(
+            &js,
+            &names.leases_bucket(),
+            config.replicas,
+            // Longer than any lease (12 h): an extension is only read while it can matter.
+            Duration::from_secs(13 * 3600),
+            "Wharf's extended leases",
+        )
+        .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 js,
                 meta,
+                leases,
                 names,
                 replicas: config.replicas.max(1),
                 clock: config.clock,
@@ -234,7 +265,7 @@ impl NatsEngine {
     /// Deletes every stream and the bucket under this engine's prefix (tests use a prefix
     /// of their own and clean up with this).
     pub async fn destroy_everything(&self) -> Result<()> {
-        let prefix = self.inner.names.stream_prefix();
+        let prefix = format!("{}_", self.inner.names.prefix());
         let names: Vec<String> = self
             .inner
             .js
@@ -245,11 +276,12 @@ impl NatsEngine {
         for name in names.into_iter().filter(|n| n.starts_with(&prefix)) {
             let _ = self.inner.js.delete_stream(&name).await;
         }
-        let _ = self
-            .inner
-            .js
-            .delete_key_value(self.inner.names.meta_bucket())
-            .await;
+        for bucket in [
+            self.inner.names.meta_bucket(),
+            self.inner.names.leases_bucket(),
+        ] {
+            let _ = self.inner.js.delete_key_value(bucket).await;
+        }
         Ok(())
     }
 
@@ -465,6 +497,19 @@ fn decode_raw(partition: u32, raw: RawMsg) -> Result<StoredMessage> {
         _ => Vec::new(),
     };
     let offset = raw.seq.saturating_sub(1);
+    let time = wharf_broker::time::parse_rfc3339(&raw.time).unwrap_or(0);
+    decode_message(partition, offset, payload, headers, time)
+}
+
+/// A stored JetStream message as Wharf's: from the envelope when marked, else (plain NATS
+/// publishers) the payload as the value and the NATS headers, except `Nats-*`, as headers.
+pub(crate) fn decode_message(
+    partition: u32,
+    offset: u64,
+    payload: Bytes,
+    headers: Vec<(String, String)>,
+    time: i64,
+) -> Result<StoredMessage> {
     let enveloped = headers
         .iter()
         .any(|(k, v)| k == envelope::MARKER && v == envelope::MARKER_VALUE);
@@ -484,12 +529,12 @@ fn decode_raw(partition: u32, raw: RawMsg) -> Result<StoredMessage> {
     Ok(StoredMessage {
         partition,
         offset,
-        timestamp: wharf_broker::time::parse_rfc3339(&raw.time).unwrap_or(0),
+        timestamp: time,
         key: None,
         value: payload,
         headers: headers
             .into_iter()
-            .filter(|(k, _)| !k.starts_with("Nats-"))
+            .filter(|(k, _)| !k.starts_with("Nats-") && !k.starts_with("Wharf-"))
             .collect(),
     })
 }
@@ -506,40 +551,13 @@ fn parse_headers(block: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[async_trait]
-impl Engine for NatsEngine {
-    fn name(&self) -> &'static str {
-        "nats"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            stream_subscriptions: Support::Unavailable,
-            shared_subscriptions: Support::Unavailable,
-            dead_letters: Support::Unavailable,
-            delays: Support::Unavailable,
-            dedup: Support::Native,
-            time_lookup: Support::Wharf,
-            retention: Support::Native,
-        }
-    }
-
-    fn health(&self) -> Health {
-        match self.inner.client.connection_state() {
-            State::Connected => Health {
-                writable: true,
-                reason: None,
-            },
-            other => Health {
-                writable: false,
-                reason: Some(format!("nats: connection {other}")),
-            },
-        }
-    }
-
-    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
-        wharf_broker::names::validate("topic", name, false)?;
-        config.validate()?;
+impl NatsEngine {
+    /// Creates a topic without the name and settings checks (dead-letter topics).
+    pub(crate) async fn create_topic_inner(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
         let value = Bytes::from(
             serde_json::to_vec(&config).map_err(|e| BrokerError::Internal(e.to_string()))?,
         );
@@ -561,41 +579,15 @@ impl Engine for NatsEngine {
         }
     }
 
-    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+    /// Deletes a topic with its subscriptions (and their dead-letter topics).
+    pub(crate) async fn delete_topic_inner(&self, name: &str) -> Result<()> {
         let config = self.require_topic(name).await?;
-        self.info(name, config).await
-    }
-
-    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        let keys: Vec<String> = self
-            .inner
-            .meta
-            .keys()
-            .await
-            .map_err(|e| unavailable("listing topics", e))?
-            .try_collect()
-            .await
-            .map_err(|e| unavailable("listing topics", e))?;
-        let mut names: Vec<String> = keys
-            .iter()
-            .filter_map(|k| names::topic_of_key(k))
-            .map(str::to_owned)
-            .collect();
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            match self.describe_topic(&name).await {
-                Ok(info) => out.push(info),
-                // Deleted since we listed it.
-                Err(BrokerError::TopicNotFound(_)) => {}
+        for sub in self.sub_names(name).await? {
+            match self.delete_subscription(name, &sub).await {
+                Ok(()) | Err(BrokerError::SubscriptionNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
-    }
-
-    async fn delete_topic(&self, name: &str) -> Result<()> {
-        let config = self.require_topic(name).await?;
         self.inner
             .meta
             .purge(names::topic_key(name))
@@ -617,11 +609,8 @@ impl Engine for NatsEngine {
         Ok(())
     }
 
-    async fn max_message_bytes(&self, name: &str) -> Result<u64> {
-        Ok(self.require_topic(name).await?.max_message_bytes)
-    }
-
-    async fn publish_with(
+    /// Publishes without the reserved-name check (dead letters).
+    pub(crate) async fn publish_inner(
         &self,
         topic: &str,
         messages: Vec<Message>,
@@ -688,7 +677,7 @@ impl Engine for NatsEngine {
         Ok(out)
     }
 
-    async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
+    pub(crate) async fn read_inner(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
         let config = self.require_topic(topic).await?;
         let p = request.partition;
         if p >= config.partitions {
@@ -784,6 +773,116 @@ impl Engine for NatsEngine {
             skipped_to,
         })
     }
+}
+
+#[async_trait]
+impl Engine for NatsEngine {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            stream_subscriptions: Support::Unavailable,
+            shared_subscriptions: Support::Wharf,
+            dead_letters: Support::Wharf,
+            delays: Support::Wharf,
+            dedup: Support::Native,
+            time_lookup: Support::Wharf,
+            retention: Support::Native,
+        }
+    }
+
+    fn health(&self) -> Health {
+        match self.inner.client.connection_state() {
+            State::Connected => Health {
+                writable: true,
+                reason: None,
+            },
+            other => Health {
+                writable: false,
+                reason: Some(format!("nats: connection {other}")),
+            },
+        }
+    }
+
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        wharf_broker::names::validate("topic", name, false)?;
+        config.validate()?;
+        self.create_topic_inner(name, config).await
+    }
+
+    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        let config = self.require_topic(name).await?;
+        self.info(name, config).await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let keys: Vec<String> = self
+            .inner
+            .meta
+            .keys()
+            .await
+            .map_err(|e| unavailable("listing topics", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("listing topics", e))?;
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|k| names::topic_of_key(k))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.describe_topic(&name).await {
+                Ok(info) => out.push(info),
+                // Deleted since we listed it.
+                Err(BrokerError::TopicNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        if name.starts_with(wharf_broker::names::RESERVED_PREFIX) {
+            self.require_topic(name).await?;
+            return Err(BrokerError::InvalidArgument {
+                field: "topic",
+                reason: format!(
+                    "{name:?} is a dead-letter topic: it goes with its subscription (delete that)"
+                ),
+            });
+        }
+        self.delete_topic_inner(name).await
+    }
+
+    async fn max_message_bytes(&self, name: &str) -> Result<u64> {
+        Ok(self.require_topic(name).await?.max_message_bytes)
+    }
+
+    async fn publish_with(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        options: PublishOptions,
+    ) -> Result<Vec<Published>> {
+        if topic.starts_with(wharf_broker::names::RESERVED_PREFIX) {
+            self.require_topic(topic).await?;
+            return Err(BrokerError::InvalidArgument {
+                field: "topic",
+                reason: format!(
+                    "{topic:?} is a dead-letter topic: only its subscription writes to it"
+                ),
+            });
+        }
+        self.publish_inner(topic, messages, options).await
+    }
+
+    async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
+        self.read_inner(topic, request).await
+    }
 
     async fn create_subscription(
         &self,
@@ -793,117 +892,158 @@ impl Engine for NatsEngine {
     ) -> Result<SubscriptionInfo> {
         wharf_broker::names::validate("subscription", name, false)?;
         config.validate()?;
-        self.require_topic(topic).await?;
-        Err(not_supported("subscriptions"))
+        let topic_config = self.require_topic(topic).await?;
+        if topic.starts_with(wharf_broker::names::RESERVED_PREFIX) {
+            return Err(BrokerError::InvalidArgument {
+                field: "topic",
+                reason: format!("{topic:?} is a dead-letter topic: read it with dead_letters"),
+            });
+        }
+        let (fresh, _) = self.claim_sub(topic, name, &config).await?;
+        let made = match &config {
+            SubscriptionConfig::Stream(c) => {
+                self.group_create(topic, name, c, topic_config.partitions, fresh)
+                    .await
+            }
+            SubscriptionConfig::Shared(c) => {
+                self.shared_create(topic, name, c, topic_config.partitions, fresh)
+                    .await
+            }
+        };
+        if let Err(e) = made {
+            if fresh {
+                // Leave nothing half-made behind a name that would then look taken.
+                let _ = self.unclaim_sub(topic, name).await;
+            }
+            return Err(e);
+        }
+        self.describe_subscription(topic, name).await
     }
 
     async fn describe_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
-        self.require_topic(topic).await?;
-        Err(BrokerError::SubscriptionNotFound {
-            topic: topic.to_owned(),
-            subscription: name.to_owned(),
-        })
+        let record = self.require_sub(topic, name).await?;
+        match &record.config {
+            SubscriptionConfig::Stream(c) => self.group_info(topic, name, c).await,
+            SubscriptionConfig::Shared(c) => self.shared_info(topic, name, c).await,
+        }
     }
 
     async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
         self.require_topic(topic).await?;
-        Ok(Vec::new())
+        let mut out = Vec::new();
+        for name in self.sub_names(topic).await? {
+            match self.describe_subscription(topic, &name).await {
+                Ok(info) => out.push(info),
+                Err(BrokerError::SubscriptionNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
-        self.describe_subscription(topic, name).await.map(|_| ())
+        let record = self.require_sub(topic, name).await?;
+        let partitions = self.require_topic(topic).await?.partitions;
+        self.unclaim_sub(topic, name).await?;
+        match &record.config {
+            SubscriptionConfig::Stream(_) => self.group_delete(topic, name).await,
+            SubscriptionConfig::Shared(_) => self.shared_delete(topic, name, partitions).await,
+        }
     }
 
-    async fn join(&self, _topic: &str, _sub: &str, _member: Option<&str>) -> Result<Membership> {
-        Err(not_supported("stream subscriptions"))
+    async fn join(&self, topic: &str, sub: &str, member: Option<&str>) -> Result<Membership> {
+        self.group_join(topic, sub, member).await
     }
 
-    async fn heartbeat(&self, _topic: &str, _sub: &str, _member: &str) -> Result<Membership> {
-        Err(not_supported("stream subscriptions"))
+    async fn heartbeat(&self, topic: &str, sub: &str, member: &str) -> Result<Membership> {
+        self.group_heartbeat(topic, sub, member).await
     }
 
-    async fn leave(&self, _topic: &str, _sub: &str, _member: &str) -> Result<()> {
-        Err(not_supported("stream subscriptions"))
+    async fn leave(&self, topic: &str, sub: &str, member: &str) -> Result<()> {
+        self.group_leave(topic, sub, member).await
     }
 
     async fn fetch(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _member: &str,
-        _request: FetchRequest,
+        topic: &str,
+        sub: &str,
+        member: &str,
+        request: FetchRequest,
     ) -> Result<Vec<StoredMessage>> {
-        Err(not_supported("stream subscriptions"))
+        self.group_fetch(topic, sub, member, request).await
     }
 
     async fn commit(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _member: &str,
-        _offsets: Vec<Committed>,
+        topic: &str,
+        sub: &str,
+        member: &str,
+        offsets: Vec<Committed>,
     ) -> Result<Vec<Committed>> {
-        Err(not_supported("stream subscriptions"))
+        self.group_commit(topic, sub, member, offsets).await
     }
 
-    async fn reset(&self, _topic: &str, _sub: &str, _to: ResetTo) -> Result<Vec<Committed>> {
-        Err(not_supported("stream subscriptions"))
+    async fn reset(&self, topic: &str, sub: &str, to: ResetTo) -> Result<Vec<Committed>> {
+        self.group_reset(topic, sub, to).await
     }
 
     async fn receive(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _request: ReceiveRequest,
+        topic: &str,
+        sub: &str,
+        request: ReceiveRequest,
     ) -> Result<Vec<Delivery>> {
-        Err(not_supported("shared subscriptions"))
+        self.shared_receive(topic, sub, request).await
     }
 
-    async fn ack(&self, _topic: &str, _sub: &str, _ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+    async fn ack(&self, topic: &str, sub: &str, ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
+        self.shared_settle(topic, sub, ack_ids, Settle::Ack).await
     }
 
     async fn nack(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _delay_ms: Option<u64>,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        delay_ms: Option<u64>,
     ) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+        self.shared_settle(topic, sub, ack_ids, Settle::Nack(delay_ms))
+            .await
     }
 
     async fn extend(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _lease_ms: u64,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        lease_ms: u64,
     ) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+        self.shared_settle(topic, sub, ack_ids, Settle::Extend(lease_ms))
+            .await
     }
 
     async fn terminate(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _reason: &str,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        reason: &str,
     ) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+        self.shared_settle(topic, sub, ack_ids, Settle::Terminate(reason))
+            .await
     }
 
     async fn dead_letters(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _request: ReadRequest,
+        topic: &str,
+        sub: &str,
+        request: ReadRequest,
     ) -> Result<ReadResult> {
-        Err(not_supported("dead letters"))
+        self.shared_dead_letters(topic, sub, request).await
     }
 
-    async fn redrive(&self, _topic: &str, _sub: &str, _max: usize) -> Result<u64> {
-        Err(not_supported("dead letters"))
+    async fn redrive(&self, topic: &str, sub: &str, max: usize) -> Result<u64> {
+        self.shared_redrive(topic, sub, max).await
     }
 }
 

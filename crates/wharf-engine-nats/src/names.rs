@@ -67,6 +67,10 @@ impl Names {
         format!("{}_meta", self.prefix)
     }
 
+    pub(crate) fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.prefix)
+    }
+
     /// The stream of a topic's partition.
     pub(crate) fn stream(&self, topic: &str, partition: u32) -> String {
         format!("{}{}_{partition}", self.stream_prefix(), escape(topic))
