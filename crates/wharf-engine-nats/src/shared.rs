@@ -43,7 +43,22 @@ const DLQ_MESSAGE_ID: &str = "wharf-dlq-message-id";
 const SRC_PARTITION: &str = "Wharf-Src-Partition";
 const SRC_OFFSET: &str = "Wharf-Src-Offset";
 /// Most deliveries one receive returns.
-const MAX_RECEIVE: usize = 10_000;
+const MAX_RECEIVE: usize = 1000;
+/// Most `ack_id`s one settle takes.
+const MAX_ACK_IDS: usize = 10_000;
+/// Settles in flight at once.
+const SETTLE_CONCURRENCY: usize = 64;
+
+fn check_lease(lease_ms: u64) -> Result<()> {
+    if (100..=12 * 3_600_000).contains(&lease_ms) {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidArgument {
+            field: "lease_ms",
+            reason: "must be within 100..=43200000".into(),
+        })
+    }
+}
 /// A long-poll looks again this often for redeliveries (expired leases, nack delays), which
 /// no publish announces.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -79,6 +94,19 @@ fn rand_u32() -> u32 {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     h.finish() as u32
+}
+
+/// `-NAK` redelivering after `ms` (a bare `-NAK`, at once, for 0: JetStream would read a
+/// zero delay as "use the consumer's backoff").
+fn nak(ms: u64) -> Bytes {
+    if ms == 0 {
+        Bytes::from_static(b"-NAK")
+    } else {
+        Bytes::from(format!(
+            "-NAK {{\"delay\": {}}}",
+            ms.saturating_mul(1_000_000)
+        ))
+    }
 }
 
 /// A delivery's JetStream ack subject, parsed.
@@ -561,17 +589,20 @@ impl NatsEngine {
         request: ReceiveRequest,
     ) -> Result<Vec<Delivery>> {
         let (_, config) = self.require_shared_sub(topic, sub).await?;
-        if request.max == 0 {
+        if request.max == 0 || request.max > MAX_RECEIVE {
             return Err(BrokerError::InvalidArgument {
                 field: "max",
-                reason: "must be at least 1".into(),
+                reason: format!("must be within 1..={MAX_RECEIVE}"),
             });
         }
-        let partitions = self.require_topic(topic).await?.partitions;
-        let max = request.max.min(MAX_RECEIVE);
-        let lease_ms = request.lease.map_or(config.lease_ms, |l| {
-            (l.as_millis() as u64).clamp(1, config.lease_ms)
+        let requested = request.lease.map_or(config.lease_ms, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
         });
+        check_lease(requested)?;
+        // JetStream redelivers after the consumer's ack wait: a longer lease cannot be kept.
+        let lease_ms = requested.min(config.lease_ms);
+        let partitions = self.require_topic(topic).await?.partitions;
+        let max = request.max;
         let consumer = consumer_name(sub);
         let mut sources: Vec<(String, u32)> = (0..partitions)
             .map(|p| (self.inner.names.stream(topic, p), p))
@@ -626,14 +657,8 @@ impl NatsEngine {
                         .and_then(wharf_broker::time::parse_rfc3339)
                         && at > now
                     {
-                        let ns = u64::try_from(at - now)
-                            .unwrap_or(0)
-                            .saturating_mul(1_000_000);
-                        self.ack_kind(
-                            &pulled.token_subject,
-                            Bytes::from(format!("-NAK {{\"delay\": {ns}}}")),
-                        )
-                        .await?;
+                        let ms = u64::try_from(at - now).unwrap_or(0);
+                        self.ack_kind(&pulled.token_subject, nak(ms)).await?;
                         continue;
                     }
                     let deadline = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
@@ -676,6 +701,17 @@ impl NatsEngine {
         if !ours {
             return Err("bad_ack_id".into());
         }
+        // Nacked or terminated already (by any node): stale.
+        match self
+            .inner
+            .leases
+            .get(format!("done.{}", t.lease_key()))
+            .await
+        {
+            Ok(Some(_)) => return Err("lease_expired".into()),
+            Ok(None) => {}
+            Err(e) => return Err(format!("engine_unavailable: {e}")),
+        }
         let now = self.inner.clock.now_ms();
         if now <= t.deadline {
             return Ok(t);
@@ -698,7 +734,7 @@ impl NatsEngine {
         }
     }
 
-    /// What a settle of one delivery does.
+    /// Settles deliveries; one outcome per `ack_id`, in order.
     pub(crate) async fn shared_settle(
         &self,
         topic: &str,
@@ -706,23 +742,50 @@ impl NatsEngine {
         ack_ids: &[String],
         how: Settle<'_>,
     ) -> Result<Vec<AckOutcome>> {
-        let (_, config) = self.require_shared_sub(topic, sub).await?;
-        let partitions = self.require_topic(topic).await?.partitions;
-        let mut out = Vec::with_capacity(ack_ids.len());
-        for id in ack_ids {
-            let error = match self.check_token(topic, sub, partitions, id).await {
-                Err(code) => Some(code),
-                Ok(t) => match self.settle_one(topic, sub, &config, &t, &how).await {
-                    Ok(()) => None,
-                    Err(e) => Some(e.code().to_owned()),
-                },
-            };
-            out.push(AckOutcome {
-                ack_id: id.clone(),
-                error,
+        if ack_ids.is_empty() || ack_ids.len() > MAX_ACK_IDS {
+            return Err(BrokerError::InvalidArgument {
+                field: "ack_ids",
+                reason: format!("give 1 to {MAX_ACK_IDS} ack_ids"),
             });
         }
+        if let Settle::Extend(lease_ms) = how {
+            check_lease(lease_ms)?;
+        }
+        let (_, config) = self.require_shared_sub(topic, sub).await?;
+        let partitions = self.require_topic(topic).await?.partitions;
+        let (config, how) = (&config, &how);
+        let out = futures_util::stream::iter(ack_ids.iter().cloned())
+            .map(|id: String| async move {
+                let error = match self.check_token(topic, sub, partitions, &id).await {
+                    Err(code) => Some(code),
+                    Ok(t) => match self.settle_one(topic, sub, config, &t, how).await {
+                        Ok(()) => None,
+                        Err(e) => Some(e.code().to_owned()),
+                    },
+                };
+                AckOutcome { ack_id: id, error }
+            })
+            .buffered(SETTLE_CONCURRENCY)
+            .collect()
+            .await;
         Ok(out)
+    }
+
+    /// Marks a delivery finished by a nack or terminate, so that its `ack_id` is stale from
+    /// now on; `false` if it already was.
+    async fn mark_settled(&self, t: &AckToken) -> Result<bool> {
+        match self
+            .inner
+            .leases
+            .create(format!("done.{}", t.lease_key()), Bytes::from_static(b"1"))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("recording a settled delivery", e)),
+        }
     }
 
     async fn message_of(
@@ -757,6 +820,9 @@ impl NatsEngine {
         match how {
             Settle::Ack => self.ack_kind(&t.subject, Bytes::from_static(b"+ACK")).await,
             Settle::Nack(delay) => {
+                if !self.mark_settled(t).await? {
+                    return Err(BrokerError::LeaseExpired);
+                }
                 if t.delivered >= config.max_deliveries {
                     if let Some(m) = self.message_of(topic, sub, t).await? {
                         self.dead_letter(topic, sub, &m, t.delivered, "nack")
@@ -767,12 +833,11 @@ impl NatsEngine {
                         .await;
                 }
                 let ms = delay.unwrap_or_else(|| backoff(config, t.delivered, true));
-                let ns = ms.saturating_mul(1_000_000);
-                self.ack_kind(&t.subject, Bytes::from(format!("-NAK {{\"delay\": {ns}}}")))
-                    .await
+                self.ack_kind(&t.subject, nak(ms)).await
             }
             Settle::Extend(lease_ms) => {
-                let lease = (*lease_ms).clamp(1, config.lease_ms);
+                // JetStream's `+WPI` restarts the ack wait: a longer lease cannot be kept.
+                let lease = (*lease_ms).min(config.lease_ms);
                 let until = self
                     .inner
                     .clock
@@ -788,6 +853,9 @@ impl NatsEngine {
                     .map_err(|e| unavailable("recording an extended lease", e))
             }
             Settle::Terminate(reason) => {
+                if !self.mark_settled(t).await? {
+                    return Err(BrokerError::LeaseExpired);
+                }
                 let reason = if reason.is_empty() {
                     "terminated"
                 } else {
@@ -815,6 +883,12 @@ impl NatsEngine {
     }
 
     pub(crate) async fn shared_redrive(&self, topic: &str, sub: &str, max: usize) -> Result<u64> {
+        if max == 0 || max > 100_000 {
+            return Err(BrokerError::InvalidArgument {
+                field: "max",
+                reason: "must be within 1..=100000".into(),
+            });
+        }
         self.require_shared_sub(topic, sub).await?;
         let dlq = wharf_broker::names::dlq_topic(topic, sub);
         let (cursor, revision) = self.redrive_cursor(topic, sub).await?;
@@ -822,12 +896,12 @@ impl NatsEngine {
             .read_inner(
                 &dlq,
                 ReadRequest {
-                    max_messages: max.clamp(1, 10_000),
+                    max_messages: max.min(10_000),
                     ..ReadRequest::new(0, Position::Offset(cursor))
                 },
             )
             .await?;
-        if r.messages.is_empty() || max == 0 {
+        if r.messages.is_empty() {
             return Ok(0);
         }
         let subject = self.redrive_subject(topic, sub);
@@ -898,6 +972,7 @@ impl NatsEngine {
 }
 
 /// What to do with a delivery.
+#[derive(Clone, Copy)]
 pub(crate) enum Settle<'a> {
     Ack,
     Nack(Option<u64>),
