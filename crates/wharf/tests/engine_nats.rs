@@ -1,0 +1,437 @@
+//! `wharf serve --engine nats` as real processes: two nodes on one NATS are one Wharf, a
+//! killed node loses nothing acknowledged, and a NATS server stopped and started mid-run
+//! makes requests answer `503 engine_unavailable` until it is back, with nothing
+//! acknowledged lost.
+//!
+//! The multi-node test uses the NATS on `WHARF_TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`) under a prefix of its own; the restart test runs its own
+//! `nats-server` (from PATH) on a free port. Without them the tests print that they were
+//! skipped, except under `CI=true`, where they fail.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, GENEROUS, Server, client};
+use serde_json::{Value, json};
+
+type Client = wharf_test::reqwest::Client;
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn nats_url() -> String {
+    std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn reachable(url: &str) -> bool {
+    let addr = url.trim_start_matches("nats://").to_owned();
+    std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+fn skip(why: &str) -> bool {
+    assert!(!ci(), "{why}, and CI=true: the NATS engine must be tested");
+    eprintln!("SKIPPED: {why}");
+    true
+}
+
+/// A config file for a node on `url` under `prefix`.
+fn config(dir: &Path, name: &str, url: &str, prefix: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\nkind = \"nats\"\nnats_url = \"{url}\"\nnats_prefix = \"{prefix}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .expect("write config");
+    path.display().to_string()
+}
+
+fn node(dir: &Path, name: &str, url: &str, prefix: &str) -> Server {
+    let cfg = config(dir, name, url, prefix);
+    Server::start_with(&dir.join(name), &["--config", &cfg])
+}
+
+async fn call(c: &Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
+    let method = wharf_test::reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = c.request(method, &url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        // The node is gone (killed): like any failed request, not acknowledged.
+        Err(_) => (0, Value::Null),
+    }
+}
+
+async fn ok(c: &Client, method: &str, url: String, body: Option<Value>) -> Value {
+    let (status, v) = call(c, method, url.clone(), body).await;
+    assert!((200..300).contains(&status), "{method} {url}: {status} {v}");
+    v
+}
+
+fn prefix(tag: &str) -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("wp{tag}{}x{nonce}", std::process::id())
+}
+
+/// Everything in partition `p` of `topic`, read through `base`.
+async fn read_all(c: &Client, base: &str, topic: &str, p: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let v = ok(
+            c,
+            "GET",
+            format!("{base}/v1/topics/{topic}/messages?partition={p}&offset={offset}&limit=1000"),
+            None,
+        )
+        .await;
+        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+        if msgs.is_empty() {
+            return out;
+        }
+        out.extend(
+            msgs.iter()
+                .map(|m| m["value"].as_str().unwrap_or("").to_owned()),
+        );
+        offset = v["next_offset"].as_u64().expect("next_offset");
+    }
+}
+
+async fn cleanup(c: &Client, base: &str, topic: &str) {
+    let _ = call(c, "DELETE", format!("{base}/v1/topics/{topic}"), None).await;
+}
+
+/// Two nodes on one NATS: what node A publishes node B reads; members of one shared
+/// subscription on both nodes never hold the same message at once and settle each other's
+/// deliveries; killing node A mid-publish loses nothing it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_are_one_wharf() {
+    let url = nats_url();
+    if !reachable(&url) && skip(&format!("no NATS at {url}")) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pre = prefix("m");
+    let mut a = node(dir.path(), "a", &url, &pre);
+    let b = node(dir.path(), "b", &url, &pre);
+    let c = client();
+
+    ok(
+        &c,
+        "PUT",
+        format!("{}/v1/topics/t", a.base),
+        Some(json!({"partitions": 2})),
+    )
+    .await;
+    ok(
+        &c,
+        "PUT",
+        format!("{}/v1/topics/t/subscriptions/q", b.base),
+        Some(json!({"kind": "shared"})),
+    )
+    .await;
+    let described = ok(&c, "GET", format!("{}/v1/topics/t", b.base), None).await;
+    assert_eq!(
+        described["partitions"].as_array().map(Vec::len),
+        Some(2),
+        "B sees A's topic"
+    );
+
+    // Published through A, consumed through B.
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"value": format!("m{i}")}))
+        .collect();
+    ok(
+        &c,
+        "POST",
+        format!("{}/v1/topics/t/messages", a.base),
+        Some(json!({"messages": batch})),
+    )
+    .await;
+    let mut seen: Vec<String> = Vec::new();
+    for p in 0..2 {
+        seen.extend(read_all(&c, &b.base, "t", p).await);
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want, "B reads everything A published");
+
+    // Members on both nodes: a message is leased to one of them at a time; each node acks
+    // what the other received.
+    let mut held: BTreeMap<String, &str> = BTreeMap::new();
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + GENEROUS;
+    while acked.len() < 100 {
+        assert!(Instant::now() < deadline, "drained {} of 100", acked.len());
+        let mut round: Vec<(String, String, &str)> = Vec::new();
+        for (name, base) in [("a", &a.base), ("b", &b.base)] {
+            let v = ok(
+                &c,
+                "POST",
+                format!("{base}/v1/topics/t/subscriptions/q/receive"),
+                Some(json!({"max": 7, "wait_ms": 200})),
+            )
+            .await;
+            for d in v["deliveries"].as_array().cloned().unwrap_or_default() {
+                let value = d["message"]["value"].as_str().expect("value").to_owned();
+                if let Some(other) = held.insert(value.clone(), name) {
+                    panic!("{value} leased to {other} and to {name} at once");
+                }
+                round.push((
+                    value,
+                    d["ack_id"].as_str().expect("ack_id").to_owned(),
+                    name,
+                ));
+            }
+        }
+        for (value, ack_id, by) in round {
+            // Settled through the other node.
+            let other = if by == "a" { &b.base } else { &a.base };
+            let v = ok(
+                &c,
+                "POST",
+                format!("{other}/v1/topics/t/subscriptions/q/ack"),
+                Some(json!({"ack_ids": [ack_id]})),
+            )
+            .await;
+            assert!(
+                v["results"][0]["error"].is_null(),
+                "ack of {value} through the other node: {v}"
+            );
+            held.remove(&value);
+            assert!(
+                acked.insert(value.clone()),
+                "{value} delivered after its ack"
+            );
+        }
+    }
+    let info = ok(
+        &c,
+        "GET",
+        format!("{}/v1/topics/t/subscriptions/q", a.base),
+        None,
+    )
+    .await;
+    assert_eq!(info["in_flight"], 0, "{info}");
+
+    // Kill A while it publishes: every message A acknowledged is there, read through B.
+    let publisher = {
+        let (c, base) = (c.clone(), a.base.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..100_000 {
+                let (status, _) = call(
+                    &c,
+                    "POST",
+                    format!("{base}/v1/topics/t/messages"),
+                    Some(json!({"messages": [{"value": format!("k{i}"), "key": format!("k{i}")}]})),
+                )
+                .await;
+                if status != 200 {
+                    break;
+                }
+                acknowledged.push(format!("k{i}"));
+            }
+            acknowledged
+        })
+    };
+    // Let some publishes land, then kill A.
+    let until = Instant::now() + GENEROUS;
+    loop {
+        let v = ok(&c, "GET", format!("{}/v1/topics/t", b.base), None).await;
+        let total: u64 = v["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .map(|p| p["high_watermark"].as_u64().unwrap_or(0))
+            .sum();
+        if total >= 150 || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = a.pid();
+    Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    a.wait_exit(GENEROUS).expect("A exits after SIGKILL");
+    let acknowledged = publisher.await.expect("publisher");
+    assert!(
+        !acknowledged.is_empty(),
+        "A acknowledged publishes before it died"
+    );
+    let mut stored: BTreeSet<String> = BTreeSet::new();
+    for p in 0..2 {
+        stored.extend(read_all(&c, &b.base, "t", p).await);
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| !stored.contains(*k))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged by A but missing: {lost:?}");
+    cleanup(&c, &b.base, "t").await;
+    drop(b);
+    // The prefix's buckets too: the shared NATS keeps nothing of this test.
+    let engine = wharf_engine_nats::NatsEngine::connect(wharf_engine_nats::NatsConfig {
+        prefix: pre,
+        ..wharf_engine_nats::NatsConfig::new(url)
+    })
+    .await
+    .expect("connect for cleanup");
+    engine.destroy_everything().await.expect("cleanup");
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_nats(port: u16, store: &Path) -> ChildGuard {
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nats-server");
+    let url = format!("127.0.0.1:{port}");
+    let until = Instant::now() + GENEROUS;
+    while !reachable(&url) {
+        assert!(
+            Instant::now() < until,
+            "nats-server did not start on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ChildGuard(Some(child))
+}
+
+/// NATS stopped mid-run: publishes answer `503 engine_unavailable` and `/readyz` says not
+/// ready; once NATS is back the node reconnects by itself, and everything acknowledged
+/// before is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_run() {
+    let have = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have && skip("nats-server is not on PATH") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("nats");
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nats = start_nats(port, &store);
+    let n = node(dir.path(), "n", &url, "wr");
+    let c = client();
+    ok(
+        &c,
+        "PUT",
+        format!("{}/v1/topics/t", n.base),
+        Some(json!({"partitions": 1})),
+    )
+    .await;
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        ok(
+            &c,
+            "POST",
+            format!("{}/v1/topics/t/messages", n.base),
+            Some(json!({"messages": [{"value": format!("before{i}")}]})),
+        )
+        .await;
+        acknowledged.push(format!("before{i}"));
+    }
+
+    // Stop NATS.
+    if let Some(mut child) = nats.0.take() {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        common::wait_bounded(&mut child, GENEROUS).expect("nats-server stops");
+    }
+    let until = Instant::now() + GENEROUS;
+    loop {
+        let (status, v) = call(
+            &c,
+            "POST",
+            format!("{}/v1/topics/t/messages", n.base),
+            Some(json!({"messages": [{"value": "during"}]})),
+        )
+        .await;
+        if status == 503 {
+            assert_eq!(v["code"], "engine_unavailable", "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "publishes kept working without NATS: {status} {v}"
+        );
+    }
+    let (ready, _) = call(&c, "GET", format!("{}/readyz", n.base), None).await;
+    assert_eq!(ready, 503, "not ready without its engine");
+
+    // Start it again on the same port and store: the node reconnects by itself.
+    nats = start_nats(port, &store);
+    let until = Instant::now() + GENEROUS;
+    loop {
+        let (status, _) = call(
+            &c,
+            "POST",
+            format!("{}/v1/topics/t/messages", n.base),
+            Some(json!({"messages": [{"value": "after"}]})),
+        )
+        .await;
+        if status == 200 {
+            acknowledged.push("after".into());
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no publish succeeded after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ready, _) = call(&c, "GET", format!("{}/readyz", n.base), None).await;
+    assert_eq!(ready, 200);
+    let stored: BTreeSet<String> = read_all(&c, &n.base, "t", 0).await.into_iter().collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| !stored.contains(*k))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but missing after the NATS restart: {lost:?}"
+    );
+    drop(n);
+    drop(nats);
+}
