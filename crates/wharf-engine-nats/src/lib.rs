@@ -19,7 +19,11 @@
 //!   partition, so a keyless message with an id is routed by the id's hash (its retries land
 //!   where it did); a retry sent to another partition explicitly is stored again.
 //! - Reads get messages by sequence; a read that waits listens on the partition's subject.
-//! - Subscriptions are not built on NATS yet: creating one answers `not_supported`.
+//! - Subscriptions live in the KV bucket too (`sub/{topic}/{name}`, `subs`). Stream
+//!   subscriptions (consumer groups) are Wharf's: the group's members, generation, committed
+//!   offsets and fetch positions in one KV document updated by compare-and-set (`groups`).
+//!   Shared subscriptions are JetStream pull consumers with explicit acks, one per partition
+//!   stream, plus a per-subscription redrive stream (`shared`).
 
 pub mod envelope;
 mod groups;
@@ -107,7 +111,8 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     meta: kv::Store,
-    /// Extended lease deadlines of shared deliveries (`{stream}.{seq}.{delivered}`).
+    /// Extended lease deadlines (`{stream}.{consumer}.{seq}.{delivered}`) and settled markers
+    /// (`done.` + the same) of shared deliveries.
     leases: kv::Store,
     names: names::Names,
     replicas: usize,
@@ -498,7 +503,20 @@ fn decode_raw(partition: u32, raw: RawMsg) -> Result<StoredMessage> {
     };
     let offset = raw.seq.saturating_sub(1);
     let time = wharf_broker::time::parse_rfc3339(&raw.time).unwrap_or(0);
-    decode_message(partition, offset, payload, headers, time)
+    // A redriven copy says where the message first was.
+    let source = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let (src_partition, src_offset) = (source("Wharf-Src-Partition"), source("Wharf-Src-Offset"));
+    let mut m = decode_message(partition, offset, payload, headers, time)?;
+    if let (Some(p), Some(o)) = (src_partition, src_offset) {
+        m.partition = u32::try_from(p).unwrap_or(m.partition);
+        m.offset = o;
+    }
+    Ok(m)
 }
 
 /// A stored JetStream message as Wharf's: from the envelope when marked, else (plain NATS
@@ -783,7 +801,7 @@ impl Engine for NatsEngine {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            stream_subscriptions: Support::Unavailable,
+            stream_subscriptions: Support::Wharf,
             shared_subscriptions: Support::Wharf,
             dead_letters: Support::Wharf,
             delays: Support::Wharf,

@@ -144,7 +144,10 @@ impl AckToken {
     }
 
     fn lease_key(&self) -> String {
-        format!("{}.{}.{}", self.stream, self.stream_seq, self.delivered)
+        format!(
+            "{}.{}.{}.{}",
+            self.stream, self.consumer, self.stream_seq, self.delivered
+        )
     }
 }
 
@@ -528,6 +531,7 @@ impl NatsEngine {
         topic: &str,
         sub: &str,
         m: &StoredMessage,
+        (stream, seq): (&str, u64),
         deliveries: u32,
         reason: &str,
     ) -> Result<()> {
@@ -551,10 +555,9 @@ impl NatsEngine {
             // A retry after a crash between this and the +TERM is a duplicate.
             (
                 HEADER_MESSAGE_ID.to_owned(),
-                format!(
-                    "dlq/{sub}/{}/{}/{deliveries}/{topic}",
-                    m.partition, m.offset
-                ),
+                // The stored copy's stream and sequence: a redriven copy dead-lettered
+                // again is another dead letter, not a duplicate of the first.
+                format!("dlq/{sub}/{stream}/{seq}/{deliveries}/{topic}"),
             ),
         ]);
         let dlq = wharf_broker::names::dlq_topic(topic, sub);
@@ -647,8 +650,15 @@ impl NatsEngine {
                     let now = self.inner.clock.now_ms();
                     if pulled.delivered > config.max_deliveries {
                         // The last lease expired: dead-letter it, as the embedded engine does.
-                        self.dead_letter(topic, sub, &m, config.max_deliveries, "lease_expired")
-                            .await?;
+                        self.dead_letter(
+                            topic,
+                            sub,
+                            &m,
+                            (stream, pulled.stream_seq),
+                            config.max_deliveries,
+                            "lease_expired",
+                        )
+                        .await?;
                         self.ack_kind(&pulled.token_subject, Bytes::from_static(b"+TERM"))
                             .await?;
                         continue;
@@ -825,8 +835,15 @@ impl NatsEngine {
                 }
                 if t.delivered >= config.max_deliveries {
                     if let Some(m) = self.message_of(topic, sub, t).await? {
-                        self.dead_letter(topic, sub, &m, t.delivered, "nack")
-                            .await?;
+                        self.dead_letter(
+                            topic,
+                            sub,
+                            &m,
+                            (&t.stream, t.stream_seq),
+                            t.delivered,
+                            "nack",
+                        )
+                        .await?;
                     }
                     return self
                         .ack_kind(&t.subject, Bytes::from_static(b"+TERM"))
@@ -862,8 +879,15 @@ impl NatsEngine {
                     reason
                 };
                 if let Some(m) = self.message_of(topic, sub, t).await? {
-                    self.dead_letter(topic, sub, &m, t.delivered, reason)
-                        .await?;
+                    self.dead_letter(
+                        topic,
+                        sub,
+                        &m,
+                        (&t.stream, t.stream_seq),
+                        t.delivered,
+                        reason,
+                    )
+                    .await?;
                 }
                 self.ack_kind(&t.subject, Bytes::from_static(b"+TERM"))
                     .await

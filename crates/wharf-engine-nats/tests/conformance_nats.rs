@@ -133,7 +133,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         conflicting_create,
         bad_names,
         bad_settings,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] describe_list_delete,
+        describe_list_delete,
         survives_restart,
     }
     publish {
@@ -163,27 +163,27 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         max_bytes,
         long_poll_woken_by_publish,
         short_wait_returns_empty,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] retention_skips_to_start,
+        retention_skips_to_start,
         #[ignore = "documented difference: differences::age_retention_runs_on_the_server_clock"] age_retention,
     }
     stream {
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] create_describe_list_delete,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] idempotent_and_conflicting_create,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] unknown_subscription,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] one_member_gets_all,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] members_split_partitions,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] leave_rebalances,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] session_timeout,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] fetch_owned_partitions_and_continue,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] fetch_limits,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] commit_durable_across_restart,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] commit_not_owned,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] commit_below_current,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] reset_positions,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] start_positions,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] lag,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] long_poll_fetch,
-        #[ignore = "subscriptions are not built on NATS yet (issue #7)"] subscriptions_are_independent,
+        create_describe_list_delete,
+        idempotent_and_conflicting_create,
+        unknown_subscription,
+        one_member_gets_all,
+        members_split_partitions,
+        leave_rebalances,
+        session_timeout,
+        fetch_owned_partitions_and_continue,
+        fetch_limits,
+        commit_durable_across_restart,
+        commit_not_owned,
+        commit_below_current,
+        reset_positions,
+        start_positions,
+        lag,
+        long_poll_fetch,
+        subscriptions_are_independent,
     }
     shared {
         #[ignore = "documented difference: differences::unsupported_shared_settings (the case sets ordered_by_key)"] create_describe_list_delete,
@@ -202,7 +202,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         #[ignore = "documented difference: differences::lease_expiry_on_the_server_clock and nack_delay_on_the_server_clock"] max_deliveries_dead_letters,
         terminate_dead_letters,
         redrive,
-        deliver_at_delays,
+        #[ignore = "documented difference: differences::deliver_at_on_the_server_clock"] deliver_at_delays,
         #[ignore = "documented difference: differences::unsupported_shared_settings"] ordered_by_key,
         #[ignore = "documented difference: differences::unsupported_shared_settings"] max_in_flight_per_member,
         #[ignore = "documented difference: differences::a_node_restart_keeps_leases"] restart_keeps_acks_counts_and_delays,
@@ -626,5 +626,58 @@ mod differences {
             5,
             "documented: not capped per member"
         );
+    }
+
+    /// `wharf-deliver-at` on a shared subscription: Wharf gives a delivery that is not due
+    /// back to JetStream with a `-NAK` of the remaining delay, which then runs on the
+    /// server's clock. Until then the message counts as in flight (not delayed), and the
+    /// deferral counts as a delivery.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliver_at_on_the_server_clock() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = setup(&mut h, quick(5)).await;
+        let due = wharf_broker::time::format_rfc3339(h.now_ms() + 300);
+        e.publish(
+            "t",
+            vec![
+                Message::new("now"),
+                Message::new("later").with_header("wharf-deliver-at", due),
+            ],
+        )
+        .await
+        .unwrap();
+        let d = receive(&e, 10).await;
+        assert_eq!(d.len(), 1, "only the message that is due");
+        assert_eq!(&d[0].message.value[..], b"now");
+        e.ack("t", "s", &ids(&d)).await.unwrap();
+        let info = e.describe_subscription("t", "s").await.unwrap();
+        assert_eq!(
+            (info.in_flight, info.delayed),
+            (1, 0),
+            "documented: counted in flight"
+        );
+        // Due by Wharf's clock; the server's timer hands it out again.
+        h.advance_clock(300);
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        eventually("the delayed message when due", || {
+            let (e, later) = (e.clone(), later.clone());
+            async move {
+                let d = receive(&e, 10).await;
+                let got = !d.is_empty();
+                later.lock().unwrap().extend(d);
+                got
+            }
+        })
+        .await;
+        let later = later.lock().unwrap().clone();
+        assert_eq!(&later[0].message.value[..], b"later");
+        assert_eq!(
+            later[0].delivery_count, 2,
+            "documented: the deferral counts"
+        );
+        e.ack("t", "s", &ids(&later)).await.unwrap();
     }
 }
