@@ -642,8 +642,11 @@ impl NatsEngine {
             .collect::<Result<Vec<u32>>>()?;
         let unshared = wharf_broker::check::unshared(&messages, &options.shared_headers, &config);
         let stamp = self.stamp();
-        let mut acks = Vec::with_capacity(messages.len());
-        for (i, (m, &p)) in messages.iter().zip(&routes).enumerate() {
+        // Encode everything first: a message the NATS server would refuse (its max_payload,
+        // 1 MiB by default) fails the whole publish before anything is sent.
+        let max_payload = self.inner.client.server_info().max_payload;
+        let mut encoded = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
             let shared: &[(String, String)] = if unshared.binary_search(&i).is_ok() {
                 &[]
             } else {
@@ -652,11 +655,25 @@ impl NatsEngine {
             let payload = envelope::encode(stamp, m.key.as_deref(), &m.headers, shared, &m.value);
             let mut headers = HeaderMap::new();
             headers.insert(envelope::MARKER, envelope::MARKER_VALUE);
+            let mut header_bytes = 32;
             if config.dedup_window_ms > 0
                 && let Some(id) = m.id()
             {
                 headers.insert("Nats-Msg-Id", id);
+                header_bytes += id.len() + 16;
             }
+            if payload.len() + header_bytes > max_payload {
+                let overhead =
+                    (payload.len() + header_bytes) as u64 - wharf_broker::check::message_size(m);
+                return Err(BrokerError::MessageTooLarge {
+                    size: wharf_broker::check::message_size(m),
+                    limit: (max_payload as u64).saturating_sub(overhead),
+                });
+            }
+            encoded.push((payload, headers));
+        }
+        let mut acks = Vec::with_capacity(messages.len());
+        for ((payload, headers), &p) in encoded.into_iter().zip(&routes) {
             let ack = self
                 .inner
                 .js

@@ -408,7 +408,7 @@ impl NatsEngine {
             let started = info["config"]["opt_start_seq"]
                 .as_u64()
                 .map_or(0, |s| s.saturating_sub(1));
-            let committed = floor.max(started).max(start.min(floor.max(started)));
+            let committed = floor.max(started);
             in_flight += info["num_ack_pending"].as_u64().unwrap_or(0);
             parts.push(SubscriptionPartition {
                 partition: p,

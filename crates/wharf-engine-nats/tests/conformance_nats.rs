@@ -680,4 +680,41 @@ mod differences {
         );
         e.ack("t", "s", &ids(&later)).await.unwrap();
     }
+
+    /// A message must also fit the NATS server's `max_payload` (1 MiB by default) with its
+    /// envelope: a larger one fails the publish with `message_too_large` (naming the limit
+    /// that applies) and stores nothing, even where the topic would allow it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn message_size_capped_by_max_payload() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        e.create_topic(
+            "t",
+            TopicConfig {
+                max_message_bytes: 4 * 1024 * 1024,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let big = Message::new(vec![7u8; 2 * 1024 * 1024]);
+        let err = e
+            .publish("t", vec![Message::new("small"), big])
+            .await
+            .unwrap_err();
+        match err {
+            wharf_broker::BrokerError::MessageTooLarge { size, limit } => {
+                assert_eq!(size, 2 * 1024 * 1024);
+                assert!(limit < 1024 * 1024 && limit > 1000 * 1024, "limit {limit}");
+            }
+            other => panic!("expected message_too_large, got {other:?}"),
+        }
+        let info = e.describe_topic("t").await.unwrap();
+        assert_eq!(info.partitions[0].high_watermark, 0, "nothing stored");
+        let fits = Message::new(vec![7u8; 1000 * 1024]);
+        e.publish("t", vec![fits]).await.unwrap();
+    }
 }
