@@ -1,5 +1,6 @@
-//! `wharf bench`: every workload, with a tiny count, against the in-process engine and against
-//! a real `wharf serve` process, checked through the `--json` summary; and its refusals.
+//! `wharf bench`: every workload, with a tiny count, against the in-process engine, against
+//! a real `wharf serve` process and against NATS JetStream itself (`--target nats://`, when a
+//! NATS server is reachable), checked through the `--json` summary; and its refusals.
 
 mod common;
 
@@ -124,12 +125,70 @@ fn every_workload_against_a_server() {
     server.stop_cleanly();
 }
 
+/// The NATS server of [`every_workload_against_nats_jetstream`]: `WHARF_TEST_NATS_URL`, or
+/// the local default.
+fn nats_url() -> String {
+    std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// Whether the host and port of a `nats://[USER:PASS@]HOST[:PORT]` URL accept a connection.
+fn reachable(url: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let hostport = authority.rsplit('@').next().unwrap_or(authority);
+    let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:4222")
+    };
+    hostport.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok())
+    })
+}
+
+#[test]
+fn every_workload_against_nats_jetstream() {
+    let url = nats_url();
+    if !reachable(&url) {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            !ci,
+            "no NATS server at {url}: CI must run this test (set WHARF_TEST_NATS_URL)"
+        );
+        println!("SKIPPED: no NATS server at {url} (set WHARF_TEST_NATS_URL)");
+        return;
+    }
+    for w in WORKLOADS {
+        let v = bench(w, &url, &["--connections", "2"]);
+        check(&v, w, &url);
+        assert_eq!(v["in_process"], false, "{v}");
+        assert!(
+            v["driver"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("NATS JetStream")),
+            "{v}"
+        );
+    }
+    // Partitions are subjects of one stream; a durability is accepted (and ignored).
+    let v = bench(
+        "queue",
+        &url,
+        &["--partitions", "3", "--durability", "always"],
+    );
+    check(&v, "queue", &url);
+}
+
 #[test]
 fn refusals_name_the_problem() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--target", "http://127.0.0.1:1"],
             "cannot connect to http://127.0.0.1:1",
+        ),
+        (
+            &["--target", "nats://127.0.0.1:1"],
+            "cannot connect to nats://127.0.0.1:1",
         ),
         (&["--target", "ftp://x"], "give http://HOST:PORT"),
         (&["--count", "0"], "--count must be at least 1"),

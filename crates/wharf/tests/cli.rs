@@ -9,7 +9,9 @@ use std::path::Path;
 
 use common::{GENEROUS, Server, run_to_end, wharf};
 
-const SECTIONS: [&str; 7] = ["server", "storage", "limits", "auth", "tls", "cors", "log"];
+const SECTIONS: [&str; 8] = [
+    "server", "engine", "storage", "limits", "auth", "tls", "cors", "log",
+];
 
 fn parse_toml(text: &str) -> toml::Table {
     toml::from_str(text).unwrap_or_else(|e| panic!("not TOML: {e}\n{text}"))

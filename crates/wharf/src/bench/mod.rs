@@ -1,9 +1,11 @@
-//! `wharf bench`: a load generator against a running Wharf, or against the embedded engine in
-//! this process (`--target inproc`, the "direct call" baseline).
+//! `wharf bench`: a load generator against a running Wharf, against the embedded engine in
+//! this process (`--target inproc`, the "direct call" baseline), or against NATS JetStream
+//! itself (`--target nats://HOST:PORT`, to compare with Wharf on NATS).
 //!
 //! - [`driver`]: the [`driver::Driver`] trait the workloads are written against (so NATS,
 //!   RabbitMQ and Redis drivers can be added with the same workload code);
-//! - [`wharf_grpc`]: the gRPC driver; [`inproc`]: the in-process driver;
+//! - [`wharf_grpc`]: the gRPC driver; [`inproc`]: the in-process driver; [`nats`]: raw NATS
+//!   JetStream (its module documentation gives the mapping);
 //! - [`workloads`]: publish, consume, queue, latency;
 //! - [`report`]: progress line, CPU from `/proc`, the server's pid, table and JSON.
 
@@ -15,6 +17,7 @@ use crate::cli::CliError;
 
 mod driver;
 mod inproc;
+mod nats;
 mod report;
 mod wharf_grpc;
 mod workloads;
@@ -38,14 +41,17 @@ Workloads:
 Every run stops at --count messages or after --duration, whichever comes first.
 Examples:
   wharf bench publish --size 1KiB --batch 100 --in-flight 16
-  wharf bench latency --rate 10000 --duration 10s --target inproc")]
+  wharf bench latency --rate 10000 --duration 10s --target inproc
+  wharf bench publish --target nats://127.0.0.1:4222   (NATS JetStream itself, no Wharf)")]
 pub(crate) struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     workload: Workload,
     /// The server (http://HOST:PORT or https://...), or `inproc`: the embedded engine in this
     /// process on a temporary directory (the same workload through the Engine trait, without
-    /// network).
+    /// network), or `nats://HOST:PORT`: NATS JetStream itself, without Wharf (streams and pull
+    /// consumers; --durability is ignored, NATS has no per-stream fsync; --token is not
+    /// used).
     #[arg(long, env = "WHARF_SERVER", default_value = "http://127.0.0.1:7400")]
     target: String,
     /// Value size in bytes (`100`, `1KiB`, `4k`, `1MiB`).
@@ -85,7 +91,8 @@ pub(crate) struct BenchArgs {
     /// Untimed warm-up before the measured phase (publish, latency).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// HTTP/2 connections to the server (requests are spread over them).
+    /// HTTP/2 connections to the server, or NATS connections (requests are spread over
+    /// them).
     #[arg(long, default_value_t = 2)]
     connections: usize,
     /// The server's process id, for its CPU time [default: the process listening on the
@@ -287,6 +294,8 @@ async fn bench(a: BenchArgs) -> Result<()> {
     let inproc = a.target == "inproc";
     let driver: Arc<dyn Driver> = if inproc {
         Arc::new(inproc::InProc::open(a.data_dir.clone()).await?)
+    } else if a.target.starts_with("nats://") {
+        Arc::new(nats::Nats::connect(&a.target, a.connections).await?)
     } else {
         Arc::new(
             wharf_grpc::WharfGrpc::connect(&a.target, a.connections, a.token.as_deref()).await?,
