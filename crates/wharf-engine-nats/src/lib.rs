@@ -25,6 +25,7 @@
 //!   Shared subscriptions are JetStream pull consumers with explicit acks, one per partition
 //!   stream, plus a per-subscription redrive stream (`shared`).
 
+mod cursor;
 pub mod envelope;
 mod groups;
 mod names;
@@ -58,6 +59,10 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const MAX_READ_MESSAGES: usize = 10_000;
 /// Most bytes one read returns (whole messages; at least one).
 const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
+/// Publish acks one node awaits at once (see `connect`).
+const MAX_ACKS_IN_FLIGHT: usize = 1 << 20;
+/// Messages one publish sends before it awaits the oldest ack.
+const PUBLISH_WINDOW: usize = 1024;
 /// Message gets in flight at once during a read.
 const READ_CONCURRENCY: usize = 64;
 
@@ -123,6 +128,8 @@ struct Inner {
     last_stamp: AtomicI64,
     /// The NATS server's version, as it announced itself.
     server_version: String,
+    /// Read cursors left where reads ended.
+    cursors: cursor::Cursors,
 }
 
 impl std::fmt::Debug for NatsEngine {
@@ -173,6 +180,14 @@ async fn open_bucket(
         .map_err(|e| unavailable(&format!("opening the KV bucket {bucket}"), e))
 }
 
+async fn await_ack(
+    ack: jetstream::context::PublishAckFuture,
+    topic: &str,
+) -> Result<jetstream::publish::PublishAck> {
+    ack.await
+        .map_err(|e| unavailable(&format!("publishing to {topic}"), e))
+}
+
 /// `engine_unavailable` with what failed.
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::EngineUnavailable(format!("nats: {what}: {e}"))
@@ -209,8 +224,15 @@ impl NatsEngine {
                 )));
             }
         }
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(config.timeout);
+        // Publish acks outstanding at once, over every publish of this node: a publish past it
+        // fails (`engine_unavailable`, retryable) instead of waiting. Waiting would deadlock:
+        // a permit is released only when its ack is awaited, and a publish awaits its acks
+        // after it has sent (up to `PUBLISH_WINDOW` of) its messages.
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.timeout)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .backpressure_on_inflight(false)
+            .build(client.clone());
         // `$JS.API.INFO` answers with the account's JetStream limits, or an error (or no
         // responder at all) when JetStream is off.
         let no_js = |why: String| {
@@ -258,6 +280,7 @@ impl NatsEngine {
                 next_partition: AtomicU32::new(0),
                 last_stamp: AtomicI64::new(i64::MIN),
                 server_version: info.version,
+                cursors: cursor::Cursors::default(),
             }),
         })
     }
@@ -444,6 +467,43 @@ impl NatsEngine {
                 }
             }
         }
+    }
+
+    /// Messages `[from, end)` of a partition, one get each (pipelined), about `max_bytes`
+    /// (at least one); messages retention removed meanwhile are skipped.
+    async fn read_by_gets(
+        &self,
+        stream: &str,
+        p: u32,
+        from: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let mut gets = futures_util::stream::iter(from..end)
+            .map(|o| async move { self.get(stream, p, o).await })
+            .buffered(READ_CONCURRENCY);
+        let mut messages: Vec<StoredMessage> = Vec::new();
+        let mut used = 0usize;
+        while let Some(m) = gets.next().await {
+            let Some(m) = m? else {
+                if messages.is_empty() {
+                    continue;
+                }
+                break;
+            };
+            let size = m.key.as_ref().map_or(0, Bytes::len)
+                + m.value.len()
+                + m.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if !messages.is_empty() && used + size > max_bytes {
+                break;
+            }
+            used += size;
+            messages.push(m);
+        }
+        Ok(messages)
     }
 
     /// The first offset in `[start, hw)` whose message is stamped at or after `t` (`hw` if
@@ -672,8 +732,16 @@ impl NatsEngine {
             }
             encoded.push((payload, headers));
         }
+        // Sent in order with at most PUBLISH_WINDOW acks outstanding; the acks come back in
+        // order of sending.
+        let mut pending = std::collections::VecDeque::with_capacity(PUBLISH_WINDOW);
         let mut acks = Vec::with_capacity(messages.len());
         for ((payload, headers), &p) in encoded.into_iter().zip(&routes) {
+            if pending.len() >= PUBLISH_WINDOW
+                && let Some(oldest) = pending.pop_front()
+            {
+                acks.push(await_ack(oldest, topic).await?);
+            }
             let ack = self
                 .inner
                 .js
@@ -685,13 +753,13 @@ impl NatsEngine {
                 )
                 .await
                 .map_err(|e| unavailable(&format!("publishing to {topic}"), e))?;
-            acks.push(ack);
+            pending.push_back(ack);
+        }
+        for ack in pending {
+            acks.push(await_ack(ack, topic).await?);
         }
         let mut out = Vec::with_capacity(acks.len());
         for (ack, &p) in acks.into_iter().zip(&routes) {
-            let ack = ack
-                .await
-                .map_err(|e| unavailable(&format!("publishing to {topic}"), e))?;
             let offset = ack.sequence.saturating_sub(1);
             let timestamp = if ack.duplicate {
                 let stream = self.inner.names.stream(topic, p);
@@ -763,36 +831,21 @@ impl NatsEngine {
         let max_messages = request.max_messages.clamp(1, MAX_READ_MESSAGES);
         let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
         let end = hw.min(from.saturating_add(max_messages as u64));
-        let mut gets = futures_util::stream::iter(from..end)
-            .map(|o| {
-                let stream = &stream;
-                async move { self.get(stream, p, o).await }
-            })
-            .buffered(READ_CONCURRENCY);
-        let mut messages: Vec<StoredMessage> = Vec::new();
-        let mut used = 0usize;
-        while let Some(m) = gets.next().await {
-            let Some(m) = m? else {
-                // Retention removed it while we read: start after the gap.
-                if messages.is_empty() {
-                    skipped_to = None;
-                    continue;
-                }
-                break;
-            };
-            let size = m.key.as_ref().map_or(0, Bytes::len)
-                + m.value.len()
-                + m.headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
-            if !messages.is_empty() && used + size > max_bytes {
-                break;
+        let messages = if end <= from {
+            Vec::new()
+        } else if end - from > 1 {
+            // More than one message: through a cursor (one pull), or message by message if
+            // the cursor fails.
+            match self
+                .read_through_cursor(&stream, p, from, (end - from) as usize, max_bytes)
+                .await
+            {
+                Ok(m) => m,
+                Err(_) => self.read_by_gets(&stream, p, from, end, max_bytes).await?,
             }
-            used += size;
-            messages.push(m);
-        }
-        drop(gets);
+        } else {
+            self.read_by_gets(&stream, p, from, end, max_bytes).await?
+        };
         if let Some(first) = messages.first()
             && first.offset > from
         {

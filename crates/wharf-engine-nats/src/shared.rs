@@ -152,12 +152,12 @@ impl AckToken {
 }
 
 /// A message pulled from a consumer.
-struct Pulled {
-    token_subject: String,
-    delivered: u32,
-    stream_seq: u64,
-    payload: Bytes,
-    headers: Option<HeaderMap>,
+pub(crate) struct Pulled {
+    pub(crate) token_subject: String,
+    pub(crate) delivered: u32,
+    pub(crate) stream_seq: u64,
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Option<HeaderMap>,
 }
 
 fn header_of<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -441,7 +441,12 @@ impl NatsEngine {
     }
 
     /// Up to `max` messages available now on `stream` for `consumer` (a no-wait pull).
-    async fn pull(&self, stream: &str, consumer: &str, max: usize) -> Result<Vec<Pulled>> {
+    pub(crate) async fn pull(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<Pulled>> {
         let client = &self.inner.client;
         let inbox = client.new_inbox();
         let mut sub = client
@@ -497,7 +502,7 @@ impl NatsEngine {
 
     /// A pulled message as Wharf's: from the envelope, or (plain NATS publishers) the payload
     /// and headers as they are. Redriven copies report where the message first was.
-    fn decode_pulled(&self, partition: u32, p: &Pulled) -> Result<StoredMessage> {
+    pub(crate) fn decode_pulled(&self, partition: u32, p: &Pulled) -> Result<StoredMessage> {
         let headers: Vec<(String, String)> = p
             .headers
             .iter()
