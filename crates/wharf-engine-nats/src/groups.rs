@@ -37,8 +37,8 @@ use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use wharf_broker::{
-    BrokerError, Committed, FetchRequest, Membership, Position, ReadRequest, ResetTo, Result,
-    StoredMessage, StreamConfig, SubscriptionConfig, SubscriptionInfo, SubscriptionPartition,
+    BrokerError, Committed, FetchRequest, Membership, Position, ResetTo, Result, StoredMessage,
+    StreamConfig, SubscriptionConfig, SubscriptionInfo, SubscriptionPartition,
 };
 
 use crate::{NatsEngine, unavailable};
@@ -619,21 +619,12 @@ impl NatsEngine {
             if pos >= hw {
                 continue;
             }
-            let request = ReadRequest {
-                partition: p,
-                from: Position::Offset(pos),
-                max_messages: max_messages - out.len(),
-                max_bytes: budget,
-                wait: Duration::ZERO,
-            };
-            let r = match self.read_inner(topic, request).await {
-                Ok(r) => r,
-                // Not where we thought (the partition changed under us): skip it this time.
-                Err(BrokerError::OffsetOutOfRange { .. }) => continue,
-                Err(e) => return Err(e),
-            };
+            // The high watermark was just looked up: read without looking again.
+            let read = self
+                .read_known(topic, p, pos, hw, max_messages - out.len(), budget)
+                .await?;
             let mut next = pos;
-            for m in r.messages {
+            for m in read {
                 let size = message_size(&m);
                 // Whole messages up to about max_bytes, but always at least one.
                 if !out.is_empty() && size > budget {

@@ -469,6 +469,36 @@ impl NatsEngine {
         }
     }
 
+    /// Messages of a partition from offset `from`, below `hw` (the high watermark the caller
+    /// looked up): at most `max_messages`, about `max_bytes` (at least one). No settings or
+    /// state lookups: the caller has done them.
+    pub(crate) async fn read_known(
+        &self,
+        topic: &str,
+        p: u32,
+        from: u64,
+        hw: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let stream = self.inner.names.stream(topic, p);
+        let end = hw.min(from.saturating_add(max_messages as u64));
+        if end <= from {
+            return Ok(Vec::new());
+        }
+        if end - from > 1 {
+            // More than one message: through a cursor (one pull), or message by message if
+            // the cursor fails.
+            if let Ok(m) = self
+                .read_through_cursor(&stream, p, from, (end - from) as usize, max_bytes)
+                .await
+            {
+                return Ok(m);
+            }
+        }
+        self.read_by_gets(&stream, p, from, end, max_bytes).await
+    }
+
     /// Messages `[from, end)` of a partition, one get each (pipelined), about `max_bytes`
     /// (at least one); messages retention removed meanwhile are skipped.
     async fn read_by_gets(
@@ -830,22 +860,9 @@ impl NatsEngine {
         }
         let max_messages = request.max_messages.clamp(1, MAX_READ_MESSAGES);
         let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
-        let end = hw.min(from.saturating_add(max_messages as u64));
-        let messages = if end <= from {
-            Vec::new()
-        } else if end - from > 1 {
-            // More than one message: through a cursor (one pull), or message by message if
-            // the cursor fails.
-            match self
-                .read_through_cursor(&stream, p, from, (end - from) as usize, max_bytes)
-                .await
-            {
-                Ok(m) => m,
-                Err(_) => self.read_by_gets(&stream, p, from, end, max_bytes).await?,
-            }
-        } else {
-            self.read_by_gets(&stream, p, from, end, max_bytes).await?
-        };
+        let messages = self
+            .read_known(topic, p, from, hw, max_messages, max_bytes)
+            .await?;
         if let Some(first) = messages.first()
             && first.offset > from
         {
