@@ -486,14 +486,10 @@ impl NatsEngine {
             return Ok(());
         }
         let value = encode(&self.initial_group(topic, config, partitions).await?)?;
-        if fresh {
-            self.inner
-                .meta
-                .put(&key, value)
-                .await
-                .map_err(|e| unavailable(&format!("creating subscription {name}"), e))?;
-            return Ok(());
-        }
+        // Created, never overwritten: a document that exists was made by a concurrent create
+        // (or a first touch) of this subscription — a delete removes it before the registry
+        // key, so none is left over from an earlier subscription of the name.
+        let _ = fresh;
         match self.inner.meta.create(&key, value).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
@@ -503,7 +499,7 @@ impl NatsEngine {
         }
     }
 
-    /// Removes the group's state (the subscription's key is already gone).
+    /// Removes the group's state (before the subscription's registry key).
     pub(crate) async fn group_delete(&self, topic: &str, name: &str) -> Result<()> {
         self.inner
             .meta

@@ -372,14 +372,12 @@ impl NatsEngine {
         }
     }
 
-    async fn ensure_streams(&self, topic: &str, config: &TopicConfig, fresh: bool) -> Result<()> {
+    async fn ensure_streams(&self, topic: &str, config: &TopicConfig) -> Result<()> {
         for p in 0..config.partitions {
+            // Never deleted here: a stream that exists was made by a concurrent create of
+            // this topic (a delete removes the streams before the settings key, so none is
+            // left over from an earlier topic of the name unless a delete raced a create).
             let sc = self.stream_config(topic, p, config);
-            if fresh {
-                // Left over by a delete that did not finish: its messages are not this
-                // topic's.
-                let _ = self.inner.js.delete_stream(&sc.name).await;
-            }
             self.inner
                 .js
                 .get_or_create_stream(sc)
@@ -671,7 +669,7 @@ impl NatsEngine {
         );
         match self.inner.meta.create(names::topic_key(name), value).await {
             Ok(_) => {
-                self.ensure_streams(name, &config, true).await?;
+                self.ensure_streams(name, &config).await?;
                 self.info(name, config).await
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -680,7 +678,7 @@ impl NatsEngine {
                     return Err(BrokerError::TopicExists(name.to_owned()));
                 }
                 // Created by another call (perhaps on another node, perhaps unfinished).
-                self.ensure_streams(name, &config, false).await?;
+                self.ensure_streams(name, &config).await?;
                 self.info(name, config).await
             }
             Err(e) => Err(unavailable(&format!("creating topic {name}"), e)),
@@ -696,11 +694,9 @@ impl NatsEngine {
                 Err(e) => return Err(e),
             }
         }
-        self.inner
-            .meta
-            .purge(names::topic_key(name))
-            .await
-            .map_err(|e| unavailable(&format!("deleting topic {name}"), e))?;
+        // The streams first, the settings key last: a delete cut short leaves a topic that
+        // exists with streams missing (a create of it makes them again), never streams
+        // without a topic that a later topic of the name would inherit.
         for p in 0..config.partitions {
             let stream = self.inner.names.stream(name, p);
             if let Err(e) = self.inner.js.delete_stream(&stream).await {
@@ -714,6 +710,11 @@ impl NatsEngine {
                 }
             }
         }
+        self.inner
+            .meta
+            .purge(names::topic_key(name))
+            .await
+            .map_err(|e| unavailable(&format!("deleting topic {name}"), e))?;
         Ok(())
     }
 
@@ -1018,6 +1019,13 @@ impl Engine for NatsEngine {
         if let Err(e) = made {
             if fresh {
                 // Leave nothing half-made behind a name that would then look taken.
+                let _ = match &config {
+                    SubscriptionConfig::Stream(_) => self.group_delete(topic, name).await,
+                    SubscriptionConfig::Shared(_) => {
+                        self.shared_delete(topic, name, topic_config.partitions)
+                            .await
+                    }
+                };
                 let _ = self.unclaim_sub(topic, name).await;
             }
             return Err(e);
@@ -1049,11 +1057,13 @@ impl Engine for NatsEngine {
     async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
         let record = self.require_sub(topic, name).await?;
         let partitions = self.require_topic(topic).await?.partitions;
-        self.unclaim_sub(topic, name).await?;
+        // Its state first, the registry key last: a delete cut short leaves a subscription
+        // that still exists (delete it again), never state a later one of the name inherits.
         match &record.config {
-            SubscriptionConfig::Stream(_) => self.group_delete(topic, name).await,
-            SubscriptionConfig::Shared(_) => self.shared_delete(topic, name, partitions).await,
+            SubscriptionConfig::Stream(_) => self.group_delete(topic, name).await?,
+            SubscriptionConfig::Shared(_) => self.shared_delete(topic, name, partitions).await?,
         }
+        self.unclaim_sub(topic, name).await
     }
 
     async fn join(&self, topic: &str, sub: &str, member: Option<&str>) -> Result<Membership> {

@@ -119,12 +119,20 @@ struct AckToken {
     stream_seq: u64,
     /// The lease deadline Wharf gave the delivery (ms).
     deadline: i64,
+    /// The subscription's creation time: an id from an earlier subscription of the same
+    /// name is not this one's.
+    incarnation: i64,
 }
 
 impl AckToken {
     fn parse(ack_id: &str) -> Option<Self> {
-        let (subject, deadline) = ack_id.rsplit_once('#')?;
-        let deadline = deadline.parse().ok()?;
+        let mut parts = ack_id.splitn(3, '#');
+        let subject = parts.next()?;
+        let deadline = parts.next()?.parse().ok()?;
+        let incarnation = match parts.next() {
+            Some(i) => i.parse().ok()?,
+            None => 0,
+        };
         let t: Vec<&str> = subject.split('.').collect();
         // v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
         // v2: $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>
@@ -140,13 +148,14 @@ impl AckToken {
             delivered: t[base + 2].parse().ok()?,
             stream_seq: t[base + 3].parse().ok()?,
             deadline,
+            incarnation,
         })
     }
 
     fn lease_key(&self) -> String {
         format!(
-            "{}.{}.{}.{}",
-            self.stream, self.consumer, self.stream_seq, self.delivered
+            "{}.{}.{}.{}.{}",
+            self.incarnation, self.stream, self.consumer, self.stream_seq, self.delivered
         )
     }
 }
@@ -230,7 +239,11 @@ impl NatsEngine {
             "durable_name": name,
             "ack_policy": "explicit",
             "ack_wait": lease_ns,
-            "max_deliver": i64::from(c.max_deliveries) + 1,
+            // Past the limit: JetStream keeps redelivering (after the backoff list's last
+            // delay) a message over it until Wharf has moved it to the dead-letter topic and
+            // terminated it, so a move that fails is tried again (up to 100 times) rather
+            // than lost. (2.9 refuses -1, "unlimited", together with a backoff list.)
+            "max_deliver": i64::from(c.max_deliveries) + 100,
             "backoff": backoff,
             "max_ack_pending": 1_000_000,
             "max_waiting": 512,
@@ -249,13 +262,16 @@ impl NatsEngine {
         stream: &str,
         name: &str,
         config: serde_json::Value,
-        fresh: bool,
     ) -> Result<()> {
-        if fresh {
-            // Left over by a subscription of the same name that was deleted half-way.
-            let _ = self
-                .api(&format!("CONSUMER.DELETE.{stream}.{name}"), json!({}))
-                .await;
+        // Made once and never replaced: one that exists was made by a concurrent create of
+        // this subscription (a delete removes consumers before the registry key), and its
+        // start position must not move.
+        if self
+            .api(&format!("CONSUMER.INFO.{stream}.{name}"), json!({}))
+            .await
+            .is_ok()
+        {
+            return Ok(());
         }
         self.api(
             &format!("CONSUMER.DURABLE.CREATE.{stream}.{name}"),
@@ -263,6 +279,59 @@ impl NatsEngine {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Claims the dead-letter topic's name for this subscription (`wharf.dlq.a.b.c` is both
+    /// (a, b.c) and (a.b, c)): an owner key `dlqowner/{dlq}` made with a create. Another
+    /// subscription that owns it and still exists makes this one's name unusable; an owner
+    /// that no longer exists (a delete cut short) is replaced.
+    async fn own_dead_letter_topic(&self, topic: &str, name: &str, dlq: &str) -> Result<()> {
+        let key = format!("dlqowner/{dlq}");
+        let me = format!("{topic}/{name}");
+        loop {
+            match self.inner.meta.create(&key, Bytes::from(me.clone())).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                }
+                Err(e) => return Err(unavailable("claiming the dead-letter topic", e)),
+            }
+            let Some(entry) = self
+                .inner
+                .meta
+                .entry(&key)
+                .await
+                .map_err(|e| unavailable("reading the dead-letter topic's owner", e))?
+            else {
+                continue;
+            };
+            let owner = String::from_utf8_lossy(&entry.value).into_owned();
+            if owner == me {
+                return Ok(());
+            }
+            let alive = match owner.split_once('/') {
+                Some((t, s)) => self.sub_record(t, s).await?.is_some(),
+                None => false,
+            };
+            if alive {
+                return Err(BrokerError::InvalidArgument {
+                    field: "subscription",
+                    reason: format!(
+                        "its dead-letter topic {dlq:?} already belongs to subscription {owner:?}; choose another name"
+                    ),
+                });
+            }
+            // Left by a delete cut short: its dead letters are not ours.
+            let _ = self.delete_topic_inner(dlq).await;
+            if self
+                .inner
+                .meta
+                .update(&key, Bytes::from(me.clone()), entry.revision)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
     }
 
     pub(crate) async fn shared_create(
@@ -280,15 +349,8 @@ impl NatsEngine {
             });
         }
         let dlq = wharf_broker::names::dlq_topic(topic, name);
-        if fresh && self.topic_config(&dlq).await?.is_some() {
-            // `wharf.dlq.a.b.c` is both (a, b.c) and (a.b, c).
-            return Err(BrokerError::InvalidArgument {
-                field: "subscription",
-                reason: format!(
-                    "its dead-letter topic {dlq:?} already belongs to another subscription; choose another name"
-                ),
-            });
-        }
+        let _ = fresh;
+        self.own_dead_letter_topic(topic, name, &dlq).await?;
         self.create_topic_inner(
             &dlq,
             TopicConfig {
@@ -311,12 +373,9 @@ impl NatsEngine {
                 }
             };
             let cfg = self.consumer_config(&consumer, config, from.map(|o| o + 1));
-            self.create_consumer(&stream, &consumer, cfg, fresh).await?;
+            self.create_consumer(&stream, &consumer, cfg).await?;
         }
         let redrive = self.redrive_stream(topic, name);
-        if fresh {
-            let _ = self.inner.js.delete_stream(&redrive).await;
-        }
         self.inner
             .js
             .get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -331,11 +390,7 @@ impl NatsEngine {
             .await
             .map_err(|e| unavailable(&format!("creating {redrive}"), e))?;
         let cfg = self.consumer_config(&consumer, config, None);
-        self.create_consumer(&redrive, &consumer, cfg, fresh)
-            .await?;
-        if fresh {
-            let _ = self.inner.meta.purge(Self::redrive_key(topic, name)).await;
-        }
+        self.create_consumer(&redrive, &consumer, cfg).await?;
         Ok(())
     }
 
@@ -358,12 +413,13 @@ impl NatsEngine {
             .delete_stream(self.redrive_stream(topic, name))
             .await;
         let _ = self.inner.meta.purge(Self::redrive_key(topic, name)).await;
-        self.delete_topic_inner(&wharf_broker::names::dlq_topic(topic, name))
-            .await
-            .or_else(|e| match e {
-                BrokerError::TopicNotFound(_) => Ok(()),
-                e => Err(e),
-            })
+        let dlq = wharf_broker::names::dlq_topic(topic, name);
+        self.delete_topic_inner(&dlq).await.or_else(|e| match e {
+            BrokerError::TopicNotFound(_) => Ok(()),
+            e => Err(e),
+        })?;
+        let _ = self.inner.meta.purge(format!("dlqowner/{dlq}")).await;
+        Ok(())
     }
 
     /// Next DLQ offset to redrive, and the KV revision it was read at (0 = never written).
@@ -596,7 +652,7 @@ impl NatsEngine {
         sub: &str,
         request: ReceiveRequest,
     ) -> Result<Vec<Delivery>> {
-        let (_, config) = self.require_shared_sub(topic, sub).await?;
+        let (record, config) = self.require_shared_sub(topic, sub).await?;
         if request.max == 0 || request.max > MAX_RECEIVE {
             return Err(BrokerError::InvalidArgument {
                 field: "max",
@@ -678,7 +734,10 @@ impl NatsEngine {
                     }
                     let deadline = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
                     out.push(Delivery {
-                        ack_id: format!("{}#{deadline}", pulled.token_subject),
+                        ack_id: format!(
+                            "{}#{deadline}#{}",
+                            pulled.token_subject, record.created_ms
+                        ),
                         message: m,
                         delivery_count: pulled.delivered,
                         lease_deadline: deadline,
@@ -705,11 +764,16 @@ impl NatsEngine {
         topic: &str,
         sub: &str,
         partitions: u32,
+        incarnation: i64,
         ack_id: &str,
     ) -> std::result::Result<AckToken, String> {
         let Some(t) = AckToken::parse(ack_id) else {
             return Err("bad_ack_id".into());
         };
+        if t.incarnation != incarnation {
+            // Issued by an earlier subscription of this name.
+            return Err("lease_expired".into());
+        }
         let ours = t.consumer == consumer_name(sub)
             && (t.stream == self.redrive_stream(topic, sub)
                 || (0..partitions).any(|p| self.inner.names.stream(topic, p) == t.stream));
@@ -766,12 +830,15 @@ impl NatsEngine {
         if let Settle::Extend(lease_ms) = how {
             check_lease(lease_ms)?;
         }
-        let (_, config) = self.require_shared_sub(topic, sub).await?;
+        let (record, config) = self.require_shared_sub(topic, sub).await?;
         let partitions = self.require_topic(topic).await?.partitions;
-        let (config, how) = (&config, &how);
+        let (config, how, incarnation) = (&config, &how, record.created_ms);
         let out = futures_util::stream::iter(ack_ids.iter().cloned())
             .map(|id: String| async move {
-                let error = match self.check_token(topic, sub, partitions, &id).await {
+                let error = match self
+                    .check_token(topic, sub, partitions, incarnation, &id)
+                    .await
+                {
                     Err(code) => Some(code),
                     Ok(t) => match self.settle_one(topic, sub, config, &t, how).await {
                         Ok(()) => None,

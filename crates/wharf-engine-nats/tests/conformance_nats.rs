@@ -717,4 +717,114 @@ mod differences {
         let fits = Message::new(vec![7u8; 1000 * 1024]);
         e.publish("t", vec![fits]).await.unwrap();
     }
+
+    /// A subscription deleted and created again under the same name starts clean: the ids
+    /// and settled markers of the first one do not touch the second (the ack ids carry the
+    /// subscription's creation time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recreated_subscription_starts_clean() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = setup(&mut h, SharedConfig::default()).await;
+        e.publish("t", vec![Message::new("m")]).await.unwrap();
+        let first = receive(&e, 10).await;
+        assert_eq!(
+            e.terminate("t", "s", &ids(&first), "x").await.unwrap()[0].error,
+            None
+        );
+        e.delete_subscription("t", "s").await.unwrap();
+        h.advance_clock(1);
+        e.create_subscription("t", "s", shared(SharedConfig::default()))
+            .await
+            .unwrap();
+        let again = receive(&e, 10).await;
+        assert_eq!(
+            again.len(),
+            1,
+            "the new subscription starts at the beginning"
+        );
+        assert_eq!(again[0].delivery_count, 1);
+        let stale = e.ack("t", "s", &ids(&first)).await.unwrap();
+        assert_eq!(
+            stale[0].error.as_deref(),
+            Some("lease_expired"),
+            "an old id"
+        );
+        assert_eq!(e.ack("t", "s", &ids(&again)).await.unwrap()[0].error, None);
+        let info = e.describe_subscription("t", "s").await.unwrap();
+        assert_eq!((info.in_flight, info.dead_lettered), (0, 0));
+    }
+
+    /// Two nodes creating the same topic and subscription at once agree, and neither
+    /// removes what the other made: everything published through both right after is
+    /// there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creates_on_two_nodes() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let a = h.start().await;
+        let b = h.restart().await;
+        let config = TopicConfig {
+            partitions: 4,
+            ..TopicConfig::default()
+        };
+        for round in 0..3 {
+            let topic = format!("t{round}");
+            let (ra, rb) = tokio::join!(
+                async {
+                    a.create_topic(&topic, config.clone()).await.unwrap();
+                    a.create_subscription(&topic, "s", shared(SharedConfig::default()))
+                        .await
+                        .unwrap();
+                    a.publish(
+                        &topic,
+                        (0..8).map(|i| Message::new(format!("a{i}"))).collect(),
+                    )
+                    .await
+                    .unwrap()
+                },
+                async {
+                    b.create_topic(&topic, config.clone()).await.unwrap();
+                    b.create_subscription(&topic, "s", shared(SharedConfig::default()))
+                        .await
+                        .unwrap();
+                    b.publish(
+                        &topic,
+                        (0..8).map(|i| Message::new(format!("b{i}"))).collect(),
+                    )
+                    .await
+                    .unwrap()
+                }
+            );
+            assert_eq!(ra.len() + rb.len(), 16);
+            let info = a.describe_topic(&topic).await.unwrap();
+            let stored: u64 = info.partitions.iter().map(|p| p.high_watermark).sum();
+            assert_eq!(
+                stored, 16,
+                "round {round}: nothing acknowledged was removed"
+            );
+            let got = a
+                .receive(
+                    &topic,
+                    "s",
+                    ReceiveRequest {
+                        member: None,
+                        max: 100,
+                        lease: None,
+                        wait: Duration::ZERO,
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                got.len(),
+                16,
+                "round {round}: the subscription sees everything"
+            );
+        }
+    }
 }
