@@ -148,6 +148,7 @@ async fn open_bucket(
     bucket: &str,
     replicas: usize,
     max_age: Duration,
+    max_bytes: Option<i64>,
     description: &str,
 ) -> Result<kv::Store> {
     if js.get_key_value(bucket).await.is_err() {
@@ -156,7 +157,7 @@ async fn open_bucket(
             description: Some(description.to_owned()),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
-            max_bytes: -1,
+            max_bytes: max_bytes.unwrap_or(-1),
             max_messages: -1,
             max_age,
             storage: stream::StorageType::File,
@@ -164,7 +165,13 @@ async fn open_bucket(
             deny_delete: true,
             allow_direct: true,
             num_replicas: replicas.max(1),
-            discard: stream::DiscardPolicy::New,
+            // A bounded bucket (the leases) forgets its oldest entries; the settings bucket
+            // is unbounded and refuses nothing.
+            discard: if max_bytes.is_some() {
+                stream::DiscardPolicy::Old
+            } else {
+                stream::DiscardPolicy::New
+            },
             duplicate_window: Duration::from_secs(120).min(if max_age.is_zero() {
                 Duration::MAX
             } else {
@@ -256,6 +263,7 @@ impl NatsEngine {
             &bucket,
             config.replicas,
             Duration::ZERO,
+            None,
             "Wharf's topic and subscription settings",
         )
         .await?;
@@ -265,6 +273,8 @@ impl NatsEngine {
             config.replicas,
             // Longer than any lease (12 h): an extension is only read while it can matter.
             Duration::from_secs(13 * 3600),
+            // Extensions and settled markers are small; at 256 MiB the oldest go first.
+            Some(256 * 1024 * 1024),
             "Wharf's extended leases",
         )
         .await?;

@@ -382,6 +382,8 @@ impl NatsEngine {
                 name: redrive.clone(),
                 subjects: vec![self.redrive_subject(topic, name)],
                 description: Some(format!("Wharf redrive of {topic}/{name}")),
+                // One consumer reads it: a redriven copy is removed once acked or terminated.
+                retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
                 storage: async_nats::jetstream::stream::StorageType::File,
                 num_replicas: self.inner.replicas,
                 allow_direct: true,
