@@ -403,10 +403,14 @@ impl NatsEngine {
             self.inner.js.get_stream_no_info(&name).await.map_err(|e| {
                 unavailable(&format!("topic {topic} partition {p} (stream {name})"), e)
             })?;
-        let info = s
-            .get_info()
-            .await
-            .map_err(|e| unavailable(&format!("stream {name}"), e))?;
+        let info = s.get_info().await.map_err(|e| {
+            // JetStream's 10059: deleted meanwhile (by another node), the topic is going.
+            if e.to_string().contains("stream not found") {
+                BrokerError::TopicNotFound(topic.to_owned())
+            } else {
+                unavailable(&format!("stream {name}"), e)
+            }
+        })?;
         let st = &info.state;
         let hw = st.last_sequence;
         let start = if st.messages == 0 {

@@ -571,12 +571,20 @@ impl NatsEngine {
                 })
             })
             .collect();
+        // A plain NATS message's time: the ack subject's timestamp token (ns; token 7 of
+        // the 9-token form, 9 of the 12-token form).
+        let tokens: Vec<&str> = p.token_subject.split('.').collect();
+        let ts_index = if tokens.len() == 12 { 9 } else { 7 };
+        let time = tokens
+            .get(ts_index)
+            .and_then(|t| t.parse::<i64>().ok())
+            .map_or(0, |ns| ns / 1_000_000);
         let mut m = crate::decode_message(
             partition,
             p.stream_seq.saturating_sub(1),
             p.payload.clone(),
             headers.clone(),
-            0,
+            time,
         )?;
         if let (Some(part), Some(off)) = (
             header_of(&headers, SRC_PARTITION),

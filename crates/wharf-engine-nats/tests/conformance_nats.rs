@@ -827,4 +827,59 @@ mod differences {
             );
         }
     }
+
+    /// Messages published on a partition's subject by a plain NATS client (no Wharf
+    /// envelope) are read and delivered too: the payload is the value, the NATS headers the
+    /// headers, the server's time the timestamp — through a read, a fetch and a receive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_nats_publishers_are_read() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = setup(&mut h, SharedConfig::default()).await;
+        let client = async_nats::connect(crate::url().trim_start_matches("nats://"))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("x-origin", "plain");
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for i in 0..3 {
+            js.publish_with_headers(
+                format!("{}.t.t.0", h.prefix),
+                headers.clone(),
+                format!("plain{i}").into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        let r = e
+            .read("t", ReadRequest::new(0, Position::Earliest))
+            .await
+            .unwrap();
+        assert_eq!(r.messages.len(), 3);
+        let m = &r.messages[1];
+        assert_eq!(&m.value[..], b"plain1");
+        assert_eq!(m.headers, [("x-origin".to_owned(), "plain".to_owned())]);
+        assert!(
+            m.timestamp >= before - 5_000,
+            "the server's time: {}",
+            m.timestamp
+        );
+        let d = receive(&e, 10).await;
+        assert_eq!(d.len(), 3);
+        assert_eq!(&d[0].message.value[..], b"plain0");
+        assert!(
+            d[0].message.timestamp >= before - 5_000,
+            "{}",
+            d[0].message.timestamp
+        );
+        assert_eq!(e.ack("t", "s", &ids(&d)).await.unwrap()[0].error, None);
+    }
 }
