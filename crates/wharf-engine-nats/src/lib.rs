@@ -151,36 +151,47 @@ async fn open_bucket(
     max_bytes: Option<i64>,
     description: &str,
 ) -> Result<kv::Store> {
-    if js.get_key_value(bucket).await.is_err() {
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(description.to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_bytes: max_bytes.unwrap_or(-1),
-            max_messages: -1,
-            max_age,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: replicas.max(1),
-            // A bounded bucket (the leases) forgets its oldest entries; the settings bucket
-            // is unbounded and refuses nothing.
-            discard: if max_bytes.is_some() {
-                stream::DiscardPolicy::Old
-            } else {
-                stream::DiscardPolicy::New
-            },
-            duplicate_window: Duration::from_secs(120).min(if max_age.is_zero() {
-                Duration::MAX
-            } else {
-                max_age
-            }),
-            ..stream::Config::default()
-        })
-        .await
-        .map_err(|e| unavailable(&format!("creating the KV bucket {bucket}"), e))?;
+    // A server under load can fail a stream's creation once ("error creating store"): a few
+    // tries before giving up.
+    let mut tries = 0;
+    while js.get_key_value(bucket).await.is_err() {
+        tries += 1;
+        let made = js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some(description.to_owned()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_bytes: max_bytes.unwrap_or(-1),
+                max_messages: -1,
+                max_age,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                num_replicas: replicas.max(1),
+                // A bounded bucket (the leases) forgets its oldest entries; the settings bucket
+                // is unbounded and refuses nothing.
+                discard: if max_bytes.is_some() {
+                    stream::DiscardPolicy::Old
+                } else {
+                    stream::DiscardPolicy::New
+                },
+                duplicate_window: Duration::from_secs(120).min(if max_age.is_zero() {
+                    Duration::MAX
+                } else {
+                    max_age
+                }),
+                ..stream::Config::default()
+            })
+            .await;
+        match made {
+            Ok(_) => break,
+            Err(e) if tries >= 3 => {
+                return Err(unavailable(&format!("creating the KV bucket {bucket}"), e));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200 * tries)).await,
+        }
     }
     js.get_key_value(bucket)
         .await
@@ -419,6 +430,32 @@ impl NatsEngine {
             st.first_sequence.saturating_sub(1)
         };
         Ok((start, hw))
+    }
+
+    /// After a publish on a partition's subject woke a waiter: the partition's state once the
+    /// stream holds more than `from` (JetStream stores a message just after its subscribers
+    /// see it), looking again with growing pauses — normally once or twice, at most for 2 s
+    /// — before letting the caller wait for the next publish.
+    pub(crate) async fn wait_stored(
+        &self,
+        topic: &str,
+        p: u32,
+        from: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, u64)> {
+        let mut state = self.partition_state(topic, p).await?;
+        let mut pause = Duration::from_micros(200);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(2);
+        while state.1 <= from {
+            let now = tokio::time::Instant::now();
+            if now >= deadline || now >= give_up {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+            state = self.partition_state(topic, p).await?;
+        }
+        Ok(state)
     }
 
     async fn info(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
@@ -863,9 +900,17 @@ impl NatsEngine {
                 .await
                 .map_err(|e| unavailable("waiting for a publish", e))?;
             (start, hw) = self.partition_state(topic, p).await?;
-            if from >= hw {
-                let _ = tokio::time::timeout(request.wait.min(MAX_WAIT), sub.next()).await;
-                (start, hw) = self.partition_state(topic, p).await?;
+            let deadline = tokio::time::Instant::now() + request.wait.min(MAX_WAIT);
+            while from >= hw {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if let Ok(Some(_)) = tokio::time::timeout(left, sub.next()).await {
+                    (start, hw) = self.wait_stored(topic, p, from, deadline).await?;
+                } else {
+                    break;
+                }
             }
             let _ = sub.unsubscribe().await;
         }
