@@ -342,6 +342,10 @@ impl NatsEngine {
 
     /// The topic's settings, if it exists.
     async fn topic_config(&self, name: &str) -> Result<Option<TopicConfig>> {
+        if !names::kv_safe(name) {
+            // Never created here (see `names::kv_safe`).
+            return Ok(None);
+        }
         let raw = self
             .inner
             .meta
@@ -973,6 +977,7 @@ impl Engine for NatsEngine {
 
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         wharf_broker::names::validate("topic", name, false)?;
+        names::check_kv_safe("topic", name)?;
         config.validate()?;
         self.create_topic_inner(name, config).await
     }
@@ -1056,6 +1061,7 @@ impl Engine for NatsEngine {
         config: SubscriptionConfig,
     ) -> Result<SubscriptionInfo> {
         wharf_broker::names::validate("subscription", name, false)?;
+        names::check_kv_safe("subscription", name)?;
         config.validate()?;
         let topic_config = self.require_topic(topic).await?;
         if topic.starts_with(wharf_broker::names::RESERVED_PREFIX) {

@@ -27,6 +27,25 @@ pub(crate) fn escape(name: &str) -> String {
     out
 }
 
+/// Whether `name` can be part of a KV key: NATS subjects (and so KV keys) have no empty
+/// tokens, so a name ending with `.` or holding `..` cannot be stored on this engine.
+pub(crate) fn kv_safe(name: &str) -> bool {
+    !name.ends_with('.') && !name.contains("..")
+}
+
+/// `invalid_name` for a name [`kv_safe`] refuses.
+pub(crate) fn check_kv_safe(what: &'static str, name: &str) -> Result<()> {
+    if kv_safe(name) {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidName {
+            what,
+            name: name.chars().take(120).collect(),
+            reason: "on the NATS engine a name cannot end with '.' or hold '..'",
+        })
+    }
+}
+
 /// The KV key of a topic's settings (KV keys may hold `.`, `_` and `-`).
 pub(crate) fn topic_key(topic: &str) -> String {
     format!("{TOPIC_KEY}{topic}")
@@ -99,5 +118,10 @@ mod tests {
         assert!(Names::new("bad.prefix").is_err());
         assert!(Names::new("").is_err());
         assert_eq!(topic_of_key(&topic_key("a.b")), Some("a.b"));
+        assert!(kv_safe("a.b") && kv_safe("a_b-c") && !kv_safe("a.") && !kv_safe("a..b"));
+        assert_eq!(
+            check_kv_safe("topic", "a.").unwrap_err().code(),
+            "invalid_name"
+        );
     }
 }

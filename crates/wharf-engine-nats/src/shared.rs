@@ -716,7 +716,14 @@ impl NatsEngine {
                 } else {
                     &sources[1 + (start + i - 1) % (sources.len() - 1)]
                 };
-                for pulled in self.pull(stream, &consumer, max - out.len()).await? {
+                // What is already collected is leased to the caller: a later failure ends
+                // the receive with it rather than dropping it (it would stay leased to nobody).
+                let pulled = match self.pull(stream, &consumer, max - out.len()).await {
+                    Ok(p) => p,
+                    Err(_) if !out.is_empty() => return Ok(out),
+                    Err(e) => return Err(e),
+                };
+                for pulled in pulled {
                     let m = self.decode_pulled(if *p == u32::MAX { 0 } else { *p }, &pulled)?;
                     let now = self.inner.clock.now_ms();
                     if pulled.delivered > config.max_deliveries {

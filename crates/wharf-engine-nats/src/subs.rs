@@ -30,6 +30,10 @@ fn prefix(topic: &str) -> String {
 impl NatsEngine {
     /// The subscription's record, if it exists.
     pub(crate) async fn sub_record(&self, topic: &str, name: &str) -> Result<Option<SubRecord>> {
+        if !crate::names::kv_safe(topic) || !crate::names::kv_safe(name) {
+            // Never created here (see `names::kv_safe`).
+            return Ok(None);
+        }
         let raw = self
             .inner
             .meta

@@ -882,4 +882,33 @@ mod differences {
         );
         assert_eq!(e.ack("t", "s", &ids(&d)).await.unwrap()[0].error, None);
     }
+
+    /// NATS subjects and KV keys have no empty tokens: a topic or subscription name ending
+    /// with `.` or holding `..` (valid on the embedded engine) is `invalid_name` on NATS, and
+    /// looking one up finds nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_with_empty_tokens_are_refused() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        for bad in ["a.", "a..b"] {
+            let err = e
+                .create_topic(bad, TopicConfig::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_name", "{bad}");
+            let err = e.describe_topic(bad).await.unwrap_err();
+            assert_eq!(err.code(), "topic_not_found", "{bad}");
+        }
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        let err = e
+            .create_subscription("t", "s.", shared(SharedConfig::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_name");
+        let err = e.describe_subscription("t", "s..x").await.unwrap_err();
+        assert_eq!(err.code(), "subscription_not_found");
+    }
 }
