@@ -3512,8 +3512,10 @@ async fn process_frees_slots_of_expired_leases_and_survives_bad_settles() {
     let s = TestServer::start().await;
     let mut api = api(&s).await;
     create_topic(&mut api, "px", None).await;
+    // Long enough that the settles below come back well within the second lease on a loaded
+    // machine (200 ms was not: the lease ran out again before the extend was answered).
     let config = SharedConfig {
-        lease_ms: Some(200),
+        lease_ms: Some(1_500),
         backoff_initial_ms: Some(0),
         backoff_jitter_pct: Some(0),
         max_deliveries: Some(10),
