@@ -92,14 +92,7 @@ pub(crate) fn assigned(index: usize, members: usize, partitions: u32) -> Vec<u32
 }
 
 /// Bytes a message counts for against `max_bytes` (as reads count them).
-fn message_size(m: &StoredMessage) -> usize {
-    m.key.as_ref().map_or(0, Bytes::len)
-        + m.value.len()
-        + m.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-}
+use crate::stored_size as message_size;
 
 /// One member of a group, as the group document keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

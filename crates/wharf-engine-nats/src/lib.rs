@@ -6,7 +6,7 @@
 //! # Mapping (docs/ENGINES.md has the capability matrix)
 //! - A topic's settings live in the KV bucket `{prefix}_meta` under `topic.{name}`; the key is
 //!   the topic's commit point (created first, deleted first).
-//! - Each partition is its own stream `{prefix}_{name}_{p}` (subject `{prefix}.t.{name}.{p}`,
+//! - Each partition is its own stream `{prefix}_t_{name}_{p}` (subject `{prefix}.t.{name}.{p}`,
 //!   file storage, limits retention), so a partition's offset is the stream sequence − 1 and
 //!   offsets are dense. `retention_ms` and `retention_bytes` are the stream's `max_age` and
 //!   `max_bytes` (per partition, as on the embedded engine); NATS applies them itself.
@@ -204,6 +204,16 @@ async fn await_ack(
 ) -> Result<jetstream::publish::PublishAck> {
     ack.await
         .map_err(|e| unavailable(&format!("publishing to {topic}"), e))
+}
+
+/// Size of a stored message as read limits count it: key, value and headers.
+pub(crate) fn stored_size(m: &StoredMessage) -> usize {
+    m.key.as_ref().map_or(0, Bytes::len)
+        + m.value.len()
+        + m.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 /// `engine_unavailable` with what failed.
@@ -574,12 +584,7 @@ impl NatsEngine {
                 }
                 break;
             };
-            let size = m.key.as_ref().map_or(0, Bytes::len)
-                + m.value.len()
-                + m.headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
+            let size = stored_size(&m);
             if !messages.is_empty() && used + size > max_bytes {
                 break;
             }

@@ -3,11 +3,12 @@
 //!
 //! - The consumer's `ack_wait` is the lease and its `backoff` list `lease + backoff(n)`, so a
 //!   delivery whose lease expires comes back after the subscription's backoff (without
-//!   jitter: JetStream's backoff is exact). `max_deliver` is `max_deliveries + 1`: the
+//!   jitter: JetStream's backoff is exact). `max_deliver` is `max_deliveries + 100`: a
 //!   delivery past the limit is never handed out; Wharf moves it to the dead-letter topic
-//!   (reason `lease_expired`) and terminates it (`+TERM`).
+//!   (reason `lease_expired`) and terminates it (`+TERM`), and if the move fails JetStream
+//!   delivers it again and Wharf retries.
 //! - An `ack_id` is the delivery's JetStream ack subject plus the lease deadline Wharf gave it
-//!   (`{subject}#{deadline_ms}`): any node can settle it, and a settle after the deadline is
+//!   and the subscription's creation time (`{subject}#{deadline_ms}#{created_ms}`): any node can settle it, and a settle after the deadline is
 //!   `lease_expired` unless an `extend` (kept in the `{prefix}_leases` bucket) moved it.
 //! - A nack is `-NAK` with the delay (the given one, or the subscription's backoff with
 //!   jitter); on the last allowed delivery it dead-letters at once (reason `nack`), as on the
