@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod engine;
+pub mod envelope;
 pub mod error;
 pub mod murmur2;
 pub mod names;

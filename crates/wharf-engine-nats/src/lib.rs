@@ -26,7 +26,6 @@
 //!   stream, plus a per-subscription redrive stream (`shared`).
 
 mod cursor;
-pub mod envelope;
 mod groups;
 mod names;
 mod shared;
@@ -42,6 +41,7 @@ use async_nats::jetstream::{self, kv, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use wharf_broker::envelope;
 use wharf_broker::murmur2::partition_for_key;
 use wharf_broker::{
     AckOutcome, BrokerError, Capabilities, Committed, Delivery, Engine, FetchRequest, Health,

@@ -31,7 +31,9 @@ use wharf_broker::{
     SubscriptionConfig, SubscriptionInfo, SubscriptionPartition, TopicConfig,
 };
 
-use crate::{NatsEngine, envelope, names, unavailable};
+use wharf_broker::envelope;
+
+use crate::{NatsEngine, names, unavailable};
 
 const DLQ_SOURCE_TOPIC: &str = "wharf-dlq-source-topic";
 const DLQ_SOURCE_PARTITION: &str = "wharf-dlq-source-partition";

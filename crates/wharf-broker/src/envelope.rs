@@ -1,8 +1,9 @@
-//! How a Wharf message is stored in a JetStream message.
+//! How an external engine stores a Wharf message: an envelope in the engine message's payload.
 //!
-//! JetStream headers cannot carry Wharf's headers faithfully (their order, repeated names,
-//! values with line breaks) and have no place for a binary key, so Wharf stores the message
-//! as an envelope in the payload and marks it with the NATS header `Wharf-Enc: 1`:
+//! Neither JetStream headers nor AMQP header tables carry Wharf's headers faithfully (their
+//! order, repeated names, values with line breaks) or have a place for a binary key, so the
+//! engines on NATS and RabbitMQ store the message as an envelope in the payload and mark it
+//! with the header `Wharf-Enc: 1` (NATS) or `wharf-enc: 1` (AMQP):
 //!
 //! ```text
 //! version: u8 = 1
@@ -12,14 +13,17 @@
 //! value: the rest of the payload
 //! ```
 //!
-//! A message without the marker was published by a plain NATS client: its payload is the
-//! value, its NATS headers are the headers, and its time is the stream's.
+//! A message without the marker was published by a plain client of the engine: its payload is
+//! the value, its engine headers are the headers, and its time is the engine's.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// NATS header marking an enveloped payload, and its value.
-pub(crate) const MARKER: &str = "Wharf-Enc";
-pub(crate) const MARKER_VALUE: &str = "1";
+/// NATS header marking an enveloped payload.
+pub const MARKER: &str = "Wharf-Enc";
+/// AMQP header marking an enveloped payload (AMQP header names are conventionally lowercase).
+pub const AMQP_MARKER: &str = "wharf-enc";
+/// The marker's value (the envelope's format).
+pub const MARKER_VALUE: &str = "1";
 const VERSION: u8 = 1;
 
 /// A decoded envelope.
@@ -49,7 +53,7 @@ fn put_varint(out: &mut BytesMut, mut v: u64) {
 }
 
 /// Encodes a message: `own` headers, then `shared` ones.
-pub(crate) fn encode(
+pub fn encode(
     timestamp: i64,
     key: Option<&[u8]>,
     own: &[(String, String)],

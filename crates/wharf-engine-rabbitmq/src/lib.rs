@@ -1,0 +1,1194 @@
+//! Wharf's [`Engine`] on RabbitMQ (3.10 or newer, AMQP 0.9.1 through lapin).
+//!
+//! # What is built, and what is not yet
+//! Topics, publishing (with dedup) and reading by offset or time are built; subscriptions
+//! (stream and shared, dead letters, redrive) are not yet: they answer `not_supported`
+//! (docs/ENGINES.md says what the design for them is).
+//!
+//! # Mapping
+//! - A topic partition is a RabbitMQ stream queue `{prefix}.t.{topic}.{generation}.{p}`;
+//!   a Wharf offset is the stream offset. Retention maps to the stream's `x-max-age` and
+//!   `x-max-length-bytes` (applied by RabbitMQ per segment, `x-stream-max-segment-size-bytes`
+//!   = the topic's `segment_bytes`).
+//! - Settings live in the Wharf-owned stream `{prefix}.meta`, applied in order by every node
+//!   ([`meta`]): nodes keep nothing of their own and agree on every change.
+//! - A message is stored as an envelope in the body ([`wharf_broker::envelope`]: key,
+//!   ordered headers, the node's timestamp), marked `wharf-enc: 1`; messages published to the
+//!   stream by plain AMQP clients are read too (body = value, string-able headers).
+//! - Publisher confirms give no offset, so each node reads the tail of the partitions it
+//!   serves ([`watch`]) and learns its messages' offsets there; the same reader gives the
+//!   high watermark and the dedup index. RabbitMQ has no dedup: Wharf's is per partition,
+//!   exact for publishes through one node, and across nodes once the earlier publish has
+//!   reached the other node's watcher (milliseconds).
+//! - Offsets increase but have gaps: a node that starts serving a partition it did not
+//!   create writes one fence record there (skipped by reads).
+
+mod amqp;
+mod meta;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use wharf_broker::envelope;
+use wharf_broker::murmur2::partition_for_key;
+use wharf_broker::{
+    AckOutcome, BrokerError, Capabilities, Committed, Delivery, Engine, FetchRequest, Health,
+    Membership, Message, PartitionInfo, Position, PublishOptions, Published, ReadRequest,
+    ReadResult, ReceiveRequest, ResetTo, Result, StoredMessage, SubscriptionConfig,
+    SubscriptionInfo, Support, TopicConfig, TopicInfo,
+};
+use wharf_log::Clock;
+
+use amqp::{Start, StreamReader, unavailable};
+use meta::{Change, Meta, TopicState};
+use watch::Watcher;
+
+/// Most bytes one read returns (whole messages; at least one).
+const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
+/// How long a start-offset probe is trusted.
+const START_CACHE: Duration = Duration::from_secs(1);
+
+/// How to reach RabbitMQ and where Wharf keeps its queues there.
+#[derive(Clone)]
+pub struct RabbitConfig {
+    /// AMQP URL (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+    pub url: String,
+    /// Prefix of every queue Wharf declares (`[a-z0-9_-]`, 1–32 characters). Nodes with the
+    /// same prefix are one Wharf.
+    pub prefix: String,
+    /// How long connecting and each RabbitMQ round trip Wharf waits on may take.
+    pub timeout: Duration,
+    /// The clock stamped on published messages.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitConfig {
+    /// Defaults for `url`: prefix `wharf`, 5 s timeout, the system clock.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "wharf".into(),
+            timeout: Duration::from_secs(5),
+            clock: Arc::new(wharf_log::SystemClock),
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The engine on RabbitMQ. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RabbitEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitEngine")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: RabbitConfig,
+    /// This node's id (in `wharf-pub` and fence headers and settings records).
+    node: String,
+    /// The live session; replaced after the connection is lost.
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// The last session handed out, for `health` (which cannot wait on the lock).
+    current: Mutex<Option<Arc<Session>>>,
+    next_pub: AtomicU64,
+    next_partition: AtomicU32,
+    last_stamp: AtomicI64,
+}
+
+/// One connection and what lives on it.
+struct Session {
+    conn: Connection,
+    publish: Channel,
+    meta: Meta,
+    watchers: Mutex<HashMap<String, Arc<Watcher>>>,
+    /// Streams this session declared when it created their topic: their watchers start at
+    /// the beginning and need no fence.
+    fresh: Mutex<HashSet<String>>,
+    /// Serialises attaching watchers (one per stream).
+    attach: tokio::sync::Mutex<()>,
+    /// Start offsets probed recently, by stream.
+    starts: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+impl Session {
+    fn alive(&self) -> bool {
+        self.conn.status().connected() && self.meta.alive()
+    }
+}
+
+/// A stream message as Wharf reads it: a data message, or a fence to skip.
+enum Read {
+    Data(StoredMessage),
+    Fence,
+}
+
+fn validate_prefix(prefix: &str) -> Result<()> {
+    let ok = (1..=32).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidArgument {
+            field: "rabbitmq.prefix",
+            reason: format!("{prefix:?} must be 1 to 32 of a-z, 0-9, '_' and '-'"),
+        })
+    }
+}
+
+fn node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
+/// Size of a stored message as read limits count it: key, value and headers.
+fn stored_size(m: &StoredMessage) -> usize {
+    m.key.as_ref().map_or(0, Bytes::len)
+        + m.value.len()
+        + m.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// Decodes a delivery of partition `p`.
+fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Result<Read> {
+    let headers = d.properties.headers().as_ref();
+    if amqp::header_str(headers, watch::FENCE).is_some() {
+        return Ok(Read::Fence);
+    }
+    if amqp::header_str(headers, envelope::AMQP_MARKER) == Some(envelope::MARKER_VALUE) {
+        let e = envelope::decode(Bytes::from(d.data)).map_err(|e| {
+            BrokerError::Internal(format!("rabbitmq: partition {p} offset {offset}: {e}"))
+        })?;
+        return Ok(Read::Data(StoredMessage {
+            partition: p,
+            offset,
+            timestamp: e.timestamp,
+            key: e.key,
+            value: e.value,
+            headers: e.headers,
+        }));
+    }
+    // A plain AMQP publisher's message: its string-able headers, its timestamp property.
+    let plain: Vec<(String, String)> = headers
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| !k.as_str().starts_with("x-"))
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), amqp::value_text(v)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let timestamp = d
+        .properties
+        .timestamp()
+        .and_then(|s| i64::try_from(s).ok())
+        .map_or(0, |s| s.saturating_mul(1000));
+    Ok(Read::Data(StoredMessage {
+        partition: p,
+        offset,
+        timestamp,
+        key: None,
+        value: Bytes::from(d.data),
+        headers: plain,
+    }))
+}
+
+fn not_supported(what: &'static str) -> BrokerError {
+    BrokerError::NotSupported {
+        what,
+        engine: "rabbitmq",
+    }
+}
+
+impl RabbitEngine {
+    /// Connects, checks that RabbitMQ has stream queues (3.9+; Wharf is designed for 3.10),
+    /// and reads Wharf's settings stream. Fails with `engine_unavailable` and the reason
+    /// when RabbitMQ cannot be reached or lacks what Wharf needs.
+    pub async fn connect(config: RabbitConfig) -> Result<Self> {
+        validate_prefix(&config.prefix)?;
+        if config.url.starts_with("amqps://") {
+            return Err(BrokerError::NotSupported {
+                what: "amqps:// (TLS to RabbitMQ)",
+                engine: "rabbitmq",
+            });
+        }
+        let engine = Self {
+            inner: Arc::new(Inner {
+                node: node_id(),
+                config,
+                session: tokio::sync::Mutex::new(None),
+                current: Mutex::new(None),
+                next_pub: AtomicU64::new(0),
+                next_partition: AtomicU32::new(0),
+                last_stamp: AtomicI64::new(i64::MIN),
+            }),
+        };
+        engine.session().await?;
+        Ok(engine)
+    }
+
+    /// Deletes every topic's streams and the settings stream under this engine's prefix
+    /// (tests use a prefix of their own and clean up with this).
+    pub async fn destroy_everything(&self) -> Result<()> {
+        let s = self.session().await?;
+        s.meta.sync().await?;
+        for (name, t) in s.meta.topics() {
+            for p in 0..t.config.partitions {
+                self.delete_queue(&s, &self.stream(&name, t.generation, p))
+                    .await?;
+            }
+        }
+        self.delete_queue(&s, &self.meta_queue()).await?;
+        let _ = s.conn.close(200, "destroyed".into()).await;
+        *self.inner.session.lock().await = None;
+        Ok(())
+    }
+
+    fn meta_queue(&self) -> String {
+        format!("{}.meta", self.inner.config.prefix)
+    }
+
+    fn stream(&self, topic: &str, generation: u64, p: u32) -> String {
+        format!("{}.t.{topic}.{generation}.{p}", self.inner.config.prefix)
+    }
+
+    /// The live session, connecting (again) if there is none or it was lost.
+    async fn session(&self) -> Result<Arc<Session>> {
+        let mut slot = self.inner.session.lock().await;
+        if let Some(s) = slot.as_ref()
+            && s.alive()
+        {
+            return Ok(s.clone());
+        }
+        *slot = None;
+        let timeout = self.inner.config.timeout;
+        let s = tokio::time::timeout(timeout, self.open_session())
+            .await
+            .map_err(|_| {
+                unavailable(
+                    &format!(
+                        "connecting to {}",
+                        redact(&self.inner.config.url)
+                    ),
+                    "timed out",
+                )
+            })??;
+        let s = Arc::new(s);
+        *slot = Some(s.clone());
+        *self.inner.current.lock().expect("current session") = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn open_session(&self) -> Result<Session> {
+        let url = &self.inner.config.url;
+        let conn = Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name("wharf".into()),
+        )
+        .await
+        .map_err(|e| unavailable(&format!("cannot connect to {}", redact(url)), e))?;
+        let publish = amqp::confirm_channel(&conn).await?;
+        let meta = Meta::open(
+            &conn,
+            self.meta_queue(),
+            self.inner.node.clone(),
+            self.inner.config.timeout,
+        )
+        .await?;
+        Ok(Session {
+            conn,
+            publish,
+            meta,
+            watchers: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(HashSet::new()),
+            attach: tokio::sync::Mutex::new(()),
+            starts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn stamp(&self) -> i64 {
+        let now = self.inner.config.clock.now_ms();
+        let prev = self.inner.last_stamp.fetch_max(now, Ordering::AcqRel);
+        now.max(prev)
+    }
+
+    fn next_pub(&self) -> String {
+        format!(
+            "{}.{}",
+            self.inner.node,
+            self.inner.next_pub.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The topic's state: this node's view, or after a sync if the view does not have it.
+    async fn require_topic(&self, s: &Session, name: &str) -> Result<TopicState> {
+        if let Some(t) = s.meta.topic(name) {
+            return Ok(t);
+        }
+        s.meta.sync().await?;
+        s.meta
+            .topic(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+    }
+
+    fn stream_args(config: &TopicConfig) -> FieldTable {
+        let mut args = vec![
+            ("x-queue-type", AMQPValue::LongString("stream".into())),
+            (
+                "x-stream-max-segment-size-bytes",
+                AMQPValue::LongLongInt(i64::try_from(config.segment_bytes).unwrap_or(i64::MAX)),
+            ),
+        ];
+        if let Some(ms) = config.retention_ms {
+            args.push((
+                "x-max-age",
+                AMQPValue::LongString(format!("{}s", ms.div_ceil(1000).max(1)).into()),
+            ));
+        }
+        if let Some(bytes) = config.retention_bytes {
+            args.push((
+                "x-max-length-bytes",
+                AMQPValue::LongLongInt(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            ));
+        }
+        amqp::table(args)
+    }
+
+    async fn declare_stream(&self, s: &Session, queue: &str, config: &TopicConfig) -> Result<()> {
+        s.publish
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                Self::stream_args(config),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&format!("declaring the stream {queue}"), e))
+    }
+
+    async fn delete_queue(&self, s: &Session, queue: &str) -> Result<()> {
+        // A channel of its own: deleting a queue that is not there closes the channel.
+        let ch = s
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("opening a channel", e))?;
+        let r = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch.close(200, "done".into()).await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(()),
+            Err(e) => Err(unavailable(&format!("deleting the stream {queue}"), e)),
+        }
+    }
+
+    /// This node's watcher of a partition, started (and caught up) if it has none.
+    async fn watcher(&self, s: &Session, topic: &str, t: &TopicState, p: u32) -> Result<Arc<Watcher>> {
+        let queue = self.stream(topic, t.generation, p);
+        if let Some(w) = s.watchers.lock().expect("watchers").get(&queue)
+            && !w.progress().failed
+        {
+            return Ok(w.clone());
+        }
+        let _attaching = s.attach.lock().await;
+        if let Some(w) = s.watchers.lock().expect("watchers").get(&queue)
+            && !w.progress().failed
+        {
+            return Ok(w.clone());
+        }
+        // Idempotent: the creating node may not have declared it yet (or crashed before).
+        self.declare_stream(s, &queue, &t.config).await?;
+        let fresh = s.fresh.lock().expect("fresh").remove(&queue);
+        let window = t.config.dedup_window_ms;
+        let (start, fence) = if fresh {
+            (Start::First, None)
+        } else {
+            // Far enough back for the dedup window (on RabbitMQ's clock, with a minute to
+            // spare for clocks that differ).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let back = window.div_ceil(1000) + 60;
+            (
+                Start::TimestampSecs(now.saturating_sub(back)),
+                Some(self.next_pub()),
+            )
+        };
+        let reader = StreamReader::open(&s.conn, &queue, start, 1000).await?;
+        let w = Arc::new(Watcher::start(reader, fence.clone(), window));
+        if let Some(fence) = fence {
+            let headers = amqp::table(vec![(watch::FENCE, AMQPValue::LongString(fence.into()))]);
+            let confirm = s
+                .publish
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &[],
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await
+                .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?
+                .await
+                .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?;
+            if confirm.is_nack() {
+                return Err(unavailable(
+                    &format!("writing a fence to {queue}"),
+                    "RabbitMQ refused it",
+                ));
+            }
+            let p = w
+                .wait_for(self.inner.config.timeout, |p| p.ready || p.failed)
+                .await;
+            if !p.ready {
+                return Err(unavailable(
+                    &format!("reading {queue}"),
+                    "the fence written did not come back in time",
+                ));
+            }
+        }
+        s.watchers
+            .lock()
+            .expect("watchers")
+            .insert(queue, w.clone());
+        Ok(w)
+    }
+
+    /// The first message at or after `from` (fences skipped), if any before `end`.
+    async fn first_from(
+        &self,
+        s: &Session,
+        queue: &str,
+        p: u32,
+        from: Start,
+        end: u64,
+    ) -> Result<Option<StoredMessage>> {
+        let mut reader = StreamReader::open(&s.conn, queue, from, 16).await?;
+        let timeout = self.inner.config.timeout;
+        let result = loop {
+            let Some(d) = reader.next(timeout).await? else {
+                break None;
+            };
+            let Some(offset) = amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
+            else {
+                continue;
+            };
+            if offset >= end {
+                break None;
+            }
+            match decode(p, offset, d)? {
+                Read::Data(m) => break Some(m),
+                Read::Fence if offset + 1 >= end => break None,
+                Read::Fence => {}
+            }
+        };
+        reader.close().await;
+        Ok(result)
+    }
+
+    /// The first offset the stream still holds (probed; trusted for a second).
+    async fn start_offset(&self, s: &Session, queue: &str, end: u64) -> Result<u64> {
+        if end == 0 {
+            return Ok(0);
+        }
+        if let Some(&(start, at)) = s.starts.lock().expect("starts").get(queue)
+            && at.elapsed() < START_CACHE
+        {
+            return Ok(start);
+        }
+        let mut reader = StreamReader::open(&s.conn, queue, Start::First, 1).await?;
+        let first = reader.next(self.inner.config.timeout).await?;
+        reader.close().await;
+        let start = first
+            .and_then(|d| amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset"))
+            .unwrap_or(end)
+            .min(end);
+        s.starts
+            .lock()
+            .expect("starts")
+            .insert(queue.to_owned(), (start, Instant::now()));
+        Ok(start)
+    }
+
+    /// The first offset whose message is at or after `t` (the end if none), by binary
+    /// search over the messages' Wharf timestamps.
+    async fn offset_for_time(
+        &self,
+        s: &Session,
+        queue: &str,
+        p: u32,
+        start: u64,
+        end: u64,
+        t: i64,
+    ) -> Result<u64> {
+        let (mut lo, mut hi) = (start, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.first_from(s, queue, p, Start::Offset(mid), hi).await? {
+                Some(m) if m.timestamp >= t => hi = mid,
+                Some(m) => lo = m.offset + 1,
+                None => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    async fn partition_info(
+        &self,
+        s: &Session,
+        topic: &str,
+        t: &TopicState,
+        p: u32,
+    ) -> Result<PartitionInfo> {
+        let w = self.watcher(s, topic, t, p).await?;
+        let end = w.progress().end;
+        let start = self
+            .start_offset(s, &self.stream(topic, t.generation, p), end)
+            .await?;
+        Ok(PartitionInfo {
+            partition: p,
+            start_offset: start,
+            high_watermark: end,
+        })
+    }
+
+    async fn info(&self, s: &Session, name: &str, t: &TopicState) -> Result<TopicInfo> {
+        let mut partitions = Vec::with_capacity(t.config.partitions as usize);
+        for p in 0..t.config.partitions {
+            partitions.push(self.partition_info(s, name, t, p).await?);
+        }
+        Ok(TopicInfo {
+            name: name.to_owned(),
+            config: t.config.clone(),
+            partitions,
+        })
+    }
+
+    fn route(&self, m: &Message, topic: &str, n: u32) -> Result<u32> {
+        match (m.partition, &m.key) {
+            (Some(p), _) if p < n => Ok(p),
+            (Some(p), _) => Err(BrokerError::PartitionNotFound {
+                topic: topic.to_owned(),
+                partition: p,
+                partitions: n,
+            }),
+            (None, Some(key)) => Ok(partition_for_key(key, n)),
+            (None, None) => Ok(match m.id() {
+                Some(id) => partition_for_key(id.as_bytes(), n),
+                None => self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % n,
+            }),
+        }
+    }
+
+    async fn publish_inner(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        options: PublishOptions,
+    ) -> Result<Vec<Published>> {
+        let s = self.session().await?;
+        let t = self.require_topic(&s, topic).await?;
+        let config = &t.config;
+        wharf_broker::check::publish(&messages, config)?;
+        let routes = messages
+            .iter()
+            .map(|m| self.route(m, topic, config.partitions))
+            .collect::<Result<Vec<u32>>>()?;
+        let unshared = wharf_broker::check::unshared(&messages, &options.shared_headers, config);
+        let mut watchers: HashMap<u32, Arc<Watcher>> = HashMap::new();
+        for &p in &routes {
+            if !watchers.contains_key(&p) {
+                watchers.insert(p, self.watcher(&s, topic, &t, p).await?);
+            }
+        }
+        let dedup = config.dedup_window_ms > 0;
+        // Publishes with ids take their partitions' dedup locks (in partition order): the
+        // check and the store cannot interleave with another such publish on this node.
+        let mut locked: Vec<u32> = if dedup {
+            messages
+                .iter()
+                .zip(&routes)
+                .filter(|(m, _)| m.id().is_some())
+                .map(|(_, &p)| p)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        locked.sort_unstable();
+        locked.dedup();
+        let mut _guards = Vec::with_capacity(locked.len());
+        for p in &locked {
+            _guards.push(watchers[p].dedup_lock.lock().await);
+        }
+        let stamp = self.stamp();
+        let window = i64::try_from(config.dedup_window_ms).unwrap_or(i64::MAX);
+        enum Plan {
+            Send,
+            Duplicate(u64, i64),
+            SameAs(usize),
+        }
+        let mut plans = Vec::with_capacity(messages.len());
+        let mut first_of: HashMap<(u32, &str), usize> = HashMap::new();
+        for (i, (m, &p)) in messages.iter().zip(&routes).enumerate() {
+            let plan = match m.id().filter(|_| dedup) {
+                Some(id) => {
+                    if let Some((offset, ts)) = watchers[&p].lookup(id, stamp - window) {
+                        Plan::Duplicate(offset, ts)
+                    } else if let Some(&j) = first_of.get(&(p, id)) {
+                        Plan::SameAs(j)
+                    } else {
+                        first_of.insert((p, id), i);
+                        Plan::Send
+                    }
+                }
+                None => Plan::Send,
+            };
+            plans.push(plan);
+        }
+        // Send everything, then wait for the confirms and the offsets.
+        let mut pending = Vec::with_capacity(messages.len());
+        for (i, (m, &p)) in messages.iter().zip(&routes).enumerate() {
+            if !matches!(plans[i], Plan::Send) {
+                continue;
+            }
+            let shared: &[(String, String)] = if unshared.binary_search(&i).is_ok() {
+                &[]
+            } else {
+                &options.shared_headers
+            };
+            let body = envelope::encode(stamp, m.key.as_deref(), &m.headers, shared, &m.value);
+            let pub_id = self.next_pub();
+            let mut headers = vec![
+                (
+                    envelope::AMQP_MARKER,
+                    AMQPValue::LongString(envelope::MARKER_VALUE.into()),
+                ),
+                (watch::PUB, AMQPValue::LongString(pub_id.as_str().into())),
+                (watch::TS, AMQPValue::LongLongInt(stamp)),
+            ];
+            if dedup && let Some(id) = m.id() {
+                headers.push((watch::ID, AMQPValue::LongString(id.into())));
+            }
+            let w = &watchers[&p];
+            let seen = w.expect(pub_id.clone());
+            let queue = self.stream(topic, t.generation, p);
+            let sent = s
+                .publish
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(amqp::table(headers)),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => pending.push((i, pub_id, confirm, seen)),
+                Err(e) => {
+                    w.forget(&pub_id);
+                    for (j, id, _, _) in &pending {
+                        watchers[&routes[*j]].forget(id);
+                    }
+                    return Err(unavailable(&format!("publishing to {topic}"), e));
+                }
+            }
+        }
+        let timeout = self.inner.config.timeout;
+        let mut offsets: HashMap<usize, u64> = HashMap::with_capacity(pending.len());
+        let mut failure = None;
+        for (i, pub_id, confirm, seen) in pending {
+            let w = &watchers[&routes[i]];
+            if failure.is_some() {
+                w.forget(&pub_id);
+                continue;
+            }
+            match confirm.await {
+                Ok(c) if c.is_ack() => {}
+                Ok(_) => {
+                    failure = Some(unavailable(
+                        &format!("publishing to {topic}"),
+                        "RabbitMQ refused a message (negative confirm)",
+                    ));
+                    w.forget(&pub_id);
+                    continue;
+                }
+                Err(e) => {
+                    failure = Some(unavailable(&format!("publishing to {topic}"), e));
+                    w.forget(&pub_id);
+                    continue;
+                }
+            }
+            match tokio::time::timeout(timeout, seen).await {
+                Ok(Ok(offset)) => {
+                    offsets.insert(i, offset);
+                }
+                _ => {
+                    w.forget(&pub_id);
+                    failure = Some(unavailable(
+                        &format!("publishing to {topic}"),
+                        "a confirmed message was not read back in time (its offset is unknown)",
+                    ));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for (i, plan) in plans.iter().enumerate() {
+            let p = routes[i];
+            out.push(match *plan {
+                Plan::Send => Published {
+                    partition: p,
+                    offset: offsets[&i],
+                    timestamp: stamp,
+                    duplicate: false,
+                },
+                Plan::Duplicate(offset, ts) => Published {
+                    partition: p,
+                    offset,
+                    timestamp: ts,
+                    duplicate: true,
+                },
+                Plan::SameAs(j) => Published {
+                    partition: p,
+                    offset: offsets[&j],
+                    timestamp: stamp,
+                    duplicate: true,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn read_inner(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
+        let s = self.session().await?;
+        let t = self.require_topic(&s, topic).await?;
+        let p = request.partition;
+        if p >= t.config.partitions {
+            return Err(BrokerError::PartitionNotFound {
+                topic: topic.to_owned(),
+                partition: p,
+                partitions: t.config.partitions,
+            });
+        }
+        let queue = self.stream(topic, t.generation, p);
+        let w = self.watcher(&s, topic, &t, p).await?;
+        let mut end = w.progress().end;
+        let start = self.start_offset(&s, &queue, end).await?;
+        let (from, skipped_to) = match request.from {
+            Position::Earliest => (start, None),
+            Position::Latest => (end, None),
+            Position::Timestamp(ts) => (
+                self.offset_for_time(&s, &queue, p, start, end, ts).await?,
+                None,
+            ),
+            Position::Offset(o) if o < start => (start, Some(start)),
+            Position::Offset(o) if o > end => {
+                return Err(BrokerError::OffsetOutOfRange {
+                    topic: topic.to_owned(),
+                    partition: p,
+                    requested: o,
+                    start,
+                    end,
+                });
+            }
+            Position::Offset(o) => (o, None),
+        };
+        let empty = |next: u64, end: u64| ReadResult {
+            messages: Vec::new(),
+            next_offset: next,
+            start_offset: start,
+            high_watermark: end,
+            skipped_to,
+        };
+        if from >= end {
+            if request.wait.is_zero() {
+                return Ok(empty(from, end));
+            }
+            let progress = w
+                .wait_for(request.wait, |pr| pr.end > from || pr.failed)
+                .await;
+            end = progress.end;
+            if from >= end {
+                return Ok(empty(from, end));
+            }
+        }
+        let max = request.max_messages.max(1);
+        let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
+        let prefetch = u16::try_from(max.min(2000)).unwrap_or(2000);
+        let mut reader = StreamReader::open(&s.conn, &queue, Start::Offset(from), prefetch).await?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = from;
+        let timeout = self.inner.config.timeout;
+        let outcome: Result<()> = async {
+            while next < end && messages.len() < max {
+                let Some(d) = reader.next(timeout).await? else {
+                    return Err(unavailable(
+                        &format!("reading {queue}"),
+                        "messages below the high watermark did not arrive in time",
+                    ));
+                };
+                let Some(offset) =
+                    amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
+                else {
+                    continue;
+                };
+                if offset < from {
+                    continue;
+                }
+                if let Read::Data(m) = decode(p, offset, d)? {
+                    let size = stored_size(&m);
+                    if !messages.is_empty() && bytes + size > max_bytes {
+                        break;
+                    }
+                    bytes += size;
+                    messages.push(m);
+                }
+                next = offset + 1;
+            }
+            Ok(())
+        }
+        .await;
+        reader.close().await;
+        outcome?;
+        Ok(ReadResult {
+            messages,
+            next_offset: next,
+            start_offset: start,
+            high_watermark: end,
+            skipped_to,
+        })
+    }
+
+    async fn create_topic_inner(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        let s = self.session().await?;
+        let existing = match s.meta.topic(name) {
+            Some(t) => Some(t),
+            None => {
+                let offset = s
+                    .meta
+                    .append(Change::CreateTopic {
+                        name: name.to_owned(),
+                        config: config.clone(),
+                        created_ms: self.inner.config.clock.now_ms(),
+                    })
+                    .await?;
+                match s.meta.topic(name) {
+                    Some(t) if t.generation == offset => {
+                        // Ours: declare its streams; this node's watchers start at their
+                        // beginning (nothing can be in them before they exist).
+                        for p in 0..config.partitions {
+                            let queue = self.stream(name, offset, p);
+                            self.declare_stream(&s, &queue, &config).await?;
+                            s.fresh.lock().expect("fresh").insert(queue);
+                        }
+                        return self.info(&s, name, &t).await;
+                    }
+                    other => other,
+                }
+            }
+        };
+        match existing {
+            Some(t) if t.config == config => self.info(&s, name, &t).await,
+            Some(_) => Err(BrokerError::TopicExists(name.to_owned())),
+            // Created and deleted again by others meanwhile.
+            None => Err(unavailable(
+                &format!("creating {name}"),
+                "the topic was deleted while it was created; try again",
+            )),
+        }
+    }
+
+    async fn delete_topic_inner(&self, name: &str) -> Result<()> {
+        let s = self.session().await?;
+        let t = self.require_topic(&s, name).await?;
+        s.meta
+            .append(Change::DeleteTopic {
+                name: name.to_owned(),
+                generation: t.generation,
+            })
+            .await?;
+        for p in 0..t.config.partitions {
+            let queue = self.stream(name, t.generation, p);
+            s.watchers.lock().expect("watchers").remove(&queue);
+            s.fresh.lock().expect("fresh").remove(&queue);
+            self.delete_queue(&s, &queue).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for RabbitEngine {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            stream_subscriptions: Support::Unavailable,
+            shared_subscriptions: Support::Unavailable,
+            dead_letters: Support::Unavailable,
+            delays: Support::Unavailable,
+            dedup: Support::Wharf,
+            time_lookup: Support::Wharf,
+            retention: Support::Native,
+        }
+    }
+
+    fn health(&self) -> Health {
+        let current = self.inner.current.lock().expect("current session").clone();
+        match current {
+            Some(s) if s.alive() => Health {
+                writable: true,
+                reason: None,
+            },
+            _ => Health {
+                writable: false,
+                reason: Some("rabbitmq: not connected".into()),
+            },
+        }
+    }
+
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        wharf_broker::names::validate("topic", name, false)?;
+        config.validate()?;
+        self.create_topic_inner(name, config).await
+    }
+
+    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        let s = self.session().await?;
+        let t = self.require_topic(&s, name).await?;
+        self.info(&s, name, &t).await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let s = self.session().await?;
+        s.meta.sync().await?;
+        let mut out = Vec::new();
+        for (name, t) in s.meta.topics() {
+            out.push(self.info(&s, &name, &t).await?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.delete_topic_inner(name).await
+    }
+
+    async fn max_message_bytes(&self, name: &str) -> Result<u64> {
+        let s = self.session().await?;
+        Ok(self.require_topic(&s, name).await?.config.max_message_bytes)
+    }
+
+    async fn publish_with(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        options: PublishOptions,
+    ) -> Result<Vec<Published>> {
+        self.publish_inner(topic, messages, options).await
+    }
+
+    async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
+        self.read_inner(topic, request).await
+    }
+
+    async fn create_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        config: SubscriptionConfig,
+    ) -> Result<SubscriptionInfo> {
+        wharf_broker::names::validate("subscription", name, false)?;
+        config.validate()?;
+        let s = self.session().await?;
+        self.require_topic(&s, topic).await?;
+        Err(not_supported("subscriptions"))
+    }
+
+    async fn describe_subscription(&self, topic: &str, _name: &str) -> Result<SubscriptionInfo> {
+        let s = self.session().await?;
+        self.require_topic(&s, topic).await?;
+        Err(not_supported("subscriptions"))
+    }
+
+    async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
+        // None can exist: an empty list is the truth.
+        let s = self.session().await?;
+        self.require_topic(&s, topic).await?;
+        Ok(Vec::new())
+    }
+
+    async fn delete_subscription(&self, _topic: &str, _name: &str) -> Result<()> {
+        Err(not_supported("subscriptions"))
+    }
+
+    async fn join(&self, _topic: &str, _sub: &str, _member: Option<&str>) -> Result<Membership> {
+        Err(not_supported("stream subscriptions"))
+    }
+
+    async fn heartbeat(&self, _topic: &str, _sub: &str, _member: &str) -> Result<Membership> {
+        Err(not_supported("stream subscriptions"))
+    }
+
+    async fn leave(&self, _topic: &str, _sub: &str, _member: &str) -> Result<()> {
+        Err(not_supported("stream subscriptions"))
+    }
+
+    async fn fetch(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _member: &str,
+        _request: FetchRequest,
+    ) -> Result<Vec<StoredMessage>> {
+        Err(not_supported("stream subscriptions"))
+    }
+
+    async fn commit(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _member: &str,
+        _offsets: Vec<Committed>,
+    ) -> Result<Vec<Committed>> {
+        Err(not_supported("stream subscriptions"))
+    }
+
+    async fn reset(&self, _topic: &str, _sub: &str, _to: ResetTo) -> Result<Vec<Committed>> {
+        Err(not_supported("stream subscriptions"))
+    }
+
+    async fn receive(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _request: ReceiveRequest,
+    ) -> Result<Vec<Delivery>> {
+        Err(not_supported("shared subscriptions"))
+    }
+
+    async fn ack(&self, _topic: &str, _sub: &str, _ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
+        Err(not_supported("shared subscriptions"))
+    }
+
+    async fn nack(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _ack_ids: &[String],
+        _delay_ms: Option<u64>,
+    ) -> Result<Vec<AckOutcome>> {
+        Err(not_supported("shared subscriptions"))
+    }
+
+    async fn extend(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _ack_ids: &[String],
+        _lease_ms: u64,
+    ) -> Result<Vec<AckOutcome>> {
+        Err(not_supported("shared subscriptions"))
+    }
+
+    async fn terminate(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _ack_ids: &[String],
+        _reason: &str,
+    ) -> Result<Vec<AckOutcome>> {
+        Err(not_supported("shared subscriptions"))
+    }
+
+    async fn dead_letters(
+        &self,
+        _topic: &str,
+        _sub: &str,
+        _request: ReadRequest,
+    ) -> Result<ReadResult> {
+        Err(not_supported("dead letters"))
+    }
+
+    async fn redrive(&self, _topic: &str, _sub: &str, _max: usize) -> Result<u64> {
+        Err(not_supported("dead letters"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(validate_prefix("wharf").is_ok());
+        assert!(validate_prefix("w_1-x").is_ok());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("Wharf").is_err());
+        assert!(validate_prefix("a.b").is_err());
+        assert!(validate_prefix(&"x".repeat(33)).is_err());
+    }
+}
