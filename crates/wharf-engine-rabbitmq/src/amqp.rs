@@ -141,10 +141,16 @@ impl StreamReader {
     }
 
     /// The next delivery, or `None` if none arrives within `wait`.
-    pub(crate) async fn next(&mut self, wait: Duration) -> Result<Option<lapin::message::Delivery>> {
+    pub(crate) async fn next(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<lapin::message::Delivery>> {
         match tokio::time::timeout(wait, self.consumer.next()).await {
             Err(_) => Ok(None),
-            Ok(None) => Err(unavailable("reading a stream", "the consumer was cancelled")),
+            Ok(None) => Err(unavailable(
+                "reading a stream",
+                "the consumer was cancelled",
+            )),
             Ok(Some(Err(e))) => Err(unavailable("reading a stream", e)),
             Ok(Some(Ok(d))) => Ok(Some(d)),
         }
@@ -176,5 +182,18 @@ pub(crate) fn not_found_or_unavailable(queue: &str, e: lapin::Error) -> BrokerEr
         BrokerError::Internal(format!("rabbitmq: the stream {queue} is gone: {text}"))
     } else {
         unavailable(&format!("using the stream {queue}"), text)
+    }
+}
+
+/// `f`, or `engine_unavailable` if it takes longer than `limit` (a RabbitMQ that stopped
+/// answering without closing the connection must not hang a request).
+pub(crate) async fn timed<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(unavailable(what, format!("no answer within {limit:?}"))),
     }
 }

@@ -17,9 +17,10 @@
 //!   stream by plain AMQP clients are read too (body = value, string-able headers).
 //! - Publisher confirms give no offset, so each node reads the tail of the partitions it
 //!   serves ([`watch`]) and learns its messages' offsets there; the same reader gives the
-//!   high watermark and the dedup index. RabbitMQ has no dedup: Wharf's is per partition,
-//!   exact for publishes through one node, and across nodes once the earlier publish has
-//!   reached the other node's watcher (milliseconds).
+//!   high watermark and the dedup index. RabbitMQ has no dedup: Wharf's covers the whole
+//!   topic (an id is looked up in every partition), exact for publishes through one node,
+//!   and across nodes once the earlier publish has reached the other node's watcher
+//!   (milliseconds).
 //! - Offsets increase but have gaps: a node that starts serving a partition it did not
 //!   create writes one fence record there (skipped by reads).
 
@@ -36,7 +37,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use wharf_broker::envelope;
 use wharf_broker::murmur2::partition_for_key;
 use wharf_broker::{
@@ -307,10 +308,7 @@ impl RabbitEngine {
             .await
             .map_err(|_| {
                 unavailable(
-                    &format!(
-                        "connecting to {}",
-                        redact(&self.inner.config.url)
-                    ),
+                    &format!("connecting to {}", redact(&self.inner.config.url)),
                     "timed out",
                 )
             })??;
@@ -429,7 +427,13 @@ impl RabbitEngine {
     }
 
     /// This node's watcher of a partition, started (and caught up) if it has none.
-    async fn watcher(&self, s: &Session, topic: &str, t: &TopicState, p: u32) -> Result<Arc<Watcher>> {
+    async fn watcher(
+        &self,
+        s: &Session,
+        topic: &str,
+        t: &TopicState,
+        p: u32,
+    ) -> Result<Arc<Watcher>> {
         let queue = self.stream(topic, t.generation, p);
         if let Some(w) = s.watchers.lock().expect("watchers").get(&queue)
             && !w.progress().failed
@@ -442,8 +446,22 @@ impl RabbitEngine {
         {
             return Ok(w.clone());
         }
+        // This node's view may lag a delete by another node: declaring the stream of a topic
+        // deleted meanwhile would bring it back. Attaching is rare; a sync settles it.
+        s.meta.sync().await?;
+        if s.meta
+            .topic(topic)
+            .is_none_or(|now| now.generation != t.generation)
+        {
+            return Err(BrokerError::TopicNotFound(topic.to_owned()));
+        }
         // Idempotent: the creating node may not have declared it yet (or crashed before).
-        self.declare_stream(s, &queue, &t.config).await?;
+        amqp::timed(
+            self.inner.config.timeout,
+            "declaring a stream",
+            self.declare_stream(s, &queue, &t.config),
+        )
+        .await?;
         let fresh = s.fresh.lock().expect("fresh").remove(&queue);
         let window = t.config.dedup_window_ms;
         let (start, fence) = if fresh {
@@ -460,7 +478,12 @@ impl RabbitEngine {
                 Some(self.next_pub()),
             )
         };
-        let reader = StreamReader::open(&s.conn, &queue, start, 1000).await?;
+        let reader = amqp::timed(
+            self.inner.config.timeout,
+            "opening a stream reader",
+            StreamReader::open(&s.conn, &queue, start, 1000),
+        )
+        .await?;
         let w = Arc::new(Watcher::start(reader, fence.clone(), window));
         if let Some(fence) = fence {
             let headers = amqp::table(vec![(watch::FENCE, AMQPValue::LongString(fence.into()))]);
@@ -511,7 +534,12 @@ impl RabbitEngine {
         from: Start,
         end: u64,
     ) -> Result<Option<StoredMessage>> {
-        let mut reader = StreamReader::open(&s.conn, queue, from, 16).await?;
+        let mut reader = amqp::timed(
+            self.inner.config.timeout,
+            "opening a stream reader",
+            StreamReader::open(&s.conn, queue, from, 16),
+        )
+        .await?;
         let timeout = self.inner.config.timeout;
         let result = loop {
             let Some(d) = reader.next(timeout).await? else {
@@ -544,7 +572,12 @@ impl RabbitEngine {
         {
             return Ok(start);
         }
-        let mut reader = StreamReader::open(&s.conn, queue, Start::First, 1).await?;
+        let mut reader = amqp::timed(
+            self.inner.config.timeout,
+            "opening a stream reader",
+            StreamReader::open(&s.conn, queue, Start::First, 1),
+        )
+        .await?;
         let first = reader.next(self.inner.config.timeout).await?;
         reader.close().await;
         let start = first
@@ -643,30 +676,27 @@ impl RabbitEngine {
             .map(|m| self.route(m, topic, config.partitions))
             .collect::<Result<Vec<u32>>>()?;
         let unshared = wharf_broker::check::unshared(&messages, &options.shared_headers, config);
+        let dedup = config.dedup_window_ms > 0 && messages.iter().any(|m| m.id().is_some());
+        // An id is looked up in every partition (the id alone decides, whatever the key or
+        // partition of the retry), so a publish with ids watches them all.
         let mut watchers: HashMap<u32, Arc<Watcher>> = HashMap::new();
-        for &p in &routes {
+        let needed: Vec<u32> = if dedup {
+            (0..config.partitions).collect()
+        } else {
+            routes.clone()
+        };
+        for p in needed {
             if !watchers.contains_key(&p) {
                 watchers.insert(p, self.watcher(&s, topic, &t, p).await?);
             }
         }
-        let dedup = config.dedup_window_ms > 0;
-        // Publishes with ids take their partitions' dedup locks (in partition order): the
+        // Publishes with ids take every partition's dedup lock (in partition order): the
         // check and the store cannot interleave with another such publish on this node.
-        let mut locked: Vec<u32> = if dedup {
-            messages
-                .iter()
-                .zip(&routes)
-                .filter(|(m, _)| m.id().is_some())
-                .map(|(_, &p)| p)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        locked.sort_unstable();
-        locked.dedup();
-        let mut _guards = Vec::with_capacity(locked.len());
-        for p in &locked {
-            _guards.push(watchers[p].dedup_lock.lock().await);
+        let mut _guards = Vec::new();
+        if dedup {
+            for p in 0..config.partitions {
+                _guards.push(watchers[&p].dedup_lock.lock().await);
+            }
         }
         let stamp = self.stamp();
         let window = i64::try_from(config.dedup_window_ms).unwrap_or(i64::MAX);
@@ -676,16 +706,22 @@ impl RabbitEngine {
             SameAs(usize),
         }
         let mut plans = Vec::with_capacity(messages.len());
-        let mut first_of: HashMap<(u32, &str), usize> = HashMap::new();
-        for (i, (m, &p)) in messages.iter().zip(&routes).enumerate() {
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut routes = routes;
+        for (i, m) in messages.iter().enumerate() {
             let plan = match m.id().filter(|_| dedup) {
                 Some(id) => {
-                    if let Some((offset, ts)) = watchers[&p].lookup(id, stamp - window) {
+                    let earlier = watchers
+                        .iter()
+                        .find_map(|(&q, w)| w.lookup(id, stamp - window).map(|(o, ts)| (q, o, ts)));
+                    if let Some((q, offset, ts)) = earlier {
+                        routes[i] = q;
                         Plan::Duplicate(offset, ts)
-                    } else if let Some(&j) = first_of.get(&(p, id)) {
+                    } else if let Some(&j) = first_of.get(id) {
+                        routes[i] = routes[j];
                         Plan::SameAs(j)
                     } else {
-                        first_of.insert((p, id), i);
+                        first_of.insert(id, i);
                         Plan::Send
                     }
                 }
@@ -725,7 +761,12 @@ impl RabbitEngine {
                 .basic_publish(
                     "".into(),
                     queue.as_str().into(),
-                    BasicPublishOptions::default(),
+                    // Mandatory: a stream deleted meanwhile returns the message instead of
+                    // dropping it with an ack.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &body,
                     BasicProperties::default()
                         .with_delivery_mode(2)
@@ -752,8 +793,35 @@ impl RabbitEngine {
                 w.forget(&pub_id);
                 continue;
             }
-            match confirm.await {
-                Ok(c) if c.is_ack() => {}
+            let Ok(confirm) = tokio::time::timeout(timeout, confirm).await else {
+                failure = Some(unavailable(
+                    &format!("publishing to {topic}"),
+                    format!("no publisher confirm within {timeout:?}"),
+                ));
+                w.forget(&pub_id);
+                continue;
+            };
+            match confirm {
+                Ok(Confirmation::Ack(None)) => {}
+                Ok(Confirmation::Ack(Some(_))) => {
+                    // Returned: the stream is gone. The topic was deleted (or is being).
+                    w.forget(&pub_id);
+                    s.watchers.lock().expect("watchers").retain(|q, _| {
+                        !q.starts_with(&format!(
+                            "{}.t.{topic}.{}.",
+                            self.inner.config.prefix, t.generation
+                        ))
+                    });
+                    s.meta.sync().await?;
+                    failure = Some(match s.meta.topic(topic) {
+                        Some(now) if now.generation == t.generation => unavailable(
+                            &format!("publishing to {topic}"),
+                            "a partition's stream is missing",
+                        ),
+                        _ => BrokerError::TopicNotFound(topic.to_owned()),
+                    });
+                    continue;
+                }
                 Ok(_) => {
                     failure = Some(unavailable(
                         &format!("publishing to {topic}"),
@@ -867,7 +935,12 @@ impl RabbitEngine {
         let max = request.max_messages.max(1);
         let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
         let prefetch = u16::try_from(max.min(2000)).unwrap_or(2000);
-        let mut reader = StreamReader::open(&s.conn, &queue, Start::Offset(from), prefetch).await?;
+        let mut reader = amqp::timed(
+            self.inner.config.timeout,
+            "opening a stream reader",
+            StreamReader::open(&s.conn, &queue, Start::Offset(from), prefetch),
+        )
+        .await?;
         let mut messages = Vec::new();
         let mut bytes = 0usize;
         let mut next = from;
@@ -931,7 +1004,12 @@ impl RabbitEngine {
                         // beginning (nothing can be in them before they exist).
                         for p in 0..config.partitions {
                             let queue = self.stream(name, offset, p);
-                            self.declare_stream(&s, &queue, &config).await?;
+                            amqp::timed(
+                                self.inner.config.timeout,
+                                "declaring a stream",
+                                self.declare_stream(&s, &queue, &config),
+                            )
+                            .await?;
                             s.fresh.lock().expect("fresh").insert(queue);
                         }
                         return self.info(&s, name, &t).await;
@@ -964,7 +1042,12 @@ impl RabbitEngine {
             let queue = self.stream(name, t.generation, p);
             s.watchers.lock().expect("watchers").remove(&queue);
             s.fresh.lock().expect("fresh").remove(&queue);
-            self.delete_queue(&s, &queue).await?;
+            amqp::timed(
+                self.inner.config.timeout,
+                "deleting a stream",
+                self.delete_queue(&s, &queue),
+            )
+            .await?;
         }
         Ok(())
     }

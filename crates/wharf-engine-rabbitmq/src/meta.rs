@@ -104,7 +104,10 @@ impl Meta {
                     durable: true,
                     ..Default::default()
                 },
-                amqp::table(vec![("x-queue-type", AMQPValue::LongString("stream".into()))]),
+                amqp::table(vec![(
+                    "x-queue-type",
+                    AMQPValue::LongString("stream".into()),
+                )]),
             )
             .await
             .map_err(|e| {
@@ -132,7 +135,11 @@ impl Meta {
     /// Appends a change; returns its offset in the stream once this node has applied it
     /// (and every record before it).
     pub(crate) async fn append(&self, change: Change) -> Result<u64> {
-        let writer = format!("{}.{}", self.node, self.next.fetch_add(1, Ordering::Relaxed));
+        let writer = format!(
+            "{}.{}",
+            self.node,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
         let body = serde_json::to_vec(&Record {
             writer: writer.clone(),
             change,
@@ -182,7 +189,11 @@ impl Meta {
             },
             Err(e) => Err(e),
         };
-        self.state.lock().expect("meta state").waiting.remove(&writer);
+        self.state
+            .lock()
+            .expect("meta state")
+            .waiting
+            .remove(&writer);
         result
     }
 
@@ -193,13 +204,21 @@ impl Meta {
 
     /// The topic's settings as this node knows them (see [`Meta::sync`]).
     pub(crate) fn topic(&self, name: &str) -> Option<TopicState> {
-        self.state.lock().expect("meta state").topics.get(name).cloned()
+        self.state
+            .lock()
+            .expect("meta state")
+            .topics
+            .get(name)
+            .cloned()
     }
 
     /// Every topic this node knows, by name.
     pub(crate) fn topics(&self) -> Vec<(String, TopicState)> {
         let s = self.state.lock().expect("meta state");
-        s.topics.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        s.topics
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Whether the reader still runs (false after the connection was lost).
@@ -248,7 +267,10 @@ async fn apply_loop(mut reader: StreamReader, state: Arc<Mutex<State>>) {
                 });
             }
             Change::DeleteTopic { name, generation } => {
-                if s.topics.get(&name).is_some_and(|t| t.generation == generation) {
+                if s.topics
+                    .get(&name)
+                    .is_some_and(|t| t.generation == generation)
+                {
                     s.topics.remove(&name);
                 }
             }

@@ -118,7 +118,11 @@ impl Watcher {
     /// Registers a publish's `wharf-pub` before it is sent; the receiver gets its offset.
     pub(crate) fn expect(&self, pub_id: String) -> oneshot::Receiver<u64> {
         let (tx, rx) = oneshot::channel();
-        self.index.lock().expect("watch index").pubs.insert(pub_id, tx);
+        self.index
+            .lock()
+            .expect("watch index")
+            .pubs
+            .insert(pub_id, tx);
         rx
     }
 
@@ -160,6 +164,7 @@ async fn watch_loop(
             continue;
         };
         let mut became_ready = false;
+        let waiter;
         {
             let mut ix = index.lock().expect("watch index");
             if let Some(id) = amqp::header_str(headers, ID) {
@@ -168,8 +173,14 @@ async fn watch_loop(
                     .unwrap_or(0);
                 ix.newest_ts = ix.newest_ts.max(ts);
                 // The first store of an id is the original: a later copy (two nodes racing)
-                // does not replace it.
-                ix.ids.entry(id.to_owned()).or_insert((offset, ts));
+                // does not replace it, unless the original's window had passed.
+                let expired = ix
+                    .ids
+                    .get(id)
+                    .is_none_or(|&(_, t)| t < ts.saturating_sub(window));
+                if expired {
+                    ix.ids.insert(id.to_owned(), (offset, ts));
+                }
                 ix.order.push_back((ts, id.to_owned()));
             }
             let horizon = ix.newest_ts.saturating_sub(window);
@@ -180,11 +191,7 @@ async fn watch_loop(
                     ix.ids.remove(&id);
                 }
             }
-            if let Some(p) = amqp::header_str(headers, PUB)
-                && let Some(tx) = ix.pubs.remove(p)
-            {
-                let _ = tx.send(offset);
-            }
+            waiter = amqp::header_str(headers, PUB).and_then(|p| ix.pubs.remove(p));
             if let Some(f) = amqp::header_str(headers, FENCE)
                 && ix.fence.as_deref() == Some(f)
             {
@@ -196,6 +203,10 @@ async fn watch_loop(
             p.end = p.end.max(offset + 1);
             p.ready |= became_ready;
         });
+        // After the progress: a publish that learns its offset finds the end past it.
+        if let Some(tx) = waiter {
+            let _ = tx.send(offset);
+        }
     }
     index.lock().expect("watch index").pubs.clear();
     progress.send_modify(|p| p.failed = true);

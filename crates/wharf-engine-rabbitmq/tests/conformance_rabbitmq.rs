@@ -51,7 +51,9 @@ fn skip() -> bool {
         return false;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("RabbitMQ is not reachable at {url} and CI=true: the RabbitMQ engine must be tested");
+        panic!(
+            "RabbitMQ is not reachable at {url} and CI=true: the RabbitMQ engine must be tested"
+        );
     }
     eprintln!("SKIPPED: the RabbitMQ engine case needs a RabbitMQ 3.10+ at {url}");
     true
@@ -127,7 +129,10 @@ impl Drop for RabbitHarness {
         if let Some(engine) = self.engine.take() {
             let handle = tokio::runtime::Handle::current();
             tokio::task::block_in_place(|| {
-                let _ = handle.block_on(engine.destroy_everything());
+                let _ = handle.block_on(tokio::time::timeout(
+                    Duration::from_secs(30),
+                    engine.destroy_everything(),
+                ));
             });
         }
     }
@@ -141,8 +146,8 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         conflicting_create,
         bad_names,
         bad_settings,
-        describe_list_delete,
-        survives_restart,
+        #[ignore = "uses a subscription (not built yet on RabbitMQ)"] describe_list_delete,
+        #[ignore = "documented difference: differences::fences_after_restart"] survives_restart,
     }
     publish {
         key_routing,
@@ -159,7 +164,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
     dedup {
         duplicate_returns_original,
         duplicate_within_batch,
-        duplicate_after_restart,
+        #[ignore = "documented difference: differences::fences_after_restart (the duplicates are found; the case counts offsets)"] duplicate_after_restart,
         window_expiry,
         window_zero_disables,
         concurrent_same_id,
@@ -171,8 +176,8 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         max_bytes,
         long_poll_woken_by_publish,
         short_wait_returns_empty,
-        retention_skips_to_start,
-        age_retention,
+        #[ignore = "uses a subscription (not built yet on RabbitMQ)"] retention_skips_to_start,
+        #[ignore = "documented difference: differences::retention_on_the_server_clock"] age_retention,
     }
     stream {
         #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] create_describe_list_delete,
@@ -222,3 +227,299 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
     }
 }
 
+/// Where the RabbitMQ engine differs from the suite (docs/ENGINES.md), asserted as
+/// documented, and what the RabbitMQ engine does beyond it (two nodes, not-yet-built parts).
+mod differences {
+    use std::time::{Duration, Instant};
+
+    use wharf_broker::{
+        BrokerError, Engine, Message, Position, ReadRequest, SharedConfig, SubscriptionConfig,
+        Support, TopicConfig,
+    };
+
+    use crate::conformance::Harness;
+
+    const SAFETY: Duration = Duration::from_secs(30);
+
+    async fn read_all(e: &impl Engine, topic: &str, p: u32) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        let mut from = Position::Earliest;
+        loop {
+            let r = e.read(topic, ReadRequest::new(p, from)).await.unwrap();
+            if r.messages.is_empty() {
+                return out;
+            }
+            for m in &r.messages {
+                out.push((m.offset, String::from_utf8_lossy(&m.value).into_owned()));
+            }
+            from = Position::Offset(r.next_offset);
+        }
+    }
+
+    /// Reads partition `p` from the start until `n` messages came (through another node,
+    /// a publish shows once that node's watcher has read it: milliseconds).
+    async fn read_until(e: &impl Engine, topic: &str, p: u32, n: usize) -> Vec<(u64, String)> {
+        let until = Instant::now() + SAFETY;
+        let mut out = Vec::new();
+        let mut from = Position::Earliest;
+        while out.len() < n {
+            assert!(Instant::now() < until, "only {out:?} arrived");
+            let r = e
+                .read(
+                    topic,
+                    ReadRequest {
+                        wait: Duration::from_secs(5),
+                        ..ReadRequest::new(p, from)
+                    },
+                )
+                .await
+                .unwrap();
+            for m in &r.messages {
+                out.push((m.offset, String::from_utf8_lossy(&m.value).into_owned()));
+            }
+            from = Position::Offset(r.next_offset);
+        }
+        out
+    }
+
+    /// Publisher confirms carry no offset; a node learns where the stream ends by writing a
+    /// fence record and reading it back. A node serving a partition it did not create (here:
+    /// the node after a restart) writes one: the high watermark counts it, the next offset
+    /// skips it, and reads never return it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fences_after_restart() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        let first = e
+            .publish("t", vec![Message::new("a"), Message::new("b")])
+            .await
+            .unwrap();
+        assert_eq!(
+            first.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [0, 1],
+            "no fence in a partition this node created"
+        );
+        drop(e);
+        let e = h.restart().await;
+        let info = e.describe_topic("t").await.unwrap();
+        assert_eq!(
+            info.partitions[0].high_watermark, 3,
+            "documented: one fence"
+        );
+        let next = e.publish("t", vec![Message::new("c")]).await.unwrap()[0];
+        assert_eq!(next.offset, 3, "documented: the fence took offset 2");
+        assert_eq!(
+            read_all(&*e, "t", 0).await,
+            [
+                (0, "a".to_owned()),
+                (1, "b".to_owned()),
+                (3, "c".to_owned())
+            ]
+        );
+        // Reading from the fence's offset starts at the next message.
+        let r = e
+            .read("t", ReadRequest::new(0, Position::Offset(2)))
+            .await
+            .unwrap();
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.messages[0].offset, 3);
+    }
+
+    /// `retention_ms` is the stream's `x-max-age`: RabbitMQ removes whole segments on its
+    /// own clock, when a segment rolls over (no `enforce_retention`, and Wharf's clock does
+    /// not move it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_on_the_server_clock() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        e.create_topic(
+            "t",
+            TopicConfig {
+                retention_ms: Some(1_000),
+                segment_bytes: 65_536,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let value = bytes::Bytes::from(vec![b'x'; 4_000]);
+        for _ in 0..20 {
+            e.publish("t", vec![Message::new(value.clone())])
+                .await
+                .unwrap();
+        }
+        h.advance_clock(3_600_000);
+        assert_eq!(
+            e.describe_topic("t").await.unwrap().partitions[0].start_offset,
+            0,
+            "Wharf's clock does not expire anything"
+        );
+        let until = Instant::now() + SAFETY;
+        loop {
+            // Segments roll over as messages arrive; RabbitMQ then drops the expired ones.
+            e.publish("t", vec![Message::new(value.clone())])
+                .await
+                .unwrap();
+            let start = e.describe_topic("t").await.unwrap().partitions[0].start_offset;
+            if start > 0 {
+                let r = e
+                    .read("t", ReadRequest::new(0, Position::Offset(0)))
+                    .await
+                    .unwrap();
+                assert_eq!(r.skipped_to, Some(start), "a read below the start skips");
+                break;
+            }
+            assert!(Instant::now() < until, "x-max-age removed nothing");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Subscriptions are not built on RabbitMQ yet: they answer `not_supported` (and the
+    /// capabilities say so); nothing is created.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscriptions_not_supported_yet() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        let caps = e.capabilities();
+        assert_eq!(caps.shared_subscriptions, Support::Unavailable);
+        assert_eq!(caps.stream_subscriptions, Support::Unavailable);
+        assert_eq!(caps.dedup, Support::Wharf);
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        let r = e
+            .create_subscription(
+                "t",
+                "s",
+                SubscriptionConfig::Shared(SharedConfig::default()),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(BrokerError::NotSupported { .. })),
+            "got {r:?}"
+        );
+        assert_eq!(r.unwrap_err().code(), "not_supported");
+        assert!(e.list_subscriptions("t").await.unwrap().is_empty());
+        assert!(matches!(
+            e.create_subscription(
+                "nope",
+                "s",
+                SubscriptionConfig::Shared(SharedConfig::default())
+            )
+            .await,
+            Err(BrokerError::TopicNotFound(_))
+        ));
+    }
+
+    /// Two nodes on one RabbitMQ are one Wharf: a topic created through one is known to the
+    /// other, messages published through one are read through the other with the same
+    /// offsets, a retry of an acknowledged id through the other node is a duplicate, and
+    /// conflicting creates are decided once for both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_are_one_wharf() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let a = h.start().await;
+        let b = {
+            // A second node: same prefix, its own connection.
+            let mut other = crate::RabbitHarness {
+                prefix: h.prefix.clone(),
+                clock: h.clock.clone(),
+                engine: None,
+            };
+            let b = other.open().await;
+            // Only `h` cleans up.
+            other.engine = None;
+            b
+        };
+        a.create_topic(
+            "t",
+            TopicConfig {
+                partitions: 2,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(b.describe_topic("t").await.unwrap().partitions.len(), 2);
+        let published = a
+            .publish(
+                "t",
+                vec![
+                    Message::new("one").to_partition(0).with_id("id-1"),
+                    Message::new("two").to_partition(0),
+                ],
+            )
+            .await
+            .unwrap();
+        let through_b = read_until(&*b, "t", 0, 2).await;
+        assert_eq!(
+            through_b,
+            [
+                (published[0].offset, "one".to_owned()),
+                (published[1].offset, "two".to_owned())
+            ]
+        );
+        let retry = b
+            .publish("t", vec![Message::new("one again").with_id("id-1")])
+            .await
+            .unwrap()[0];
+        assert!(retry.duplicate, "the id was acknowledged through node A");
+        assert_eq!(
+            (retry.partition, retry.offset),
+            (published[0].partition, published[0].offset)
+        );
+        // B's messages are read through A (B wrote a fence first: offsets skip it).
+        let from_b = b
+            .publish("t", vec![Message::new("three").to_partition(0)])
+            .await
+            .unwrap()[0];
+        let through_a = read_until(&*a, "t", 0, 3).await;
+        assert_eq!(
+            through_a.last().unwrap(),
+            &(from_b.offset, "three".to_owned())
+        );
+        assert_eq!(through_a.len(), 3);
+        // Creates racing on both nodes: one settings record wins for both.
+        let config_a = TopicConfig {
+            partitions: 3,
+            ..TopicConfig::default()
+        };
+        let config_b = TopicConfig {
+            partitions: 4,
+            ..TopicConfig::default()
+        };
+        let (ra, rb) = tokio::join!(
+            a.create_topic("race", config_a.clone()),
+            b.create_topic("race", config_b.clone())
+        );
+        let winner = match (&ra, &rb) {
+            (Ok(_), Err(BrokerError::TopicExists(_))) => config_a,
+            (Err(BrokerError::TopicExists(_)), Ok(_)) => config_b,
+            other => panic!("exactly one create wins: {other:?}"),
+        };
+        assert_eq!(a.describe_topic("race").await.unwrap().config, winner);
+        assert_eq!(b.describe_topic("race").await.unwrap().config, winner);
+        // A delete through one node is seen by the other.
+        a.delete_topic("race").await.unwrap();
+        let late = b.publish("race", vec![Message::new("x")]).await;
+        assert!(
+            matches!(late, Err(BrokerError::TopicNotFound(_))),
+            "a node that knew the topic does not bring it back: {late:?}"
+        );
+        assert!(matches!(
+            b.describe_topic("race").await,
+            Err(BrokerError::TopicNotFound(_))
+        ));
+    }
+}
