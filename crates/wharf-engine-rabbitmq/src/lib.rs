@@ -54,6 +54,8 @@ use watch::Watcher;
 
 /// Most bytes one read returns (whole messages; at least one).
 const MAX_READ_BYTES: usize = 16 * 1024 * 1024;
+/// How often a lost connection is retried in the background.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// How long a start-offset probe is trusted.
 const START_CACHE: Duration = Duration::from_secs(1);
 
@@ -128,6 +130,8 @@ struct Inner {
     /// The last session handed out, for `health` (which cannot wait on the lock).
     current: Mutex<Option<Arc<Session>>>,
     next_pub: AtomicU64,
+    /// Set by `destroy_everything`: no reconnecting afterwards.
+    closed: std::sync::atomic::AtomicBool,
     next_partition: AtomicU32,
     last_stamp: AtomicI64,
 }
@@ -261,12 +265,32 @@ impl RabbitEngine {
                 session: tokio::sync::Mutex::new(None),
                 current: Mutex::new(None),
                 next_pub: AtomicU64::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 next_partition: AtomicU32::new(0),
                 last_stamp: AtomicI64::new(i64::MIN),
             }),
         };
         engine.session().await?;
+        // Reconnects in the background after the connection is lost, so `/readyz` recovers
+        // without waiting for a request to try.
+        let weak = Arc::downgrade(&engine.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECONNECT_EVERY).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let engine = Self { inner };
+                let _ = engine.session().await;
+            }
+        });
         Ok(engine)
+    }
+
+    /// The AMQP URL, password hidden.
+    pub fn url(&self) -> String {
+        redact(&self.inner.config.url)
     }
 
     /// Deletes every topic's streams and the settings stream under this engine's prefix
@@ -281,6 +305,7 @@ impl RabbitEngine {
             }
         }
         self.delete_queue(&s, &self.meta_queue()).await?;
+        self.inner.closed.store(true, Ordering::Release);
         let _ = s.conn.close(200, "destroyed".into()).await;
         *self.inner.session.lock().await = None;
         Ok(())
@@ -297,6 +322,9 @@ impl RabbitEngine {
     /// The live session, connecting (again) if there is none or it was lost.
     async fn session(&self) -> Result<Arc<Session>> {
         let mut slot = self.inner.session.lock().await;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
         if let Some(s) = slot.as_ref()
             && s.alive()
         {
@@ -322,7 +350,9 @@ impl RabbitEngine {
         let url = &self.inner.config.url;
         let conn = Connection::connect(
             url,
-            ConnectionProperties::default().with_connection_name("wharf".into()),
+            ConnectionProperties::default().with_connection_name(
+                format!("wharf {} {}", self.inner.config.prefix, self.inner.node).into(),
+            ),
         )
         .await
         .map_err(|e| unavailable(&format!("cannot connect to {}", redact(url)), e))?;
@@ -686,8 +716,8 @@ impl RabbitEngine {
             routes.clone()
         };
         for p in needed {
-            if !watchers.contains_key(&p) {
-                watchers.insert(p, self.watcher(&s, topic, &t, p).await?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(p) {
+                slot.insert(self.watcher(&s, topic, &t, p).await?);
             }
         }
         // Publishes with ids take every partition's dedup lock (in partition order): the

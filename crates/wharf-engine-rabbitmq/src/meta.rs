@@ -175,7 +175,7 @@ impl Meta {
             }
             Ok(())
         };
-        let result = match sent.await {
+        let result = match amqp::timed(self.timeout, "writing the settings stream", sent).await {
             Ok(()) => match tokio::time::timeout(self.timeout, rx).await {
                 Ok(Ok(offset)) => Ok(offset),
                 Ok(Err(_)) => Err(unavailable(

@@ -97,7 +97,7 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// `embedded` (Wharf's own storage in `storage.data`), `nats` (NATS JetStream) or
-    /// `rabbitmq` (not supported yet).
+    /// `rabbitmq` (RabbitMQ 3.10+ streams; topics and messages only so far).
     pub kind: String,
     /// NATS server URL(s), comma-separated (`kind = "nats"`).
     pub nats_url: String,
@@ -108,6 +108,9 @@ pub struct EngineConfig {
     pub nats_replicas: u64,
     /// AMQP URL of RabbitMQ (`kind = "rabbitmq"`).
     pub amqp_url: String,
+    /// Prefix of the queues Wharf declares in RabbitMQ; nodes with the same prefix on the
+    /// same RabbitMQ are one Wharf.
+    pub amqp_prefix: String,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             nats_prefix: "wharf".into(),
             nats_replicas: 1,
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp_prefix: "wharf".into(),
         }
     }
 }
@@ -260,13 +264,15 @@ shutdown_grace_ms = 30000
 [engine]
 # The message engine: "embedded" (Wharf's own storage, in storage.data), "nats" (NATS
 # JetStream 2.9+; several Wharf nodes with one nats_prefix on one NATS are one Wharf), or
-# "rabbitmq" (not supported yet). docs/ENGINES.md says what each engine does and lacks.
+# "rabbitmq" (RabbitMQ 3.10+ streams: topics, publish and read so far; subscriptions answer
+# not_supported). docs/ENGINES.md says what each engine does and lacks.
 kind = "embedded"
 nats_url = "nats://127.0.0.1:4222"
 nats_prefix = "wharf"
 # Replicas of each stream: 1 on one NATS server, 3 or 5 on a cluster.
 nats_replicas = 1
 amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+amqp_prefix = "wharf"
 
 [storage]
 # Data directory of the embedded engine.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wharf_broker::{EmbeddedConfig, EmbeddedEngine, Engine};
 use wharf_engine_nats::NatsConfig;
+use wharf_engine_rabbitmq::RabbitConfig;
 use wharf_server::{Config, Overrides};
 
 use crate::cli::CliError;
@@ -76,6 +77,7 @@ fn init_logging(config: &Config) {
 enum Running {
     Embedded(EmbeddedEngine),
     Nats(wharf_engine_nats::NatsEngine),
+    Rabbit(wharf_engine_rabbitmq::RabbitEngine),
 }
 
 impl Running {
@@ -91,9 +93,15 @@ impl Running {
                 .map_err(|e| CliError::Serve(format!("cannot start on NATS: {e}")))?;
                 Ok(Running::Nats(engine))
             }
-            "rabbitmq" => Err(CliError::Serve(
-                "the rabbitmq engine is not supported yet (use embedded or nats)".into(),
-            )),
+            "rabbitmq" => {
+                let engine = wharf_engine_rabbitmq::RabbitEngine::connect(RabbitConfig {
+                    prefix: config.engine.amqp_prefix.clone(),
+                    ..RabbitConfig::new(config.engine.amqp_url.clone())
+                })
+                .await
+                .map_err(|e| CliError::Serve(format!("cannot start on RabbitMQ: {e}")))?;
+                Ok(Running::Rabbit(engine))
+            }
             _ => {
                 let data = config.storage.data.clone();
                 let engine = tokio::task::spawn_blocking(move || {
@@ -116,6 +124,7 @@ impl Running {
         match self {
             Running::Embedded(e) => Arc::new(e.clone()),
             Running::Nats(e) => Arc::new(e.clone()),
+            Running::Rabbit(e) => Arc::new(e.clone()),
         }
     }
 
@@ -129,6 +138,11 @@ impl Running {
                 e.server_version(),
                 config.engine.nats_prefix
             ),
+            Running::Rabbit(e) => format!(
+                "engine rabbitmq at {}, prefix {}",
+                e.url(),
+                config.engine.amqp_prefix
+            ),
         }
     }
 
@@ -138,7 +152,7 @@ impl Running {
                 .await
                 .map_err(|e| CliError::Serve(e.to_string()))?
                 .map_err(|e| CliError::Serve(format!("closing the data directory: {e}"))),
-            Running::Nats(_) => Ok(()),
+            Running::Nats(_) | Running::Rabbit(_) => Ok(()),
         }
     }
 }
