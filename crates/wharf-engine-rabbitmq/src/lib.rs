@@ -11,12 +11,12 @@
 //!   `x-max-length-bytes` (applied by RabbitMQ per segment, `x-stream-max-segment-size-bytes`
 //!   = the topic's `segment_bytes`).
 //! - Settings live in the Wharf-owned stream `{prefix}.meta`, applied in order by every node
-//!   ([`meta`]): nodes keep nothing of their own and agree on every change.
+//!   (module `meta`): nodes keep nothing of their own and agree on every change.
 //! - A message is stored as an envelope in the body ([`wharf_broker::envelope`]: key,
 //!   ordered headers, the node's timestamp), marked `wharf-enc: 1`; messages published to the
 //!   stream by plain AMQP clients are read too (body = value, string-able headers).
 //! - Publisher confirms give no offset, so each node reads the tail of the partitions it
-//!   serves ([`watch`]) and learns its messages' offsets there; the same reader gives the
+//!   serves (module `watch`) and learns its messages' offsets there; the same reader gives the
 //!   high watermark and the dedup index. RabbitMQ has no dedup: Wharf's covers the whole
 //!   topic (an id is looked up in every partition), exact for publishes through one node,
 //!   and across nodes once the earlier publish has reached the other node's watcher
