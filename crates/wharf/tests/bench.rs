@@ -1,6 +1,7 @@
 //! `wharf bench`: every workload, with a tiny count, against the in-process engine, against
-//! a real `wharf serve` process and against NATS JetStream itself (`--target nats://`, when a
-//! NATS server is reachable), checked through the `--json` summary; and its refusals.
+//! a real `wharf serve` process, against NATS JetStream itself (`--target nats://`, when a
+//! NATS server is reachable) and against RabbitMQ itself (`--target amqp://`, when a RabbitMQ
+//! is reachable), checked through the `--json` summary; and its refusals.
 
 mod common;
 
@@ -131,16 +132,17 @@ fn nats_url() -> String {
     std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-/// Whether the host and port of a `nats://[USER:PASS@]HOST[:PORT]` URL accept a connection.
-fn reachable(url: &str) -> bool {
+/// Whether the host and port of a `SCHEME://[USER:PASS@]HOST[:PORT][/PATH]` URL accept a
+/// connection (`default_port` when the URL has none).
+fn reachable(url: &str, default_port: u16) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
-    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or(rest);
     let hostport = authority.rsplit('@').next().unwrap_or(authority);
     let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
         hostport.to_owned()
     } else {
-        format!("{hostport}:4222")
+        format!("{hostport}:{default_port}")
     };
     hostport.to_socket_addrs().is_ok_and(|mut addrs| {
         addrs.any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok())
@@ -150,7 +152,7 @@ fn reachable(url: &str) -> bool {
 #[test]
 fn every_workload_against_nats_jetstream() {
     let url = nats_url();
-    if !reachable(&url) {
+    if !reachable(&url, 4222) {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         assert!(
             !ci,
@@ -179,9 +181,108 @@ fn every_workload_against_nats_jetstream() {
     check(&v, "queue", &url);
 }
 
+/// The RabbitMQ of [`every_workload_against_rabbitmq`]: `WHARF_TEST_AMQP_URL`, or the local
+/// default.
+fn amqp_url() -> String {
+    std::env::var("WHARF_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Which of `queues` RabbitMQ at `url` still has (a passive declare of each).
+fn amqp_queues_left(url: &str, queues: &[String]) -> Vec<String> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let limit = std::time::Duration::from_secs(30);
+        let conn = tokio::time::timeout(
+            limit,
+            lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
+        )
+        .await
+        .expect("connecting in time")
+        .expect("connect to RabbitMQ");
+        let mut left = Vec::new();
+        for q in queues {
+            // A channel each: a passive declare of a missing queue closes the channel.
+            let ch = tokio::time::timeout(limit, conn.create_channel())
+                .await
+                .expect("a channel in time")
+                .expect("channel");
+            let r = tokio::time::timeout(
+                limit,
+                ch.queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .expect("an answer in time");
+            match r {
+                Ok(_) => left.push(q.clone()),
+                Err(e) => assert!(e.to_string().contains("NOT_FOUND"), "{q}: {e}"),
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        left
+    })
+}
+
+/// The queues the amqp driver declares for the run summarised in `v`.
+fn amqp_queues_of(v: &Value) -> Vec<String> {
+    let topic = v["topic"].as_str().expect("topic");
+    match v["partitions"].as_u64().expect("partitions") {
+        1 => vec![format!("bench.{topic}")],
+        n => (0..n).map(|p| format!("bench.{topic}.{p}")).collect(),
+    }
+}
+
+#[test]
+fn every_workload_against_rabbitmq() {
+    let url = amqp_url();
+    if !reachable(&url, 5672) {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            !ci,
+            "no RabbitMQ at {url}: CI must run this test (set WHARF_TEST_AMQP_URL)"
+        );
+        println!("SKIPPED: no RabbitMQ at {url} (set WHARF_TEST_AMQP_URL)");
+        return;
+    }
+    let mut created = Vec::new();
+    for w in WORKLOADS {
+        let v = bench(w, &url, &["--connections", "2"]);
+        check(&v, w, &url);
+        assert_eq!(v["in_process"], false, "{v}");
+        assert!(
+            v["driver"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("RabbitMQ directly")),
+            "{v}"
+        );
+        created.extend(amqp_queues_of(&v));
+    }
+    // Partitions are queues of their own, consumed over one channel; a durability is accepted
+    // (and ignored).
+    for w in ["consume", "queue"] {
+        let v = bench(w, &url, &["--partitions", "3", "--durability", "always"]);
+        check(&v, w, &url);
+        created.extend(amqp_queues_of(&v));
+    }
+    // The runs deleted the queues they declared.
+    assert_eq!(amqp_queues_left(&url, &created), Vec::<String>::new());
+}
+
 #[test]
 fn refusals_name_the_problem() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--target", "http://127.0.0.1:1"],
             "cannot connect to http://127.0.0.1:1",
@@ -189,6 +290,14 @@ fn refusals_name_the_problem() {
         (
             &["--target", "nats://127.0.0.1:1"],
             "cannot connect to nats://127.0.0.1:1",
+        ),
+        (
+            &["--target", "amqp://127.0.0.1:1"],
+            "cannot connect to amqp://127.0.0.1:1",
+        ),
+        (
+            &["--target", "amqps://127.0.0.1:1"],
+            "amqps:// is not supported",
         ),
         (&["--target", "ftp://x"], "give http://HOST:PORT"),
         (&["--count", "0"], "--count must be at least 1"),

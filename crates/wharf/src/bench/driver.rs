@@ -8,9 +8,9 @@
 //!
 //! | operation | Wharf | NATS JetStream | RabbitMQ | Redis Streams |
 //! | --- | --- | --- | --- | --- |
-//! | [`Driver::create_topic`] | topic | stream | exchange + queue | stream key |
-//! | [`Driver::create_queue`] | queue (topic + shared subscription) | work-queue stream + pull consumer | durable queue | stream + group |
-//! | [`Driver::create_subscription`] | stream subscription | durable consumer | queue bound to the exchange | consumer group |
+//! | [`Driver::create_topic`] | topic | stream | stream queue per partition | stream key |
+//! | [`Driver::create_queue`] | queue (topic + shared subscription) | work-queue stream + pull consumer | quorum queue | stream + group |
+//! | [`Driver::create_subscription`] | stream subscription | durable consumer | a consumer from `x-stream-offset` (no server state) | consumer group |
 //! | [`Driver::publisher`] | `Publish` | `js.publish` (await acks) | publisher confirms | `XADD` (pipelined) |
 //! | [`Driver::subscribe`] | `Consume` stream | pull/ordered consumer | `basic.consume` | `XREADGROUP` |
 //! | [`Driver::queue_consumer`] | `Process` bidi stream | pull consumer + `ack` | `basic.consume` + `basic.ack` | `XREADGROUP` + `XACK` |
@@ -118,8 +118,7 @@ pub(crate) enum ServerSide {
 pub(crate) enum AckHandle {
     /// A textual handle.
     Text(String),
-    /// A numeric handle (RabbitMQ's delivery tags; no driver uses it yet).
-    #[allow(dead_code)]
+    /// A numeric handle (RabbitMQ's delivery tags).
     Number(u64),
 }
 

@@ -1,11 +1,13 @@
 //! `wharf bench`: a load generator against a running Wharf, against the embedded engine in
-//! this process (`--target inproc`, the "direct call" baseline), or against NATS JetStream
-//! itself (`--target nats://HOST:PORT`, to compare with Wharf on NATS).
+//! this process (`--target inproc`, the "direct call" baseline), against NATS JetStream
+//! itself (`--target nats://HOST:PORT`, to compare with Wharf on NATS), or against RabbitMQ
+//! itself (`--target amqp://HOST:PORT`, to compare with Wharf on RabbitMQ).
 //!
 //! - [`driver`]: the [`driver::Driver`] trait the workloads are written against (so NATS,
 //!   RabbitMQ and Redis drivers can be added with the same workload code);
 //! - [`wharf_grpc`]: the gRPC driver; [`inproc`]: the in-process driver; [`nats`]: raw NATS
-//!   JetStream (its module documentation gives the mapping);
+//!   JetStream; [`amqp`]: raw RabbitMQ over AMQP 0-9-1, stream and quorum queues (their module
+//!   documentation gives the mapping);
 //! - [`workloads`]: publish, consume, queue, latency;
 //! - [`report`]: progress line, CPU from `/proc`, the server's pid, table and JSON.
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use crate::cli::CliError;
 
+mod amqp;
 mod driver;
 mod inproc;
 mod nats;
@@ -51,6 +54,10 @@ pub(crate) struct BenchArgs {
     /// process on a temporary directory (the same workload through the Engine trait, without
     /// network), or `nats://HOST:PORT`: NATS JetStream itself, without Wharf (streams and pull
     /// consumers; --durability is ignored, NATS has no per-stream fsync; --token is not
+    /// used), or `amqp://[USER:PASS@]HOST:PORT[/VHOST]` (e.g.
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`): RabbitMQ itself, without Wharf (topics are
+    /// stream queues, queues are quorum queues, publisher confirms; --durability is ignored,
+    /// streams have no fsync setting; --connections sets the AMQP connections; --token is not
     /// used).
     #[arg(long, env = "WHARF_SERVER", default_value = "http://127.0.0.1:7400")]
     target: String,
@@ -296,6 +303,8 @@ async fn bench(a: BenchArgs) -> Result<()> {
         Arc::new(inproc::InProc::open(a.data_dir.clone()).await?)
     } else if a.target.starts_with("nats://") {
         Arc::new(nats::Nats::connect(&a.target, a.connections).await?)
+    } else if a.target.starts_with("amqp://") || a.target.starts_with("amqps://") {
+        Arc::new(amqp::Amqp::connect(&a.target, a.connections).await?)
     } else {
         Arc::new(
             wharf_grpc::WharfGrpc::connect(&a.target, a.connections, a.token.as_deref()).await?,
