@@ -3,7 +3,8 @@
 //! Neither JetStream headers nor AMQP header tables carry Wharf's headers faithfully (their
 //! order, repeated names, values with line breaks) or have a place for a binary key, so the
 //! engines on NATS and RabbitMQ store the message as an envelope in the payload and mark it
-//! with the header `Wharf-Enc: 1` (NATS) or `wharf-enc: 1` (AMQP):
+//! with the header `Wharf-Enc: 1` (NATS) or the `content-type` `application/x-wharf-envelope`
+//! (AMQP):
 //!
 //! ```text
 //! version: u8 = 1
@@ -20,8 +21,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// NATS header marking an enveloped payload.
 pub const MARKER: &str = "Wharf-Enc";
-/// AMQP header marking an enveloped payload (AMQP header names are conventionally lowercase).
-pub const AMQP_MARKER: &str = "wharf-enc";
 /// The marker's value (the envelope's format).
 pub const MARKER_VALUE: &str = "1";
 const VERSION: u8 = 1;

@@ -11,7 +11,7 @@
 //!
 //! A watcher starts reading far enough back to cover the dedup window. It cannot tell by
 //! itself when it has reached the end (a stream consumer just waits for more), so a node that
-//! did not create the partition itself writes a fence record (`wharf-fence`, skipped by reads)
+//! did not create the partition itself writes a fence record (`type` `wharf-fence`, skipped by reads)
 //! and the watcher is ready when it reads it back: everything acknowledged before has then
 //! been seen. A fence takes an offset: offsets on this engine increase but have gaps (one per
 //! node that starts serving a partition).
@@ -24,14 +24,42 @@ use tokio::sync::{oneshot, watch};
 
 use crate::amqp::{self, StreamReader};
 
-/// Header of every message Wharf publishes: `{node}.{sequence}`, unique per message.
-pub(crate) const PUB: &str = "wharf-pub";
-/// Header of fence records.
+// Wharf marks its messages with AMQP properties, which RabbitMQ carries at less cost than
+// headers: `message-id` = `{node}.{sequence}` (unique per message; a fence's id for fences),
+// `content-type` = [`ENVELOPE`] for enveloped messages (the Wharf timestamp is then the
+// envelope's bytes 1..9), `type` = [`FENCE`] for fences. The one header is `wharf-id`.
+
+/// `content-type` of enveloped messages.
+pub(crate) const ENVELOPE: &str = "application/x-wharf-envelope";
+/// `type` of fence records.
 pub(crate) const FENCE: &str = "wharf-fence";
 /// Header carrying the message's `wharf-message-id`, for the dedup index.
 pub(crate) const ID: &str = "wharf-id";
-/// Header carrying the Wharf timestamp (ms), for the dedup index.
-pub(crate) const TS: &str = "wharf-ts";
+
+/// Whether a delivery is a fence.
+pub(crate) fn is_fence(d: &lapin::message::Delivery) -> bool {
+    d.properties
+        .kind()
+        .as_ref()
+        .is_some_and(|k| k.as_str() == FENCE)
+}
+
+/// Whether a delivery holds a Wharf envelope.
+pub(crate) fn is_envelope(d: &lapin::message::Delivery) -> bool {
+    d.properties
+        .content_type()
+        .as_ref()
+        .is_some_and(|k| k.as_str() == ENVELOPE)
+}
+
+/// The Wharf timestamp of an enveloped message (the envelope's version byte, then the
+/// timestamp, big-endian).
+fn envelope_ts(d: &lapin::message::Delivery) -> i64 {
+    d.data
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, i64::from_be_bytes)
+}
 
 /// What waiters watch: the end and whether the watcher is caught up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,9 +196,11 @@ async fn watch_loop(
         {
             let mut ix = index.lock().expect("watch index");
             if let Some(id) = amqp::header_str(headers, ID) {
-                let ts = amqp::header_u64(headers, TS)
-                    .and_then(|t| i64::try_from(t).ok())
-                    .unwrap_or(0);
+                let ts = if is_envelope(&delivery) {
+                    envelope_ts(&delivery)
+                } else {
+                    0
+                };
                 ix.newest_ts = ix.newest_ts.max(ts);
                 // The first store of an id is the original: a later copy (two nodes racing)
                 // does not replace it, unless the original's window had passed.
@@ -191,8 +221,14 @@ async fn watch_loop(
                     ix.ids.remove(&id);
                 }
             }
-            waiter = amqp::header_str(headers, PUB).and_then(|p| ix.pubs.remove(p));
-            if let Some(f) = amqp::header_str(headers, FENCE)
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str());
+            waiter = message_id.and_then(|p| ix.pubs.remove(p));
+            if is_fence(&delivery)
+                && let Some(f) = message_id
                 && ix.fence.as_deref() == Some(f)
             {
                 ix.fence = None;
