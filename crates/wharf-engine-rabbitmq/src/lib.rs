@@ -127,7 +127,7 @@ impl std::fmt::Debug for RabbitEngine {
 
 struct Inner {
     config: RabbitConfig,
-    /// This node's id (in `wharf-pub` and fence headers and settings records).
+    /// This node's id (in message ids, fence ids and settings records).
     node: String,
     /// The live session; replaced after the connection is lost.
     session: tokio::sync::Mutex<Option<Arc<Session>>>,

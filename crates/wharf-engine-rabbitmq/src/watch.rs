@@ -3,7 +3,7 @@
 //!
 //! RabbitMQ's publisher confirms say that a message is stored, not where: AMQP 0.9.1 has no
 //! way to learn a stream message's offset but to read it back. So each node reads the tail of
-//! every partition it serves. Each message Wharf publishes carries a `wharf-pub` header unique
+//! every partition it serves. Each message Wharf publishes carries a `message-id` unique
 //! to its publish; the watcher sees it with its `x-stream-offset` and hands the offset to the
 //! waiting publish. The same reading gives the partition's end (the high watermark reads and
 //! `describe` answer, and the wake-up of waiting reads) and the index of `wharf-id` headers
@@ -78,7 +78,7 @@ struct Index {
     ids: HashMap<String, (u64, i64)>,
     /// The ids in the order seen, for pruning.
     order: VecDeque<(i64, String)>,
-    /// Publishes waiting for their offset, by `wharf-pub`.
+    /// Publishes waiting for their offset, by message id.
     pubs: HashMap<String, oneshot::Sender<u64>>,
     /// The fence this watcher waits for, if any.
     fence: Option<String>,
@@ -143,7 +143,7 @@ impl Watcher {
         }
     }
 
-    /// Registers a publish's `wharf-pub` before it is sent; the receiver gets its offset.
+    /// Registers a message id before it is sent; the receiver gets its offset.
     pub(crate) fn expect(&self, pub_id: String) -> oneshot::Receiver<u64> {
         let (tx, rx) = oneshot::channel();
         self.index
