@@ -164,24 +164,37 @@ impl StreamReader {
             .map_err(|e| unavailable("acknowledging stream deliveries", e))
     }
 
-    /// Cancels the consumer and closes its channel.
+    /// Cancels the consumer and closes its channel (bounded: a blocked connection must not
+    /// hold a request; closing the connection frees the channel anyway).
     pub(crate) async fn close(self) {
-        let _ = self
-            .channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        let _ = self.channel.close(200, "done".into()).await;
+        let close = async {
+            let _ = self
+                .channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            let _ = self.channel.close(200, "done".into()).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
     }
 }
 
-/// A consume or declare that failed because the queue is gone is `topic_not_found`'s cause;
-/// anything else means RabbitMQ is not answering as it should.
+/// A consume that failed because the stream is gone is `topic_not_found` (named by the
+/// stream here: callers that know the topic rename it, see [`for_topic`]); anything else
+/// means RabbitMQ is not answering as it should.
 pub(crate) fn not_found_or_unavailable(queue: &str, e: lapin::Error) -> BrokerError {
     let text = e.to_string();
     if text.contains("NOT_FOUND") || text.contains("404") {
-        BrokerError::Internal(format!("rabbitmq: the stream {queue} is gone: {text}"))
+        BrokerError::TopicNotFound(queue.to_owned())
     } else {
         unavailable(&format!("using the stream {queue}"), text)
+    }
+}
+
+/// Names the topic in a `topic_not_found` raised for one of its streams.
+pub(crate) fn for_topic(topic: &str) -> impl Fn(BrokerError) -> BrokerError + '_ {
+    move |e| match e {
+        BrokerError::TopicNotFound(_) => BrokerError::TopicNotFound(topic.to_owned()),
+        other => other,
     }
 }
 

@@ -22,8 +22,8 @@
 //!   topic (an id is looked up in every partition), exact for publishes through one node,
 //!   and across nodes once the earlier publish has reached the other node's watcher
 //!   (milliseconds).
-//! - Offsets increase but have gaps: a node that starts serving a partition it did not
-//!   create writes one fence record there (skipped by reads).
+//! - Offsets increase but have gaps: a node that starts watching a partition it did not
+//!   create (first use, or after a reconnect) writes a fence record there (skipped by reads).
 
 mod amqp;
 mod meta;
@@ -149,6 +149,10 @@ struct Session {
     /// process of its own, so concurrent publishes use more than one core.
     publishers: Vec<Channel>,
     next_publisher: AtomicUsize,
+    /// Held while one call hands its messages to the publish channels: lapin numbers a
+    /// publish (its confirm's tag) and queues its frames under separate locks, so two calls
+    /// sending at once on one channel could get each other's confirms.
+    sending: tokio::sync::Mutex<()>,
     meta: Meta,
     watchers: Mutex<HashMap<String, Arc<Watcher>>>,
     /// Streams this session declared when it created their topic: their watchers start at
@@ -162,7 +166,10 @@ struct Session {
 
 impl Session {
     fn alive(&self) -> bool {
-        self.conn.status().connected() && self.meta.alive()
+        self.conn.status().connected()
+            && self.meta.alive()
+            && self.publish.status().connected()
+            && self.publishers.iter().all(|c| c.status().connected())
     }
 }
 
@@ -204,24 +211,25 @@ fn stored_size(m: &StoredMessage) -> usize {
             .sum::<usize>()
 }
 
-/// Decodes a delivery of partition `p`.
-fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Result<Read> {
+/// Decodes a delivery of partition `p`. Never fails: a body marked as an envelope that does
+/// not decode (written by something else than Wharf) is read as a plain message, so one bad
+/// message cannot make a partition unreadable.
+fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Read {
     if watch::is_fence(&d) {
-        return Ok(Read::Fence);
+        return Read::Fence;
     }
     let headers = d.properties.headers().as_ref();
-    if watch::is_envelope(&d) {
-        let e = envelope::decode(Bytes::from(d.data)).map_err(|e| {
-            BrokerError::Internal(format!("rabbitmq: partition {p} offset {offset}: {e}"))
-        })?;
-        return Ok(Read::Data(StoredMessage {
+    if watch::is_envelope(&d)
+        && let Ok(e) = envelope::decode(Bytes::from(d.data.clone()))
+    {
+        return Read::Data(StoredMessage {
             partition: p,
             offset,
             timestamp: e.timestamp,
             key: e.key,
             value: e.value,
             headers: e.headers,
-        }));
+        });
     }
     // A plain AMQP publisher's message: its string-able headers, its timestamp property.
     let plain: Vec<(String, String)> = headers
@@ -238,14 +246,14 @@ fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Result<Read> {
         .timestamp()
         .and_then(|s| i64::try_from(s).ok())
         .map_or(0, |s| s.saturating_mul(1000));
-    Ok(Read::Data(StoredMessage {
+    Read::Data(StoredMessage {
         partition: p,
         offset,
         timestamp,
         key: None,
         value: Bytes::from(d.data),
         headers: plain,
-    }))
+    })
 }
 
 fn not_supported(what: &'static str) -> BrokerError {
@@ -340,7 +348,8 @@ impl RabbitEngine {
             return Ok(s.clone());
         }
         *slot = None;
-        let timeout = self.inner.config.timeout;
+        // Opening reads the settings stream from its start: a budget of its own.
+        let timeout = self.inner.config.timeout + meta::OPEN_BUDGET;
         let s = tokio::time::timeout(timeout, self.open_session())
             .await
             .map_err(|_| {
@@ -382,6 +391,7 @@ impl RabbitEngine {
             publish,
             publishers,
             next_publisher: AtomicUsize::new(0),
+            sending: tokio::sync::Mutex::new(()),
             meta,
             watchers: Mutex::new(HashMap::new()),
             fresh: Mutex::new(HashSet::new()),
@@ -439,7 +449,14 @@ impl RabbitEngine {
     }
 
     async fn declare_stream(&self, s: &Session, queue: &str, config: &TopicConfig) -> Result<()> {
-        s.publish
+        // A channel of its own: a refused declare (arguments changed by hand, a policy)
+        // closes the channel it was made on.
+        let ch = s
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("opening a channel", e))?;
+        let r = ch
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -448,8 +465,9 @@ impl RabbitEngine {
                 },
                 Self::stream_args(config),
             )
-            .await
-            .map(|_| ())
+            .await;
+        let _ = ch.close(200, "done".into()).await;
+        r.map(|_| ())
             .map_err(|e| unavailable(&format!("declaring the stream {queue}"), e))
     }
 
@@ -531,23 +549,25 @@ impl RabbitEngine {
         .await?;
         let w = Arc::new(Watcher::start(reader, fence.clone(), window));
         if let Some(fence) = fence {
-            let confirm = s
-                .publish
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &[],
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_type(watch::FENCE.into())
-                        .with_message_id(fence.as_str().into()),
-                )
-                .await
-                .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?
-                .await
-                .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?;
-            if confirm.is_nack() {
+            let sent = async {
+                s.publish
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &[],
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_type(watch::FENCE.into())
+                            .with_message_id(fence.as_str().into()),
+                    )
+                    .await
+                    .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?
+                    .await
+                    .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))
+            };
+            let confirm = amqp::timed(self.inner.config.timeout, "writing a fence", sent).await?;
+            if !matches!(confirm, Confirmation::Ack(None)) {
                 return Err(unavailable(
                     &format!("writing a fence to {queue}"),
                     "RabbitMQ refused it",
@@ -586,25 +606,35 @@ impl RabbitEngine {
         )
         .await?;
         let timeout = self.inner.config.timeout;
-        let result = loop {
-            let Some(d) = reader.next(timeout).await? else {
-                break None;
-            };
-            let Some(offset) = amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
-            else {
-                continue;
-            };
-            if offset >= end {
-                break None;
+        let result: Result<Option<StoredMessage>> = async {
+            loop {
+                let Some(d) = reader.next(timeout).await? else {
+                    return Err(unavailable(
+                        &format!("reading {queue}"),
+                        "messages below the high watermark did not arrive in time",
+                    ));
+                };
+                let tag = d.delivery_tag;
+                let Some(offset) =
+                    amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
+                else {
+                    reader.ack_up_to(tag).await?;
+                    continue;
+                };
+                if offset >= end {
+                    return Ok(None);
+                }
+                match decode(p, offset, d) {
+                    Read::Data(m) => return Ok(Some(m)),
+                    Read::Fence if offset + 1 >= end => return Ok(None),
+                    // Credit back for what is skipped, or a run of fences stalls the reader.
+                    Read::Fence => reader.ack_up_to(tag).await?,
+                }
             }
-            match decode(p, offset, d)? {
-                Read::Data(m) => break Some(m),
-                Read::Fence if offset + 1 >= end => break None,
-                Read::Fence => {}
-            }
-        };
+        }
+        .await;
         reader.close().await;
-        Ok(result)
+        result
     }
 
     /// The first offset the stream still holds (probed; trusted for a second).
@@ -623,11 +653,13 @@ impl RabbitEngine {
             StreamReader::open(&s.conn, queue, Start::First, 1),
         )
         .await?;
-        let first = reader.next(self.inner.config.timeout).await?;
+        let first = reader.next(self.inner.config.timeout).await;
         reader.close().await;
-        let start = first
+        // The stream holds messages below `end`: no answer is a RabbitMQ that does not
+        // answer, not an empty stream.
+        let start = first?
             .and_then(|d| amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset"))
-            .unwrap_or(end)
+            .ok_or_else(|| unavailable(&format!("reading {queue}"), "no first message in time"))?
             .min(end);
         s.starts
             .lock()
@@ -724,14 +756,16 @@ impl RabbitEngine {
         let dedup = config.dedup_window_ms > 0 && messages.iter().any(|m| m.id().is_some());
         // An id is looked up in every partition (the id alone decides, whatever the key or
         // partition of the retry), so a publish with ids watches them all.
-        let mut watchers: HashMap<u32, Arc<Watcher>> = HashMap::new();
+        // By partition: an id is looked up in partition order, so every node answers alike.
+        let mut watchers: std::collections::BTreeMap<u32, Arc<Watcher>> =
+            std::collections::BTreeMap::new();
         let needed: Vec<u32> = if dedup {
             (0..config.partitions).collect()
         } else {
             routes.clone()
         };
         for p in needed {
-            if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(p) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = watchers.entry(p) {
                 slot.insert(self.watcher(&s, topic, &t, p).await?);
             }
         }
@@ -825,7 +859,23 @@ impl RabbitEngine {
                 properties.clone(),
             )
         });
-        let sent = futures_util::future::join_all(sends).await;
+        let sent = {
+            let _sending = s.sending.lock().await;
+            tokio::time::timeout(
+                self.inner.config.timeout,
+                futures_util::future::join_all(sends),
+            )
+            .await
+        };
+        let Ok(sent) = sent else {
+            for (i, pub_id, _, _) in &outgoing {
+                watchers[&routes[*i]].forget(pub_id);
+            }
+            return Err(unavailable(
+                &format!("publishing to {topic}"),
+                "RabbitMQ did not take the messages in time (some may be stored)",
+            ));
+        };
         let mut pending = Vec::with_capacity(outgoing.len());
         let mut send_error = None;
         for (((i, pub_id, _, _), sent), seen) in outgoing.into_iter().zip(sent).zip(seen) {
@@ -842,7 +892,10 @@ impl RabbitEngine {
             for (j, id, _, _) in &pending {
                 watchers[&routes[*j]].forget(id);
             }
-            return Err(unavailable(&format!("publishing to {topic}"), e));
+            return Err(unavailable(
+                &format!("publishing to {topic} (some messages may be stored)"),
+                e,
+            ));
         }
         let timeout = self.inner.config.timeout;
         let mut offsets: HashMap<usize, u64> = HashMap::with_capacity(pending.len());
@@ -994,7 +1047,7 @@ impl RabbitEngine {
         }
         let max = request.max_messages.max(1);
         let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
-        let prefetch = u16::try_from(max.min(2000)).unwrap_or(2000);
+        let prefetch = u16::try_from((max + 16).min(2000)).unwrap_or(2000);
         let mut reader = amqp::timed(
             self.inner.config.timeout,
             "opening a stream reader",
@@ -1005,6 +1058,7 @@ impl RabbitEngine {
         let mut bytes = 0usize;
         let mut next = from;
         let timeout = self.inner.config.timeout;
+        let mut unacked = 0u32;
         let outcome: Result<()> = async {
             while next < end && messages.len() < max {
                 let Some(d) = reader.next(timeout).await? else {
@@ -1018,10 +1072,17 @@ impl RabbitEngine {
                 else {
                     continue;
                 };
+                let tag = d.delivery_tag;
+                unacked += 1;
+                // Credit back as it goes: fences and skipped messages take credit too.
+                if unacked * 2 >= u32::from(prefetch) {
+                    reader.ack_up_to(tag).await?;
+                    unacked = 0;
+                }
                 if offset < from {
                     continue;
                 }
-                if let Read::Data(m) = decode(p, offset, d)? {
+                if let Read::Data(m) = decode(p, offset, d) {
                     let size = stored_size(&m);
                     if !messages.is_empty() && bytes + size > max_bytes {
                         break;
@@ -1047,6 +1108,9 @@ impl RabbitEngine {
 
     async fn create_topic_inner(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         let s = self.session().await?;
+        // Creates are rare: decide on a fresh view (the topic may have been deleted or
+        // created through another node a moment ago).
+        s.meta.sync().await?;
         let existing = match s.meta.topic(name) {
             Some(t) => Some(t),
             None => {
@@ -1154,7 +1218,7 @@ impl Engine for RabbitEngine {
     async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
         let s = self.session().await?;
         let t = self.require_topic(&s, name).await?;
-        self.info(&s, name, &t).await
+        self.info(&s, name, &t).await.map_err(amqp::for_topic(name))
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
@@ -1182,11 +1246,15 @@ impl Engine for RabbitEngine {
         messages: Vec<Message>,
         options: PublishOptions,
     ) -> Result<Vec<Published>> {
-        self.publish_inner(topic, messages, options).await
+        self.publish_inner(topic, messages, options)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
     async fn read(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
-        self.read_inner(topic, request).await
+        self.read_inner(topic, request)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
     async fn create_subscription(

@@ -26,6 +26,9 @@ use wharf_broker::{BrokerError, Result, TopicConfig};
 
 use crate::amqp::{self, Start, StreamReader, unavailable};
 
+/// How long opening may take to read the settings stream up to now.
+pub(crate) const OPEN_BUDGET: Duration = Duration::from_secs(60);
+
 /// One change to the settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -79,6 +82,9 @@ pub(crate) struct Meta {
     channel: Channel,
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+    syncing: tokio::sync::Mutex<()>,
+    syncs_started: AtomicU64,
+    syncs_done: AtomicU64,
 }
 
 impl Drop for Meta {
@@ -97,7 +103,12 @@ impl Meta {
         timeout: Duration,
     ) -> Result<Self> {
         let channel = amqp::confirm_channel(conn).await?;
-        channel
+        // Declared on a channel of its own: a refused declare closes its channel.
+        let declaring = conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("opening a channel", e))?;
+        declaring
             .queue_declare(
                 queue.as_str().into(),
                 lapin::options::QueueDeclareOptions {
@@ -116,19 +127,25 @@ impl Meta {
                      (Wharf needs RabbitMQ 3.10 or newer, with stream queues): {e}"
                 ))
             })?;
+        let _ = declaring.close(200, "done".into()).await;
         let state = Arc::new(Mutex::new(State::default()));
         let reader = StreamReader::open(conn, &queue, Start::First, 1000).await?;
         let task = tokio::spawn(apply_loop(reader, state.clone()));
-        let meta = Self {
+        let mut meta = Self {
             queue,
             node,
             next: AtomicU64::new(0),
             state,
             channel,
-            timeout,
+            // Reading the stream from its start may take a while: the first sync waits longer.
+            timeout: timeout.max(OPEN_BUDGET),
             reader: task,
+            syncing: tokio::sync::Mutex::new(()),
+            syncs_started: AtomicU64::new(0),
+            syncs_done: AtomicU64::new(0),
         };
         meta.sync().await?;
+        meta.timeout = timeout;
         Ok(meta)
     }
 
@@ -198,8 +215,21 @@ impl Meta {
     }
 
     /// Waits until this node's view holds every change acknowledged before the call.
+    ///
+    /// Single-flight: syncs run one at a time, and a caller that arrives while one runs
+    /// waits for the next one to start and complete, which it may share with every other
+    /// caller that arrived meanwhile (each sync appends one fence record).
     pub(crate) async fn sync(&self) -> Result<()> {
-        self.append(Change::Fence).await.map(|_| ())
+        let ticket = self.syncs_started.load(Ordering::Acquire);
+        let _one_at_a_time = self.syncing.lock().await;
+        if self.syncs_done.load(Ordering::Acquire) > ticket {
+            // A sync that started after this call arrived has completed.
+            return Ok(());
+        }
+        let id = self.syncs_started.fetch_add(1, Ordering::AcqRel) + 1;
+        self.append(Change::Fence).await?;
+        self.syncs_done.store(id, Ordering::Release);
+        Ok(())
     }
 
     /// The topic's settings as this node knows them (see [`Meta::sync`]).
@@ -221,9 +251,9 @@ impl Meta {
             .collect()
     }
 
-    /// Whether the reader still runs (false after the connection was lost).
+    /// Whether the reader still runs and the writing channel is open.
     pub(crate) fn alive(&self) -> bool {
-        self.state.lock().expect("meta state").failed.is_none()
+        self.channel.status().connected() && self.state.lock().expect("meta state").failed.is_none()
     }
 }
 

@@ -14,7 +14,7 @@
 //! did not create the partition itself writes a fence record (`type` `wharf-fence`, skipped by reads)
 //! and the watcher is ready when it reads it back: everything acknowledged before has then
 //! been seen. A fence takes an offset: offsets on this engine increase but have gaps (one per
-//! node that starts serving a partition).
+//! watcher start of a node that did not create the partition).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

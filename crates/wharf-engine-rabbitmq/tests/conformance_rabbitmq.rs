@@ -327,6 +327,42 @@ mod differences {
             .unwrap();
         assert_eq!(r.messages.len(), 1);
         assert_eq!(r.messages[0].offset, 3);
+        // One message at a time across the fence (a fence takes the reader's credit too).
+        let r = e
+            .read(
+                "t",
+                ReadRequest {
+                    max_messages: 1,
+                    ..ReadRequest::new(0, Position::Offset(2))
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!((r.messages[0].offset, r.next_offset), (3, 4));
+        let r = e
+            .read(
+                "t",
+                ReadRequest {
+                    max_messages: 1,
+                    ..ReadRequest::new(0, Position::Offset(1))
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.messages[0].offset, r.next_offset), (1, 2));
+        // Reads by time skip the fence as well.
+        let c_time = e
+            .read("t", ReadRequest::new(0, Position::Offset(3)))
+            .await
+            .unwrap()
+            .messages[0]
+            .timestamp;
+        let by_time = e
+            .read("t", ReadRequest::new(0, Position::Timestamp(c_time)))
+            .await
+            .unwrap();
+        assert!(by_time.messages.iter().any(|m| m.offset == 3));
     }
 
     /// `retention_ms` is the stream's `x-max-age`: RabbitMQ removes whole segments on its
