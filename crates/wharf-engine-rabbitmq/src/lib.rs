@@ -549,37 +549,11 @@ impl RabbitEngine {
         .await?;
         let w = Arc::new(Watcher::start(reader, fence.clone(), window));
         if let Some(fence) = fence {
-            let sent = async {
-                s.publish
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &[],
-                        BasicProperties::default()
-                            .with_delivery_mode(2)
-                            .with_type(watch::FENCE.into())
-                            .with_message_id(fence.as_str().into()),
-                    )
-                    .await
-                    .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?
-                    .await
-                    .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))
-            };
-            let confirm = amqp::timed(self.inner.config.timeout, "writing a fence", sent).await?;
-            if !matches!(confirm, Confirmation::Ack(None)) {
-                return Err(unavailable(
-                    &format!("writing a fence to {queue}"),
-                    "RabbitMQ refused it",
-                ));
-            }
-            let p = w
-                .wait_for(self.inner.config.timeout, |p| p.ready || p.failed)
-                .await;
-            if !p.ready {
+            self.write_fence(s, &queue, &w, fence).await?;
+            if !w.progress().ready {
                 return Err(unavailable(
                     &format!("reading {queue}"),
-                    "the fence written did not come back in time",
+                    "the watcher missed its fence",
                 ));
             }
         }
@@ -588,6 +562,55 @@ impl RabbitEngine {
             .expect("watchers")
             .insert(queue, w.clone());
         Ok(w)
+    }
+
+    /// Writes a fence record with id `fence` to `queue` and waits until `w` has read it:
+    /// `w`'s progress then holds everything acknowledged before. Returns the fence's offset.
+    async fn write_fence(
+        &self,
+        s: &Session,
+        queue: &str,
+        w: &Watcher,
+        fence: String,
+    ) -> Result<u64> {
+        let seen = w.expect(fence.clone());
+        let sent = async {
+            s.publish
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &[],
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_type(watch::FENCE.into())
+                        .with_message_id(fence.as_str().into()),
+                )
+                .await
+                .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))?
+                .await
+                .map_err(|e| unavailable(&format!("writing a fence to {queue}"), e))
+        };
+        let confirm = amqp::timed(self.inner.config.timeout, "writing a fence", sent).await;
+        if !matches!(confirm, Ok(Confirmation::Ack(None))) {
+            w.forget(&fence);
+            return Err(confirm.err().unwrap_or_else(|| {
+                unavailable(
+                    &format!("writing a fence to {queue}"),
+                    "RabbitMQ refused it",
+                )
+            }));
+        }
+        match tokio::time::timeout(self.inner.config.timeout, seen).await {
+            Ok(Ok(offset)) => Ok(offset),
+            _ => {
+                w.forget(&fence);
+                Err(unavailable(
+                    &format!("reading {queue}"),
+                    "the fence written did not come back in time",
+                ))
+            }
+        }
     }
 
     /// The first message at or after `from` (fences skipped), if any before `end`.
@@ -1007,6 +1030,17 @@ impl RabbitEngine {
         let w = self.watcher(&s, topic, &t, p).await?;
         let mut end = w.progress().end;
         let start = self.start_offset(&s, &queue, end).await?;
+        if let Position::Offset(o) = request.from
+            && o > end
+            && !request.wait.is_zero()
+        {
+            // Published through another node and not read here yet? A waiting read gives
+            // this node's watcher the time to catch up before the offset is judged.
+            end = w
+                .wait_for(request.wait, |pr| pr.end >= o || pr.failed)
+                .await
+                .end;
+        }
         let (from, skipped_to) = match request.from {
             Position::Earliest => (start, None),
             Position::Latest => (end, None),

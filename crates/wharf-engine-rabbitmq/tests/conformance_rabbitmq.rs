@@ -520,6 +520,21 @@ mod differences {
             .publish("t", vec![Message::new("three").to_partition(0)])
             .await
             .unwrap()[0];
+        // Right after B's publish, A is asked (with a wait) for the offset after it: A may
+        // not have read B's message yet; the wait lets it catch up instead of answering
+        // out of range.
+        let after = a
+            .read(
+                "t",
+                ReadRequest {
+                    wait: Duration::from_millis(200),
+                    ..ReadRequest::new(0, Position::Offset(from_b.offset + 1))
+                },
+            )
+            .await
+            .unwrap();
+        assert!(after.messages.is_empty());
+        assert!(after.high_watermark > from_b.offset);
         let through_a = read_until(&*a, "t", 0, 3).await;
         assert_eq!(
             through_a.last().unwrap(),
