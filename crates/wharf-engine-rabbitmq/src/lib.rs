@@ -158,6 +158,8 @@ struct Session {
     /// Streams this session declared when it created their topic: their watchers start at
     /// the beginning and need no fence.
     fresh: Mutex<HashSet<String>>,
+    /// One per topic (and generation): held by publishes that carry message ids.
+    dedup_locks: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises attaching watchers (one per stream).
     attach: tokio::sync::Mutex<()>,
     /// Start offsets probed recently, by stream.
@@ -395,6 +397,7 @@ impl RabbitEngine {
             meta,
             watchers: Mutex::new(HashMap::new()),
             fresh: Mutex::new(HashSet::new()),
+            dedup_locks: Mutex::new(HashMap::new()),
             attach: tokio::sync::Mutex::new(()),
             starts: Mutex::new(HashMap::new()),
         })
@@ -792,14 +795,20 @@ impl RabbitEngine {
                 slot.insert(self.watcher(&s, topic, &t, p).await?);
             }
         }
-        // Publishes with ids take every partition's dedup lock (in partition order): the
-        // check and the store cannot interleave with another such publish on this node.
-        let mut _guards = Vec::new();
-        if dedup {
-            for p in 0..config.partitions {
-                _guards.push(watchers[&p].dedup_lock.lock().await);
-            }
-        }
+        // Publishes with ids take the topic's dedup lock: the check and the store cannot
+        // interleave with another such publish on this node.
+        let _dedup_guard = if dedup {
+            let lock = s
+                .dedup_locks
+                .lock()
+                .expect("dedup locks")
+                .entry((topic.to_owned(), t.generation))
+                .or_default()
+                .clone();
+            Some(lock.lock_owned().await)
+        } else {
+            None
+        };
         let stamp = self.stamp();
         let window = i64::try_from(config.dedup_window_ms).unwrap_or(i64::MAX);
         enum Plan {
@@ -948,13 +957,14 @@ impl RabbitEngine {
                             self.inner.config.prefix, t.generation
                         ))
                     });
-                    s.meta.sync().await?;
-                    failure = Some(match s.meta.topic(topic) {
-                        Some(now) if now.generation == t.generation => unavailable(
+                    // (No early return: the remaining messages' waiters must be forgotten.)
+                    failure = Some(match s.meta.sync().await.map(|()| s.meta.topic(topic)) {
+                        Err(e) => e,
+                        Ok(Some(now)) if now.generation == t.generation => unavailable(
                             &format!("publishing to {topic}"),
                             "a partition's stream is missing",
                         ),
-                        _ => BrokerError::TopicNotFound(topic.to_owned()),
+                        Ok(_) => BrokerError::TopicNotFound(topic.to_owned()),
                     });
                     continue;
                 }
@@ -1196,6 +1206,10 @@ impl RabbitEngine {
                 generation: t.generation,
             })
             .await?;
+        s.dedup_locks
+            .lock()
+            .expect("dedup locks")
+            .remove(&(name.to_owned(), t.generation));
         for p in 0..t.config.partitions {
             let queue = self.stream(name, t.generation, p);
             s.watchers.lock().expect("watchers").remove(&queue);

@@ -91,9 +91,6 @@ pub(crate) struct Watcher {
     index: Arc<Mutex<Index>>,
     progress: watch::Receiver<Progress>,
     task: tokio::task::JoinHandle<()>,
-    /// Held by publishes that carry message ids, so two of them on this node cannot both
-    /// store one id.
-    pub(crate) dedup_lock: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Watcher {
@@ -121,7 +118,6 @@ impl Watcher {
             index,
             progress: rx,
             task,
-            dedup_lock: tokio::sync::Mutex::new(()),
         }
     }
 
