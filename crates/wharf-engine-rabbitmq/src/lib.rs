@@ -140,6 +140,9 @@ struct Inner {
     last_stamp: AtomicI64,
 }
 
+/// Held by a publish that carries message ids (one per topic generation).
+type DedupLock = Arc<tokio::sync::Mutex<()>>;
+
 /// One connection and what lives on it.
 struct Session {
     conn: Connection,
@@ -159,7 +162,7 @@ struct Session {
     /// the beginning and need no fence.
     fresh: Mutex<HashSet<String>>,
     /// One per topic (and generation): held by publishes that carry message ids.
-    dedup_locks: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>>,
+    dedup_locks: Mutex<HashMap<(String, u64), DedupLock>>,
     /// Serialises attaching watchers (one per stream).
     attach: tokio::sync::Mutex<()>,
     /// Start offsets probed recently, by stream.
