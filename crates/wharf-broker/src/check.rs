@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::error::{BrokerError, Result};
 use crate::types::{HEADER_DELIVER_AT, Message, TopicConfig, header};
 
@@ -12,6 +14,27 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_PUBLISH_MESSAGES: usize = 100_000;
 /// Most bytes (keys, values and headers) in one publish.
 pub const MAX_PUBLISH_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The partition of `m` on an external engine: its explicit partition (checked against
+/// `partitions`), else its key's hash (murmur2), else — since such engines deduplicate per
+/// partition or look ids up by partition — its `wharf-message-id`'s hash, so a retry lands where
+/// the original did; else the next partition of `round_robin`.
+pub fn route(m: &Message, topic: &str, partitions: u32, round_robin: &AtomicU32) -> Result<u32> {
+    let n = partitions;
+    match (m.partition, &m.key) {
+        (Some(p), _) if p < n => Ok(p),
+        (Some(p), _) => Err(BrokerError::PartitionNotFound {
+            topic: topic.to_owned(),
+            partition: p,
+            partitions: n,
+        }),
+        (None, Some(key)) => Ok(crate::murmur2::partition_for_key(key, n)),
+        (None, None) => Ok(match m.id() {
+            Some(id) => crate::murmur2::partition_for_key(id.as_bytes(), n),
+            None => round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        }),
+    }
+}
 
 /// Size of a message as the topic's `max_message_bytes` counts it: key, value and headers.
 pub fn message_size(m: &Message) -> u64 {

@@ -238,6 +238,17 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// Its size as the byte limits of reads count it: key, value and headers.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     pub(crate) fn from_record(partition: u32, r: wharf_log::Record) -> Self {
         Self {
             partition,

@@ -110,7 +110,7 @@ impl NatsEngine {
         let next = pulled.last().map_or(seq, |p| p.stream_seq + 1);
         for p in &pulled {
             let m = self.decode_pulled(partition, p)?;
-            let size = crate::stored_size(&m);
+            let size = m.size();
             if !out.is_empty() && used + size > max_bytes {
                 // The cursor moved past what is returned: it stays where it is, under its
                 // real position, and the next read from here makes a new one.

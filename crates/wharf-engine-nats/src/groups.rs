@@ -91,9 +91,6 @@ pub(crate) fn assigned(index: usize, members: usize, partitions: u32) -> Vec<u32
         .collect()
 }
 
-/// Bytes a message counts for against `max_bytes` (as reads count them).
-use crate::stored_size as message_size;
-
 /// One member of a group, as the group document keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberDoc {
@@ -614,7 +611,7 @@ impl NatsEngine {
                 .await?;
             let mut next = pos;
             for m in read {
-                let size = message_size(&m);
+                let size = m.size();
                 // Whole messages up to about max_bytes, but always at least one.
                 if !out.is_empty() && size > budget {
                     if next > pos {

@@ -42,7 +42,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use wharf_broker::envelope;
-use wharf_broker::murmur2::partition_for_key;
 use wharf_broker::{
     AckOutcome, BrokerError, Capabilities, Committed, Delivery, Engine, FetchRequest, Health,
     Membership, Message, Position, PublishOptions, Published, ReadRequest, ReadResult,
@@ -204,16 +203,6 @@ async fn await_ack(
 ) -> Result<jetstream::publish::PublishAck> {
     ack.await
         .map_err(|e| unavailable(&format!("publishing to {topic}"), e))
-}
-
-/// Size of a stored message as read limits count it: key, value and headers.
-pub(crate) fn stored_size(m: &StoredMessage) -> usize {
-    m.key.as_ref().map_or(0, Bytes::len)
-        + m.value.len()
-        + m.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
 }
 
 /// `engine_unavailable` with what failed.
@@ -489,22 +478,6 @@ impl NatsEngine {
         })
     }
 
-    fn route(&self, m: &Message, topic: &str, n: u32) -> Result<u32> {
-        match (m.partition, &m.key) {
-            (Some(p), _) if p < n => Ok(p),
-            (Some(p), _) => Err(BrokerError::PartitionNotFound {
-                topic: topic.to_owned(),
-                partition: p,
-                partitions: n,
-            }),
-            (None, Some(key)) => Ok(partition_for_key(key, n)),
-            (None, None) => Ok(match m.id() {
-                Some(id) => partition_for_key(id.as_bytes(), n),
-                None => self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % n,
-            }),
-        }
-    }
-
     /// The stored message at `offset` of the stream, `None` if retention removed it.
     async fn get(
         &self,
@@ -584,7 +557,7 @@ impl NatsEngine {
                 }
                 break;
             };
-            let size = stored_size(&m);
+            let size = m.size();
             if !messages.is_empty() && used + size > max_bytes {
                 break;
             }
@@ -789,7 +762,9 @@ impl NatsEngine {
         wharf_broker::check::publish(&messages, &config)?;
         let routes = messages
             .iter()
-            .map(|m| self.route(m, topic, config.partitions))
+            .map(|m| {
+                wharf_broker::check::route(m, topic, config.partitions, &self.inner.next_partition)
+            })
             .collect::<Result<Vec<u32>>>()?;
         let unshared = wharf_broker::check::unshared(&messages, &options.shared_headers, &config);
         let stamp = self.stamp();

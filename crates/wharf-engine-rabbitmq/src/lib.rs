@@ -40,7 +40,6 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOption
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use wharf_broker::envelope;
-use wharf_broker::murmur2::partition_for_key;
 use wharf_broker::{
     AckOutcome, BrokerError, Capabilities, Committed, Delivery, Engine, FetchRequest, Health,
     Membership, Message, PartitionInfo, Position, PublishOptions, Published, ReadRequest,
@@ -204,16 +203,6 @@ fn node_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
-}
-
-/// Size of a stored message as read limits count it: key, value and headers.
-fn stored_size(m: &StoredMessage) -> usize {
-    m.key.as_ref().map_or(0, Bytes::len)
-        + m.value.len()
-        + m.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
 }
 
 /// Decodes a delivery of partition `p`. Never fails: a body marked as an envelope that does
@@ -751,22 +740,6 @@ impl RabbitEngine {
         })
     }
 
-    fn route(&self, m: &Message, topic: &str, n: u32) -> Result<u32> {
-        match (m.partition, &m.key) {
-            (Some(p), _) if p < n => Ok(p),
-            (Some(p), _) => Err(BrokerError::PartitionNotFound {
-                topic: topic.to_owned(),
-                partition: p,
-                partitions: n,
-            }),
-            (None, Some(key)) => Ok(partition_for_key(key, n)),
-            (None, None) => Ok(match m.id() {
-                Some(id) => partition_for_key(id.as_bytes(), n),
-                None => self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % n,
-            }),
-        }
-    }
-
     async fn publish_inner(
         &self,
         topic: &str,
@@ -779,7 +752,9 @@ impl RabbitEngine {
         wharf_broker::check::publish(&messages, config)?;
         let routes = messages
             .iter()
-            .map(|m| self.route(m, topic, config.partitions))
+            .map(|m| {
+                wharf_broker::check::route(m, topic, config.partitions, &self.inner.next_partition)
+            })
             .collect::<Result<Vec<u32>>>()?;
         let unshared = wharf_broker::check::unshared(&messages, &options.shared_headers, config);
         let dedup = config.dedup_window_ms > 0 && messages.iter().any(|m| m.id().is_some());
@@ -1130,7 +1105,7 @@ impl RabbitEngine {
                     continue;
                 }
                 if let Read::Data(m) = decode(p, offset, d) {
-                    let size = stored_size(&m);
+                    let size = m.size();
                     if !messages.is_empty() && bytes + size > max_bytes {
                         break;
                     }
