@@ -15,107 +15,30 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::engine::{self, call, cleanup, ok, prefix, read_all};
 use common::{ChildGuard, GENEROUS, Server, client};
 use serde_json::{Value, json};
-
-type Client = wharf_test::reqwest::Client;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn nats_url() -> String {
     std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// `nats://HOST:PORT` → whether it accepts a connection.
 fn reachable(url: &str) -> bool {
-    let addr = url.trim_start_matches("nats://").to_owned();
-    std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+    engine::reachable(url.trim_start_matches("nats://"))
 }
 
 fn skip(why: &str) -> bool {
-    assert!(!ci(), "{why}, and CI=true: the NATS engine must be tested");
-    eprintln!("SKIPPED: {why}");
-    true
+    engine::skip("NATS", why)
 }
 
-/// A config file for a node on `url` under `prefix`.
-fn config(dir: &Path, name: &str, url: &str, prefix: &str) -> String {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[engine]\nkind = \"nats\"\nnats_url = \"{url}\"\nnats_prefix = \"{prefix}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .expect("write config");
-    path.display().to_string()
-}
-
+/// A node on the NATS at `url` under `prefix`.
 fn node(dir: &Path, name: &str, url: &str, prefix: &str) -> Server {
-    let cfg = config(dir, name, url, prefix);
-    Server::start_with(&dir.join(name), &["--config", &cfg])
-}
-
-async fn call(c: &Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
-    let method = wharf_test::reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = c.request(method, &url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    match req.send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let text = r.text().await.unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        }
-        // The node is gone (killed): like any failed request, not acknowledged.
-        Err(_) => (0, Value::Null),
-    }
-}
-
-async fn ok(c: &Client, method: &str, url: String, body: Option<Value>) -> Value {
-    let (status, v) = call(c, method, url.clone(), body).await;
-    assert!((200..300).contains(&status), "{method} {url}: {status} {v}");
-    v
-}
-
-fn prefix(tag: &str) -> String {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("wp{tag}{}x{nonce}", std::process::id())
-}
-
-/// Everything in partition `p` of `topic`, read through `base`.
-async fn read_all(c: &Client, base: &str, topic: &str, p: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut offset = 0u64;
-    loop {
-        let v = ok(
-            c,
-            "GET",
-            format!("{base}/v1/topics/{topic}/messages?partition={p}&offset={offset}&limit=1000"),
-            None,
-        )
-        .await;
-        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
-        if msgs.is_empty() {
-            return out;
-        }
-        out.extend(
-            msgs.iter()
-                .map(|m| m["value"].as_str().unwrap_or("").to_owned()),
-        );
-        offset = v["next_offset"].as_u64().expect("next_offset");
-    }
-}
-
-async fn cleanup(c: &Client, base: &str, topic: &str) {
-    let _ = call(c, "DELETE", format!("{base}/v1/topics/{topic}"), None).await;
+    engine::node(
+        dir,
+        name,
+        &format!("kind = \"nats\"\nnats_url = \"{url}\"\nnats_prefix = \"{prefix}\""),
+    )
 }
 
 /// Two nodes on one NATS: what node A publishes node B reads; members of one shared
@@ -128,7 +51,7 @@ async fn two_nodes_are_one_wharf() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pre = prefix("m");
+    let pre = prefix("pm");
     let mut a = node(dir.path(), "a", &url, &pre);
     let b = node(dir.path(), "b", &url, &pre);
     let c = client();
@@ -233,57 +156,8 @@ async fn two_nodes_are_one_wharf() {
     assert_eq!(info["in_flight"], 0, "{info}");
 
     // Kill A while it publishes: every message A acknowledged is there, read through B.
-    let publisher = {
-        let (c, base) = (c.clone(), a.base.clone());
-        tokio::spawn(async move {
-            let mut acknowledged = Vec::new();
-            for i in 0..100_000 {
-                let (status, _) = call(
-                    &c,
-                    "POST",
-                    format!("{base}/v1/topics/t/messages"),
-                    Some(json!({"messages": [{"value": format!("k{i}"), "key": format!("k{i}")}]})),
-                )
-                .await;
-                if status != 200 {
-                    break;
-                }
-                acknowledged.push(format!("k{i}"));
-            }
-            acknowledged
-        })
-    };
-    // Let some publishes land, then kill A.
-    let until = Instant::now() + GENEROUS;
-    loop {
-        let v = ok(&c, "GET", format!("{}/v1/topics/t", b.base), None).await;
-        let total: u64 = v["partitions"]
-            .as_array()
-            .expect("partitions")
-            .iter()
-            .map(|p| p["high_watermark"].as_u64().unwrap_or(0))
-            .sum();
-        if total >= 150 || Instant::now() > until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = a.pid();
-    Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    a.wait_exit(GENEROUS).expect("A exits after SIGKILL");
-    let acknowledged = publisher.await.expect("publisher");
-    assert!(
-        !acknowledged.is_empty(),
-        "A acknowledged publishes before it died"
-    );
-    let mut stored: BTreeSet<String> = BTreeSet::new();
-    for p in 0..2 {
-        stored.extend(read_all(&c, &b.base, "t", p).await);
-    }
+    let acknowledged = engine::kill_while_publishing(&c, &mut a, &b.base, "t").await;
+    let stored = engine::stored(&c, &b.base, "t", 2).await;
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|k| !stored.contains(*k))

@@ -15,20 +15,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::engine::{self, Client, call, cleanup, ok, prefix, read_all};
 use common::{GENEROUS, Server, client};
 use serde_json::{Value, json};
-
-type Client = wharf_test::reqwest::Client;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn amqp_url() -> String {
     std::env::var("WHARF_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// `amqp://[USER:PASS@]HOST[:PORT][/VHOST]` → whether it accepts a connection.
 fn reachable(url: &str) -> bool {
     let hostport = url
         .trim_start_matches("amqp://")
@@ -38,100 +34,24 @@ fn reachable(url: &str) -> bool {
         .split('/')
         .next()
         .unwrap_or_default();
-    let addr = if hostport.contains(':') {
-        hostport.to_owned()
+    if hostport.contains(':') {
+        engine::reachable(hostport)
     } else {
-        format!("{hostport}:5672")
-    };
-    std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+        engine::reachable(&format!("{hostport}:5672"))
+    }
 }
 
 fn skip(why: &str) -> bool {
-    assert!(
-        !ci(),
-        "{why}, and CI=true: the RabbitMQ engine must be tested"
-    );
-    eprintln!("SKIPPED: {why}");
-    true
+    engine::skip("RabbitMQ", why)
 }
 
-/// A config file for a node on `url` under `prefix`.
-fn config(dir: &Path, name: &str, url: &str, prefix: &str) -> String {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[engine]\nkind = \"rabbitmq\"\namqp_url = \"{url}\"\namqp_prefix = \"{prefix}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .expect("write config");
-    path.display().to_string()
-}
-
+/// A node on the RabbitMQ at `url` under `prefix`.
 fn node(dir: &Path, name: &str, url: &str, prefix: &str) -> Server {
-    let cfg = config(dir, name, url, prefix);
-    Server::start_with(&dir.join(name), &["--config", &cfg])
-}
-
-async fn call(c: &Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
-    let method = wharf_test::reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = c.request(method, &url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    match req.send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let text = r.text().await.unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        }
-        // The node is gone (killed): like any failed request, not acknowledged.
-        Err(_) => (0, Value::Null),
-    }
-}
-
-async fn ok(c: &Client, method: &str, url: String, body: Option<Value>) -> Value {
-    let (status, v) = call(c, method, url.clone(), body).await;
-    assert!((200..300).contains(&status), "{method} {url}: {status} {v}");
-    v
-}
-
-fn prefix(tag: &str) -> String {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("wr{tag}{}x{nonce}", std::process::id())
-}
-
-/// Everything in partition `p` of `topic`, read through `base`.
-async fn read_all(c: &Client, base: &str, topic: &str, p: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut offset = 0u64;
-    loop {
-        let v = ok(
-            c,
-            "GET",
-            format!("{base}/v1/topics/{topic}/messages?partition={p}&offset={offset}&limit=1000"),
-            None,
-        )
-        .await;
-        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
-        if msgs.is_empty() {
-            return out;
-        }
-        out.extend(
-            msgs.iter()
-                .map(|m| m["value"].as_str().unwrap_or("").to_owned()),
-        );
-        offset = v["next_offset"].as_u64().expect("next_offset");
-    }
-}
-
-async fn cleanup(c: &Client, base: &str, topic: &str) {
-    let _ = call(c, "DELETE", format!("{base}/v1/topics/{topic}"), None).await;
+    engine::node(
+        dir,
+        name,
+        &format!("kind = \"rabbitmq\"\namqp_url = \"{url}\"\namqp_prefix = \"{prefix}\""),
+    )
 }
 
 /// Reads partition `p` through `base` until `n` messages came (a publish through another
@@ -167,7 +87,7 @@ async fn two_nodes_are_one_wharf() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pre = prefix("m");
+    let pre = prefix("rm");
     let mut a = node(dir.path(), "a", &url, &pre);
     let b = node(dir.path(), "b", &url, &pre);
     let c = client();
@@ -204,59 +124,11 @@ async fn two_nodes_are_one_wharf() {
     assert_eq!(seen, want, "B reads everything A published");
 
     // Kill A while it publishes: every message A acknowledged is there, read through B.
-    let publisher = {
-        let (c, base) = (c.clone(), a.base.clone());
-        tokio::spawn(async move {
-            let mut acknowledged = Vec::new();
-            for i in 0..100_000 {
-                let (status, _) = call(
-                    &c,
-                    "POST",
-                    format!("{base}/v1/topics/t/messages"),
-                    Some(json!({"messages": [{"value": format!("k{i}"), "key": format!("k{i}")}]})),
-                )
-                .await;
-                if status != 200 {
-                    break;
-                }
-                acknowledged.push(format!("k{i}"));
-            }
-            acknowledged
-        })
-    };
-    let until = Instant::now() + GENEROUS;
-    loop {
-        let v = ok(&c, "GET", format!("{}/v1/topics/t", b.base), None).await;
-        let total: u64 = v["partitions"]
-            .as_array()
-            .expect("partitions")
-            .iter()
-            .map(|p| p["high_watermark"].as_u64().unwrap_or(0))
-            .sum();
-        if total >= 150 || Instant::now() > until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = a.pid();
-    Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    a.wait_exit(GENEROUS).expect("A exits after SIGKILL");
-    let acknowledged = publisher.await.expect("publisher");
-    assert!(
-        !acknowledged.is_empty(),
-        "A acknowledged publishes before it died"
-    );
+    let acknowledged = engine::kill_while_publishing(&c, &mut a, &b.base, "t").await;
     let acknowledged: BTreeSet<String> = acknowledged.into_iter().collect();
     let until = Instant::now() + GENEROUS;
     let lost = loop {
-        let mut stored: BTreeSet<String> = BTreeSet::new();
-        for p in 0..2 {
-            stored.extend(read_all(&c, &b.base, "t", p).await);
-        }
+        let stored = engine::stored(&c, &b.base, "t", 2).await;
         let lost: Vec<String> = acknowledged.difference(&stored).cloned().collect();
         if lost.is_empty() || Instant::now() > until {
             break lost;
@@ -302,7 +174,7 @@ async fn connection_closed_mid_run() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pre = prefix("c");
+    let pre = prefix("rc");
     let n = node(dir.path(), "n", &url, &pre);
     let c = client();
     ok(
