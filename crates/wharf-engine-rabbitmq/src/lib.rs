@@ -212,10 +212,10 @@ fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Read {
     if watch::is_fence(&d) {
         return Read::Fence;
     }
-    let headers = d.properties.headers().as_ref();
-    if watch::is_envelope(&d)
-        && let Ok(e) = envelope::decode(Bytes::from(d.data.clone()))
-    {
+    let enveloped = watch::is_envelope(&d);
+    // `Bytes` clones share the buffer: the fallback below keeps the body without a copy.
+    let body = Bytes::from(d.data);
+    if enveloped && let Ok(e) = envelope::decode(body.clone()) {
         return Read::Data(StoredMessage {
             partition: p,
             offset,
@@ -226,7 +226,10 @@ fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Read {
         });
     }
     // A plain AMQP publisher's message: its string-able headers, its timestamp property.
-    let plain: Vec<(String, String)> = headers
+    let plain: Vec<(String, String)> = d
+        .properties
+        .headers()
+        .as_ref()
         .map(|h| {
             h.inner()
                 .iter()
@@ -245,7 +248,7 @@ fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Read {
         offset,
         timestamp,
         key: None,
-        value: Bytes::from(d.data),
+        value: body,
         headers: plain,
     })
 }
