@@ -155,7 +155,8 @@ impl BrokerError {
         }
     }
 
-    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+    /// `invalid_argument` for `field`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         BrokerError::InvalidArgument {
             field,
             reason: reason.into(),

@@ -19,6 +19,7 @@
 //!   subscriptions with dead letters and redrive, metadata files).
 
 pub mod check;
+pub mod dlq;
 pub mod engine;
 pub mod envelope;
 pub mod error;

@@ -27,6 +27,10 @@
 
 mod amqp;
 mod meta;
+mod rsm;
+mod shared;
+mod stream;
+mod subs;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -49,7 +53,7 @@ use wharf_broker::{
 use wharf_log::Clock;
 
 use amqp::{Start, StreamReader, unavailable};
-use meta::{Change, Meta, TopicState};
+use meta::{Change, Meta, Role, TopicState};
 use watch::Watcher;
 
 /// Most bytes one read returns (whole messages; at least one).
@@ -166,6 +170,8 @@ struct Session {
     attach: tokio::sync::Mutex<()>,
     /// Start offsets probed recently, by stream.
     starts: Mutex<HashMap<String, (u64, Instant)>>,
+    /// This node's copies of the subscriptions' state, by state stream.
+    subs: Mutex<HashMap<String, subs::Handle>>,
 }
 
 impl Session {
@@ -253,13 +259,6 @@ fn decode(p: u32, offset: u64, d: lapin::message::Delivery) -> Read {
     })
 }
 
-fn not_supported(what: &'static str) -> BrokerError {
-    BrokerError::NotSupported {
-        what,
-        engine: "rabbitmq",
-    }
-}
-
 impl RabbitEngine {
     /// Connects, checks that RabbitMQ has stream queues (3.9+; Wharf is designed for 3.10),
     /// and reads Wharf's settings stream. Fails with `engine_unavailable` and the reason
@@ -317,6 +316,13 @@ impl RabbitEngine {
                 self.delete_queue(&s, &self.stream(&name, t.generation, p))
                     .await?;
             }
+            for (sub, state) in &t.subs {
+                self.delete_queue(
+                    &s,
+                    &self.sub_stream(&name, t.generation, sub, state.generation),
+                )
+                .await?;
+            }
         }
         self.delete_queue(&s, &self.meta_queue()).await?;
         self.inner.closed.store(true, Ordering::Release);
@@ -331,6 +337,14 @@ impl RabbitEngine {
 
     fn stream(&self, topic: &str, generation: u64, p: u32) -> String {
         format!("{}.t.{topic}.{generation}.{p}", self.inner.config.prefix)
+    }
+
+    /// The state stream of subscription `sub` (of that generation) of `topic`.
+    fn sub_stream(&self, topic: &str, topic_generation: u64, sub: &str, generation: u64) -> String {
+        format!(
+            "{}.s.{topic}.{topic_generation}.{sub}.{generation}",
+            self.inner.config.prefix
+        )
     }
 
     /// The live session, connecting (again) if there is none or it was lost.
@@ -395,6 +409,7 @@ impl RabbitEngine {
             dedup_locks: Mutex::new(HashMap::new()),
             attach: tokio::sync::Mutex::new(()),
             starts: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -410,6 +425,14 @@ impl RabbitEngine {
             self.inner.node,
             self.inner.next_pub.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// A topic users may see (not a subscription's hidden retry topic).
+    async fn public_topic(&self, s: &Session, name: &str) -> Result<TopicState> {
+        match self.require_topic(s, name).await? {
+            t if t.role == Role::Retry => Err(BrokerError::TopicNotFound(name.to_owned())),
+            t => Ok(t),
+        }
     }
 
     /// The topic's state: this node's view, or after a sync if the view does not have it.
@@ -743,14 +766,31 @@ impl RabbitEngine {
         })
     }
 
+    /// Publishes to `topic`; `internal` publishes (dead letters, redrive) may write the
+    /// topics Wharf keeps for a subscription.
     async fn publish_inner(
         &self,
         topic: &str,
         messages: Vec<Message>,
         options: PublishOptions,
+        internal: bool,
     ) -> Result<Vec<Published>> {
         let s = self.session().await?;
-        let t = self.require_topic(&s, topic).await?;
+        let t = if internal {
+            self.require_topic(&s, topic).await?
+        } else {
+            let t = self.public_topic(&s, topic).await?;
+            if t.role != Role::Topic {
+                return Err(BrokerError::invalid(
+                    "topic",
+                    format!(
+                        "{topic:?} is a dead-letter topic: only its subscription writes to it \
+                         (redrive puts its messages back)"
+                    ),
+                ));
+            }
+            t
+        };
         let config = &t.config;
         wharf_broker::check::publish(&messages, config)?;
         let routes = messages
@@ -1006,9 +1046,86 @@ impl RabbitEngine {
         Ok(out)
     }
 
+    /// Reads stream `queue` (partition `p`'s messages) from `from` up to `end`: at most
+    /// `max` messages and about `max_bytes` (whole messages, at least one). Fences are
+    /// skipped; returns the messages and the offset after the last one looked at.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_range(
+        &self,
+        s: &Session,
+        queue: &str,
+        p: u32,
+        from: u64,
+        end: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredMessage>, u64)> {
+        if from >= end {
+            return Ok((Vec::new(), from));
+        }
+        let max = max.max(1);
+        let max_bytes = max_bytes.clamp(1, MAX_READ_BYTES);
+        let prefetch = u16::try_from((max + 16).min(2000)).unwrap_or(2000);
+        let mut reader = amqp::timed(
+            self.inner.config.timeout,
+            "opening a stream reader",
+            StreamReader::open(&s.conn, queue, Start::Offset(from), prefetch),
+        )
+        .await?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = from;
+        let timeout = self.inner.config.timeout;
+        let mut unacked = 0u32;
+        let outcome: Result<()> = async {
+            while next < end && messages.len() < max {
+                let Some(d) = reader.next(timeout).await? else {
+                    return Err(unavailable(
+                        &format!("reading {queue}"),
+                        "messages below the high watermark did not arrive in time",
+                    ));
+                };
+                let Some(offset) =
+                    amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
+                else {
+                    continue;
+                };
+                let tag = d.delivery_tag;
+                unacked += 1;
+                // Credit back as it goes: fences and skipped messages take credit too.
+                if unacked * 2 >= u32::from(prefetch) {
+                    reader.ack_up_to(tag).await?;
+                    unacked = 0;
+                }
+                if offset < from {
+                    continue;
+                }
+                if offset >= end {
+                    // Nothing readable is left below the end (retention, fences).
+                    next = end;
+                    break;
+                }
+                if let Read::Data(m) = decode(p, offset, d) {
+                    let size = m.size();
+                    if !messages.is_empty() && bytes + size > max_bytes {
+                        break;
+                    }
+                    bytes += size;
+                    messages.push(m);
+                }
+                next = offset + 1;
+            }
+            Ok(())
+        }
+        .await;
+        reader.close().await;
+        outcome?;
+        Ok((messages, next))
+    }
+
     async fn read_inner(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {
         let s = self.session().await?;
-        let t = self.require_topic(&s, topic).await?;
+        let t = self.public_topic(&s, topic).await?;
         let p = request.partition;
         if p >= t.config.partitions {
             return Err(BrokerError::PartitionNotFound {
@@ -1070,58 +1187,17 @@ impl RabbitEngine {
                 return Ok(empty(from, end));
             }
         }
-        let max = request.max_messages.max(1);
-        let max_bytes = request.max_bytes.clamp(1, MAX_READ_BYTES);
-        let prefetch = u16::try_from((max + 16).min(2000)).unwrap_or(2000);
-        let mut reader = amqp::timed(
-            self.inner.config.timeout,
-            "opening a stream reader",
-            StreamReader::open(&s.conn, &queue, Start::Offset(from), prefetch),
-        )
-        .await?;
-        let mut messages = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = from;
-        let timeout = self.inner.config.timeout;
-        let mut unacked = 0u32;
-        let outcome: Result<()> = async {
-            while next < end && messages.len() < max {
-                let Some(d) = reader.next(timeout).await? else {
-                    return Err(unavailable(
-                        &format!("reading {queue}"),
-                        "messages below the high watermark did not arrive in time",
-                    ));
-                };
-                let Some(offset) =
-                    amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
-                else {
-                    continue;
-                };
-                let tag = d.delivery_tag;
-                unacked += 1;
-                // Credit back as it goes: fences and skipped messages take credit too.
-                if unacked * 2 >= u32::from(prefetch) {
-                    reader.ack_up_to(tag).await?;
-                    unacked = 0;
-                }
-                if offset < from {
-                    continue;
-                }
-                if let Read::Data(m) = decode(p, offset, d) {
-                    let size = m.size();
-                    if !messages.is_empty() && bytes + size > max_bytes {
-                        break;
-                    }
-                    bytes += size;
-                    messages.push(m);
-                }
-                next = offset + 1;
-            }
-            Ok(())
-        }
-        .await;
-        reader.close().await;
-        outcome?;
+        let (messages, next) = self
+            .read_range(
+                &s,
+                &queue,
+                p,
+                from,
+                end,
+                request.max_messages,
+                request.max_bytes,
+            )
+            .await?;
         Ok(ReadResult {
             messages,
             next_offset: next,
@@ -1180,13 +1256,31 @@ impl RabbitEngine {
 
     async fn delete_topic_inner(&self, name: &str) -> Result<()> {
         let s = self.session().await?;
-        let t = self.require_topic(&s, name).await?;
+        let t = self.public_topic(&s, name).await?;
+        if let Role::DeadLetters { topic, sub } = &t.role {
+            return Err(BrokerError::invalid(
+                "topic",
+                format!(
+                    "{name:?} is the dead-letter topic of subscription {sub:?} of {topic:?}: \
+                     it goes when the subscription is deleted"
+                ),
+            ));
+        }
         s.meta
             .append(Change::DeleteTopic {
                 name: name.to_owned(),
                 generation: t.generation,
             })
             .await?;
+        for (sub, state) in &t.subs {
+            self.drop_subscription_streams(&s, name, &t, sub, state)
+                .await?;
+        }
+        self.drop_topic_streams(&s, name, &t).await
+    }
+
+    /// Deletes a topic's streams (its settings record is gone already).
+    async fn drop_topic_streams(&self, s: &Session, name: &str, t: &TopicState) -> Result<()> {
         s.dedup_locks
             .lock()
             .expect("dedup locks")
@@ -1198,7 +1292,7 @@ impl RabbitEngine {
             amqp::timed(
                 self.inner.config.timeout,
                 "deleting a stream",
-                self.delete_queue(&s, &queue),
+                self.delete_queue(s, &queue),
             )
             .await?;
         }
@@ -1214,10 +1308,10 @@ impl Engine for RabbitEngine {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            stream_subscriptions: Support::Unavailable,
-            shared_subscriptions: Support::Unavailable,
-            dead_letters: Support::Unavailable,
-            delays: Support::Unavailable,
+            stream_subscriptions: Support::Wharf,
+            shared_subscriptions: Support::Wharf,
+            dead_letters: Support::Wharf,
+            delays: Support::Wharf,
             dedup: Support::Wharf,
             time_lookup: Support::Wharf,
             retention: Support::Native,
@@ -1246,7 +1340,7 @@ impl Engine for RabbitEngine {
 
     async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
         let s = self.session().await?;
-        let t = self.require_topic(&s, name).await?;
+        let t = self.public_topic(&s, name).await?;
         self.info(&s, name, &t).await.map_err(amqp::for_topic(name))
     }
 
@@ -1255,7 +1349,9 @@ impl Engine for RabbitEngine {
         s.meta.sync().await?;
         let mut out = Vec::new();
         for (name, t) in s.meta.topics() {
-            out.push(self.info(&s, &name, &t).await?);
+            if t.role != Role::Retry {
+                out.push(self.info(&s, &name, &t).await?);
+            }
         }
         Ok(out)
     }
@@ -1266,7 +1362,7 @@ impl Engine for RabbitEngine {
 
     async fn max_message_bytes(&self, name: &str) -> Result<u64> {
         let s = self.session().await?;
-        Ok(self.require_topic(&s, name).await?.config.max_message_bytes)
+        Ok(self.public_topic(&s, name).await?.config.max_message_bytes)
     }
 
     async fn publish_with(
@@ -1275,7 +1371,7 @@ impl Engine for RabbitEngine {
         messages: Vec<Message>,
         options: PublishOptions,
     ) -> Result<Vec<Published>> {
-        self.publish_inner(topic, messages, options)
+        self.publish_inner(topic, messages, options, false)
             .await
             .map_err(amqp::for_topic(topic))
     }
@@ -1294,118 +1390,160 @@ impl Engine for RabbitEngine {
     ) -> Result<SubscriptionInfo> {
         wharf_broker::names::validate("subscription", name, false)?;
         config.validate()?;
-        let s = self.session().await?;
-        self.require_topic(&s, topic).await?;
-        Err(not_supported("subscriptions"))
+        self.create_subscription_inner(topic, name, config)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
-    async fn describe_subscription(&self, topic: &str, _name: &str) -> Result<SubscriptionInfo> {
-        let s = self.session().await?;
-        self.require_topic(&s, topic).await?;
-        Err(not_supported("subscriptions"))
+    async fn describe_subscription(&self, topic: &str, name: &str) -> Result<SubscriptionInfo> {
+        self.describe_subscription_inner(topic, name)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
     async fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
-        // None can exist: an empty list is the truth.
-        let s = self.session().await?;
-        self.require_topic(&s, topic).await?;
-        Ok(Vec::new())
+        self.list_subscriptions_inner(topic)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
-    async fn delete_subscription(&self, _topic: &str, _name: &str) -> Result<()> {
-        Err(not_supported("subscriptions"))
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
+        self.delete_subscription_inner(topic, name).await
     }
 
-    async fn join(&self, _topic: &str, _sub: &str, _member: Option<&str>) -> Result<Membership> {
-        Err(not_supported("stream subscriptions"))
+    async fn join(&self, topic: &str, sub: &str, member: Option<&str>) -> Result<Membership> {
+        self.join_inner(topic, sub, member).await
     }
 
-    async fn heartbeat(&self, _topic: &str, _sub: &str, _member: &str) -> Result<Membership> {
-        Err(not_supported("stream subscriptions"))
+    async fn heartbeat(&self, topic: &str, sub: &str, member: &str) -> Result<Membership> {
+        self.heartbeat_inner(topic, sub, member).await
     }
 
-    async fn leave(&self, _topic: &str, _sub: &str, _member: &str) -> Result<()> {
-        Err(not_supported("stream subscriptions"))
+    async fn leave(&self, topic: &str, sub: &str, member: &str) -> Result<()> {
+        self.leave_inner(topic, sub, member).await
     }
 
     async fn fetch(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _member: &str,
-        _request: FetchRequest,
+        topic: &str,
+        sub: &str,
+        member: &str,
+        request: FetchRequest,
     ) -> Result<Vec<StoredMessage>> {
-        Err(not_supported("stream subscriptions"))
+        self.fetch_inner(topic, sub, member, request)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
     async fn commit(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _member: &str,
-        _offsets: Vec<Committed>,
+        topic: &str,
+        sub: &str,
+        member: &str,
+        offsets: Vec<Committed>,
     ) -> Result<Vec<Committed>> {
-        Err(not_supported("stream subscriptions"))
+        self.commit_inner(topic, sub, member, offsets).await
     }
 
-    async fn reset(&self, _topic: &str, _sub: &str, _to: ResetTo) -> Result<Vec<Committed>> {
-        Err(not_supported("stream subscriptions"))
+    async fn reset(&self, topic: &str, sub: &str, to: ResetTo) -> Result<Vec<Committed>> {
+        self.reset_inner(topic, sub, to)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
     async fn receive(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _request: ReceiveRequest,
+        topic: &str,
+        sub: &str,
+        request: ReceiveRequest,
     ) -> Result<Vec<Delivery>> {
-        Err(not_supported("shared subscriptions"))
+        self.receive_inner(topic, sub, request)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 
-    async fn ack(&self, _topic: &str, _sub: &str, _ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+    async fn ack(&self, topic: &str, sub: &str, ack_ids: &[String]) -> Result<Vec<AckOutcome>> {
+        self.settle(topic, sub, ack_ids, shared::Settle::Ack).await
     }
 
     async fn nack(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _delay_ms: Option<u64>,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        delay_ms: Option<u64>,
     ) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+        let delay = delay_ms.map(|d| i64::try_from(d.min(7 * 86_400_000)).unwrap_or(0));
+        self.settle(topic, sub, ack_ids, shared::Settle::Nack { delay })
+            .await
     }
 
     async fn extend(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _lease_ms: u64,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        lease_ms: u64,
     ) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+        if !(100..=12 * 3_600_000).contains(&lease_ms) {
+            return Err(BrokerError::invalid(
+                "lease_ms",
+                "must be within 100..=43200000",
+            ));
+        }
+        let deadline = self
+            .inner
+            .config
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+        self.settle(topic, sub, ack_ids, shared::Settle::Extend { deadline })
+            .await
     }
 
     async fn terminate(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _ack_ids: &[String],
-        _reason: &str,
+        topic: &str,
+        sub: &str,
+        ack_ids: &[String],
+        reason: &str,
     ) -> Result<Vec<AckOutcome>> {
-        Err(not_supported("shared subscriptions"))
+        let reason = if reason.is_empty() {
+            "terminated"
+        } else {
+            reason
+        };
+        let deadline = self
+            .inner
+            .config
+            .clock
+            .now_ms()
+            .saturating_add(shared::FINISH_MS);
+        self.settle(
+            topic,
+            sub,
+            ack_ids,
+            shared::Settle::Terminate {
+                reason: reason.chars().take(1000).collect(),
+                deadline,
+            },
+        )
+        .await
     }
 
     async fn dead_letters(
         &self,
-        _topic: &str,
-        _sub: &str,
-        _request: ReadRequest,
+        topic: &str,
+        sub: &str,
+        request: ReadRequest,
     ) -> Result<ReadResult> {
-        Err(not_supported("dead letters"))
+        self.dead_letters_inner(topic, sub, request).await
     }
 
-    async fn redrive(&self, _topic: &str, _sub: &str, _max: usize) -> Result<u64> {
-        Err(not_supported("dead letters"))
+    async fn redrive(&self, topic: &str, sub: &str, max: usize) -> Result<u64> {
+        self.redrive_inner(topic, sub, max)
+            .await
+            .map_err(amqp::for_topic(topic))
     }
 }
 

@@ -1,30 +1,25 @@
-//! Wharf's settings on RabbitMQ: a replicated state machine on one stream.
+//! Wharf's settings on RabbitMQ: a replicated state machine ([`crate::rsm`]) on the stream
+//! `{prefix}.meta`.
 //!
 //! AMQP 0.9.1 cannot list queues or read a queue's arguments back, and RabbitMQ has no
-//! key-value store, so the topics' settings live in a Wharf-owned stream `{prefix}.meta`.
-//! Every change is a record appended to it; every node reads the stream from its first
-//! record and applies the records in stream order, so all nodes reach the same state, and
-//! conflicts are decided by that order (the first create of a name wins; a later create of
-//! the same name finds it taken).
+//! key-value store, so the settings of topics and subscriptions live in a Wharf-owned stream.
+//! Every change is a record appended to it; every node applies the records in stream order,
+//! so all nodes agree, and conflicts are decided by that order (the first create of a name
+//! wins; a later create of the same name finds it taken).
 //!
-//! A node's view may lag the stream by the time a record takes to reach it. [`Meta::sync`]
-//! appends a fence record and waits until it has been applied: after that the view holds
-//! every change acknowledged before the call (a linearizable read, used when a node does not
-//! know a topic it is asked about, and before listing).
+//! Besides the users' topics the settings hold the topics Wharf makes for a shared
+//! subscription: its dead-letter topic `wharf.dlq.{topic}.{sub}` (listed, readable) and its
+//! retry topic (hidden: what redrive puts back, for this subscription only). Both are created
+//! and deleted by the subscription's records, in the same step.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::Connection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-use wharf_broker::{BrokerError, Result, TopicConfig};
+use wharf_broker::{Result, SubscriptionConfig, TopicConfig};
 
-use crate::amqp::{self, Start, StreamReader, unavailable};
+use crate::rsm::{self, Machine, Rsm};
 
 /// How long opening may take to read the settings stream up to now.
 pub(crate) const OPEN_BUDGET: Duration = Duration::from_secs(60);
@@ -39,19 +34,39 @@ pub(crate) enum Change {
         config: TopicConfig,
         created_ms: i64,
     },
-    /// Deletes the topic of that generation (a later one of the same name stays).
+    /// Deletes the topic of that generation (a later one of the same name stays), with its
+    /// subscriptions and their topics.
     DeleteTopic { name: String, generation: u64 },
-    /// Changes nothing: marks a point in the stream (see [`Meta::sync`]).
+    /// Creates a subscription on the topic of that generation unless one of that name
+    /// exists (a shared one with its dead-letter and retry topics).
+    CreateSubscription {
+        topic: String,
+        topic_generation: u64,
+        name: String,
+        config: SubscriptionConfig,
+        /// Where each partition starts (resolved by the creator from `config.start`).
+        initial: Vec<u64>,
+        created_ms: i64,
+    },
+    /// Deletes the subscription of that generation, with its topics.
+    DeleteSubscription {
+        topic: String,
+        name: String,
+        generation: u64,
+    },
+    /// Changes nothing: marks a point in the stream (see [`Rsm::sync`]).
     Fence,
 }
 
-/// A record of the stream: a change and who wrote it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    /// `{node}.{sequence}`: the writer finds its record (and so its place in the order) by it.
-    writer: String,
-    #[serde(flatten)]
-    change: Change,
+/// What a topic is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A user's topic.
+    Topic,
+    /// The dead-letter topic of a shared subscription: written by Wharf only.
+    DeadLetters { topic: String, sub: String },
+    /// The retry topic of a shared subscription (redriven messages): hidden.
+    Retry,
 }
 
 /// A topic as the settings stream knows it.
@@ -62,35 +77,187 @@ pub(crate) struct TopicState {
     /// topic deleted and created again never shares a stream with its earlier self.
     pub(crate) generation: u64,
     pub(crate) created_ms: i64,
+    pub(crate) role: Role,
+    /// Its subscriptions, by name.
+    pub(crate) subs: BTreeMap<String, SubState>,
 }
 
+/// A subscription as the settings stream knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SubState {
+    pub(crate) config: SubscriptionConfig,
+    /// The offset of the record that created it (in its state stream's name and its ack ids).
+    pub(crate) generation: u64,
+    pub(crate) initial: Vec<u64>,
+}
+
+/// The retry topic of shared subscription `sub` on `topic` (hidden; `wharf.` is reserved).
+pub(crate) fn retry_topic(topic: &str, sub: &str) -> String {
+    format!("wharf.retry.{topic}.{sub}")
+}
+
+/// Settings of the topics Wharf makes for a shared subscription: one partition, room for the
+/// largest message any topic takes plus the dead-letter headers (so a poison message can
+/// always be moved out of the way). The dead-letter topic dedups (the ids that make moving a
+/// message idempotent); the retry topic does not (a message dead-lettered and redriven twice
+/// carries its producer's id twice, and must come back both times).
+pub(crate) fn side_topic_config(role: &Role) -> TopicConfig {
+    let config = TopicConfig {
+        partitions: 1,
+        max_message_bytes: 16 * 1024 * 1024 + 64 * 1024,
+        ..TopicConfig::default()
+    };
+    match role {
+        Role::Retry => TopicConfig {
+            dedup_window_ms: 0,
+            ..config
+        },
+        _ => config,
+    }
+}
+
+/// What the settings stream says.
 #[derive(Default)]
-struct State {
-    topics: BTreeMap<String, TopicState>,
-    /// Writers waiting for their record to be applied, by writer id.
-    waiting: HashMap<String, oneshot::Sender<u64>>,
-    /// Set when the reader stopped (connection lost): waiters fail instead of hanging.
-    failed: Option<String>,
+pub(crate) struct Settings {
+    pub(crate) topics: BTreeMap<String, TopicState>,
+}
+
+impl Settings {
+    fn side_topic(&self, created_ms: i64, generation: u64, role: Role) -> TopicState {
+        TopicState {
+            config: side_topic_config(&role),
+            generation,
+            created_ms,
+            role,
+            subs: BTreeMap::new(),
+        }
+    }
+
+    /// Removes a subscription's topics (a shared one has two).
+    fn drop_side_topics(&mut self, topic: &str, sub: &str) {
+        let dlq = wharf_broker::names::dlq_topic(topic, sub);
+        if self.topics.get(&dlq).is_some_and(|t| {
+            t.role
+                == Role::DeadLetters {
+                    topic: topic.to_owned(),
+                    sub: sub.to_owned(),
+                }
+        }) {
+            self.topics.remove(&dlq);
+        }
+        let retry = retry_topic(topic, sub);
+        if self
+            .topics
+            .get(&retry)
+            .is_some_and(|t| t.role == Role::Retry)
+        {
+            self.topics.remove(&retry);
+        }
+    }
+}
+
+impl Machine for Settings {
+    type Op = Change;
+    type Outcome = ();
+
+    fn fence() -> Change {
+        Change::Fence
+    }
+
+    fn apply(&mut self, offset: u64, change: Change) {
+        match change {
+            Change::CreateTopic {
+                name,
+                config,
+                created_ms,
+            } => {
+                self.topics.entry(name).or_insert(TopicState {
+                    config,
+                    generation: offset,
+                    created_ms,
+                    role: Role::Topic,
+                    subs: BTreeMap::new(),
+                });
+            }
+            Change::DeleteTopic { name, generation } => {
+                if let Some(t) = self.topics.get(&name)
+                    && t.generation == generation
+                {
+                    let subs: Vec<String> = t.subs.keys().cloned().collect();
+                    self.topics.remove(&name);
+                    for sub in subs {
+                        self.drop_side_topics(&name, &sub);
+                    }
+                }
+            }
+            Change::CreateSubscription {
+                topic,
+                topic_generation,
+                name,
+                config,
+                initial,
+                created_ms,
+            } => {
+                let shared = matches!(config, SubscriptionConfig::Shared(_));
+                let dlq = wharf_broker::names::dlq_topic(&topic, &name);
+                let retry = retry_topic(&topic, &name);
+                // `wharf.dlq.a.b.c` is both (a, b.c) and (a.b, c): the first wins.
+                if shared && (self.topics.contains_key(&dlq) || self.topics.contains_key(&retry)) {
+                    return;
+                }
+                let Some(t) = self.topics.get_mut(&topic) else {
+                    return;
+                };
+                if t.generation != topic_generation
+                    || t.role != Role::Topic
+                    || t.subs.contains_key(&name)
+                {
+                    return;
+                }
+                t.subs.insert(
+                    name.clone(),
+                    SubState {
+                        config,
+                        generation: offset,
+                        initial,
+                    },
+                );
+                if shared {
+                    let dead = self.side_topic(
+                        created_ms,
+                        offset,
+                        Role::DeadLetters {
+                            topic: topic.clone(),
+                            sub: name.clone(),
+                        },
+                    );
+                    self.topics.insert(dlq, dead);
+                    let retry_state = self.side_topic(created_ms, offset, Role::Retry);
+                    self.topics.insert(retry, retry_state);
+                }
+            }
+            Change::DeleteSubscription {
+                topic,
+                name,
+                generation,
+            } => {
+                if let Some(t) = self.topics.get_mut(&topic)
+                    && t.subs
+                        .get(&name)
+                        .is_some_and(|s| s.generation == generation)
+                {
+                    t.subs.remove(&name);
+                    self.drop_side_topics(&topic, &name);
+                }
+            }
+            Change::Fence => {}
+        }
+    }
 }
 
 /// The settings stream of one node's session.
 pub(crate) struct Meta {
-    queue: String,
-    node: String,
-    next: AtomicU64,
-    state: Arc<Mutex<State>>,
-    channel: Channel,
-    timeout: Duration,
-    reader: tokio::task::JoinHandle<()>,
-    syncing: tokio::sync::Mutex<()>,
-    syncs_started: AtomicU64,
-    syncs_done: AtomicU64,
-}
-
-impl Drop for Meta {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
+    rsm: Rsm<Settings>,
 }
 
 impl Meta {
@@ -102,215 +269,39 @@ impl Meta {
         node: String,
         timeout: Duration,
     ) -> Result<Self> {
-        let channel = amqp::confirm_channel(conn).await?;
-        // Declared on a channel of its own: a refused declare closes its channel.
-        let declaring = conn
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("opening a channel", e))?;
-        declaring
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                amqp::table(vec![(
-                    "x-queue-type",
-                    AMQPValue::LongString("stream".into()),
-                )]),
-            )
-            .await
-            .map_err(|e| {
-                BrokerError::EngineUnavailable(format!(
-                    "rabbitmq: cannot declare the stream queue {queue} \
-                     (Wharf needs RabbitMQ 3.10 or newer, with stream queues): {e}"
-                ))
-            })?;
-        let _ = declaring.close(200, "done".into()).await;
-        let state = Arc::new(Mutex::new(State::default()));
-        let reader = StreamReader::open(conn, &queue, Start::First, 1000).await?;
-        let task = tokio::spawn(apply_loop(reader, state.clone()));
-        let mut meta = Self {
-            queue,
-            node,
-            next: AtomicU64::new(0),
-            state,
-            channel,
-            // Reading the stream from its start may take a while: the first sync waits longer.
-            timeout: timeout.max(OPEN_BUDGET),
-            reader: task,
-            syncing: tokio::sync::Mutex::new(()),
-            syncs_started: AtomicU64::new(0),
-            syncs_done: AtomicU64::new(0),
-        };
-        meta.sync().await?;
-        meta.timeout = timeout;
-        Ok(meta)
+        rsm::declare_stream(conn, &queue).await?;
+        let rsm = Rsm::open(conn, queue, node, Settings::default(), timeout, OPEN_BUDGET).await?;
+        Ok(Self { rsm })
     }
 
     /// Appends a change; returns its offset in the stream once this node has applied it
     /// (and every record before it).
     pub(crate) async fn append(&self, change: Change) -> Result<u64> {
-        let writer = format!(
-            "{}.{}",
-            self.node,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
-        let body = serde_json::to_vec(&Record {
-            writer: writer.clone(),
-            change,
-        })
-        .map_err(|e| BrokerError::Internal(format!("encoding a settings record: {e}")))?;
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut s = self.state.lock().expect("meta state");
-            if let Some(why) = &s.failed {
-                return Err(unavailable("reading the settings stream", why));
-            }
-            s.waiting.insert(writer.clone(), tx);
-        }
-        let sent = async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .map_err(|e| unavailable("writing the settings stream", e))?
-                .await
-                .map_err(|e| unavailable("writing the settings stream", e))?;
-            if confirm.is_nack() {
-                return Err(unavailable(
-                    "writing the settings stream",
-                    "RabbitMQ refused the record",
-                ));
-            }
-            Ok(())
-        };
-        let result = match amqp::timed(self.timeout, "writing the settings stream", sent).await {
-            Ok(()) => match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(offset)) => Ok(offset),
-                Ok(Err(_)) => Err(unavailable(
-                    "reading the settings stream",
-                    "the reader stopped",
-                )),
-                Err(_) => Err(unavailable(
-                    "reading the settings stream",
-                    "a written record did not come back in time",
-                )),
-            },
-            Err(e) => Err(e),
-        };
-        self.state
-            .lock()
-            .expect("meta state")
-            .waiting
-            .remove(&writer);
-        result
+        Ok(self.rsm.propose(change).await?.0)
     }
 
     /// Waits until this node's view holds every change acknowledged before the call.
-    ///
-    /// Single-flight: syncs run one at a time, and a caller that arrives while one runs
-    /// waits for the next one to start and complete, which it may share with every other
-    /// caller that arrived meanwhile (each sync appends one fence record).
     pub(crate) async fn sync(&self) -> Result<()> {
-        let ticket = self.syncs_started.load(Ordering::Acquire);
-        let _one_at_a_time = self.syncing.lock().await;
-        if self.syncs_done.load(Ordering::Acquire) > ticket {
-            // A sync that started after this call arrived has completed.
-            return Ok(());
-        }
-        let id = self.syncs_started.fetch_add(1, Ordering::AcqRel) + 1;
-        self.append(Change::Fence).await?;
-        self.syncs_done.store(id, Ordering::Release);
-        Ok(())
+        self.rsm.sync().await
     }
 
     /// The topic's settings as this node knows them (see [`Meta::sync`]).
     pub(crate) fn topic(&self, name: &str) -> Option<TopicState> {
-        self.state
-            .lock()
-            .expect("meta state")
-            .topics
-            .get(name)
-            .cloned()
+        self.rsm.view(|s| s.topics.get(name).cloned())
     }
 
     /// Every topic this node knows, by name.
     pub(crate) fn topics(&self) -> Vec<(String, TopicState)> {
-        let s = self.state.lock().expect("meta state");
-        s.topics
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.rsm.view(|s| {
+            s.topics
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
     }
 
     /// Whether the reader still runs and the writing channel is open.
     pub(crate) fn alive(&self) -> bool {
-        self.channel.status().connected() && self.state.lock().expect("meta state").failed.is_none()
+        self.rsm.alive()
     }
-}
-
-/// Applies the stream's records in order, for as long as the connection lives.
-async fn apply_loop(mut reader: StreamReader, state: Arc<Mutex<State>>) {
-    let mut unacked = 0u32;
-    let why = loop {
-        let delivery = match reader.next(Duration::from_secs(3600)).await {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
-            Err(e) => break e.to_string(),
-        };
-        unacked += 1;
-        if unacked >= 200 {
-            unacked = 0;
-            if let Err(e) = reader.ack_up_to(delivery.delivery_tag).await {
-                break e.to_string();
-            }
-        }
-        let Some(offset) =
-            amqp::header_u64(delivery.properties.headers().as_ref(), "x-stream-offset")
-        else {
-            continue;
-        };
-        // A record that does not parse was not written by this version of Wharf: skipped
-        // (every node skips it alike).
-        let Ok(record) = serde_json::from_slice::<Record>(&delivery.data) else {
-            continue;
-        };
-        let mut s = state.lock().expect("meta state");
-        match record.change {
-            Change::CreateTopic {
-                name,
-                config,
-                created_ms,
-            } => {
-                s.topics.entry(name).or_insert(TopicState {
-                    config,
-                    generation: offset,
-                    created_ms,
-                });
-            }
-            Change::DeleteTopic { name, generation } => {
-                if s.topics
-                    .get(&name)
-                    .is_some_and(|t| t.generation == generation)
-                {
-                    s.topics.remove(&name);
-                }
-            }
-            Change::Fence => {}
-        }
-        if let Some(tx) = s.waiting.remove(&record.writer) {
-            let _ = tx.send(offset);
-        }
-    };
-    let mut s = state.lock().expect("meta state");
-    s.failed = Some(why);
-    s.waiting.clear();
 }

@@ -146,7 +146,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         conflicting_create,
         bad_names,
         bad_settings,
-        #[ignore = "uses a subscription (not built yet on RabbitMQ)"] describe_list_delete,
+        describe_list_delete,
         #[ignore = "documented difference: differences::fences_after_restart"] survives_restart,
     }
     publish {
@@ -176,54 +176,54 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         max_bytes,
         long_poll_woken_by_publish,
         short_wait_returns_empty,
-        #[ignore = "uses a subscription (not built yet on RabbitMQ)"] retention_skips_to_start,
+        retention_skips_to_start,
         #[ignore = "documented difference: differences::retention_on_the_server_clock"] age_retention,
     }
     stream {
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] create_describe_list_delete,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] idempotent_and_conflicting_create,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] unknown_subscription,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] one_member_gets_all,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] members_split_partitions,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] leave_rebalances,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] session_timeout,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] fetch_owned_partitions_and_continue,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] fetch_limits,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] commit_durable_across_restart,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] commit_not_owned,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] commit_below_current,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] reset_positions,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] start_positions,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] lag,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] long_poll_fetch,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] subscriptions_are_independent,
+        create_describe_list_delete,
+        idempotent_and_conflicting_create,
+        unknown_subscription,
+        one_member_gets_all,
+        members_split_partitions,
+        leave_rebalances,
+        session_timeout,
+        fetch_owned_partitions_and_continue,
+        fetch_limits,
+        commit_durable_across_restart,
+        commit_not_owned,
+        commit_below_current,
+        reset_positions,
+        start_positions,
+        lag,
+        long_poll_fetch,
+        subscriptions_are_independent,
     }
     shared {
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] create_describe_list_delete,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] idempotent_and_conflicting_create,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] bad_settings,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] bad_requests,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] wrong_kind,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] receive_leases_to_one_member,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] ack_is_final,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] nack_delay_and_backoff,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] extend_lease,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] lease_expiry_redelivers,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] lease_expiry_backoff_counts_from_deadline,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] expired_lease_accounted_without_receive,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] dead_letter_topic_refuses_publish,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] max_deliveries_dead_letters,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] terminate_dead_letters,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] redrive,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] deliver_at_delays,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] ordered_by_key,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] max_in_flight_per_member,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] restart_keeps_acks_counts_and_delays,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] restart_keeps_dead_letters_and_redrive,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] long_poll_woken_by_publish,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] long_poll_woken_by_nack,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] stream_and_shared_on_one_topic_are_independent,
-        #[ignore = "not built yet on RabbitMQ: subscriptions answer not_supported (issue #7, docs/ENGINES.md)"] multiple_partitions,
+        create_describe_list_delete,
+        idempotent_and_conflicting_create,
+        bad_settings,
+        bad_requests,
+        wrong_kind,
+        receive_leases_to_one_member,
+        ack_is_final,
+        nack_delay_and_backoff,
+        extend_lease,
+        lease_expiry_redelivers,
+        lease_expiry_backoff_counts_from_deadline,
+        expired_lease_accounted_without_receive,
+        dead_letter_topic_refuses_publish,
+        max_deliveries_dead_letters,
+        terminate_dead_letters,
+        redrive,
+        deliver_at_delays,
+        ordered_by_key,
+        max_in_flight_per_member,
+        restart_keeps_acks_counts_and_delays,
+        restart_keeps_dead_letters_and_redrive,
+        long_poll_woken_by_publish,
+        long_poll_woken_by_nack,
+        stream_and_shared_on_one_topic_are_independent,
+        multiple_partitions,
     }
 }
 
@@ -232,10 +232,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
 mod differences {
     use std::time::{Duration, Instant};
 
-    use wharf_broker::{
-        BrokerError, Engine, Message, Position, ReadRequest, SharedConfig, SubscriptionConfig,
-        Support, TopicConfig,
-    };
+    use wharf_broker::{BrokerError, Engine, Message, Position, ReadRequest, TopicConfig};
 
     use crate::conformance::Harness;
 
@@ -415,44 +412,6 @@ mod differences {
             assert!(Instant::now() < until, "x-max-age removed nothing");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-    }
-
-    /// Subscriptions are not built on RabbitMQ yet: they answer `not_supported` (and the
-    /// capabilities say so); nothing is created.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn subscriptions_not_supported_yet() {
-        if crate::skip() {
-            return;
-        }
-        let mut h = crate::harness();
-        let e = h.start().await;
-        let caps = e.capabilities();
-        assert_eq!(caps.shared_subscriptions, Support::Unavailable);
-        assert_eq!(caps.stream_subscriptions, Support::Unavailable);
-        assert_eq!(caps.dedup, Support::Wharf);
-        e.create_topic("t", TopicConfig::default()).await.unwrap();
-        let r = e
-            .create_subscription(
-                "t",
-                "s",
-                SubscriptionConfig::Shared(SharedConfig::default()),
-            )
-            .await;
-        assert!(
-            matches!(r, Err(BrokerError::NotSupported { .. })),
-            "got {r:?}"
-        );
-        assert_eq!(r.unwrap_err().code(), "not_supported");
-        assert!(e.list_subscriptions("t").await.unwrap().is_empty());
-        assert!(matches!(
-            e.create_subscription(
-                "nope",
-                "s",
-                SubscriptionConfig::Shared(SharedConfig::default())
-            )
-            .await,
-            Err(BrokerError::TopicNotFound(_))
-        ));
     }
 
     /// Two nodes on one RabbitMQ are one Wharf: a topic created through one is known to the
