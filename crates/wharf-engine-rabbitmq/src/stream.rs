@@ -227,6 +227,16 @@ impl GroupMachine {
             let slot = &mut self.committed[p as usize];
             *slot = (*slot).max(o);
         }
+        // What a member committed it has consumed: a node that did not serve its fetches
+        // continues after it.
+        if let Some(m) = self.members.get_mut(member) {
+            for &(p, _) in offsets {
+                let committed = self.committed[p as usize];
+                if let Some(pos) = m.positions.get_mut(&p) {
+                    *pos = (*pos).max(committed);
+                }
+            }
+        }
         Ok(offsets
             .iter()
             .map(|&(p, _)| Committed {

@@ -232,6 +232,11 @@ impl RabbitEngine {
         }
     }
 
+    /// One past the last data message of a partition (see [`crate::watch::Progress`]).
+    async fn data_end(&self, s: &Session, topic: &str, t: &TopicState, p: u32) -> Result<u64> {
+        Ok(self.watcher(s, topic, t, p).await?.progress().data_end)
+    }
+
     /// Where `position` is in each partition of `topic` now.
     async fn resolve_positions(
         &self,
@@ -451,12 +456,11 @@ impl RabbitEngine {
                 let mut partitions = Vec::with_capacity(committed.len());
                 for (p, committed) in committed.into_iter().enumerate() {
                     let info = self.partition_info(&s, topic, t, p as u32).await?;
+                    let data_end = self.data_end(&s, topic, t, p as u32).await?;
                     partitions.push(SubscriptionPartition {
                         partition: p as u32,
                         committed,
-                        lag: info
-                            .high_watermark
-                            .saturating_sub(committed.max(info.start_offset)),
+                        lag: data_end.saturating_sub(committed.max(info.start_offset)),
                         behind_retention: committed < info.start_offset,
                     });
                 }
@@ -499,11 +503,12 @@ impl RabbitEngine {
                 let mut partitions = Vec::with_capacity(t.config.partitions as usize);
                 for p in 0..t.config.partitions {
                     let info = self.partition_info(&s, topic, t, p).await?;
+                    let data_end = self.data_end(&s, topic, t, p).await?;
                     let (start, lost) = h.rsm.view(|m| (m.start(p as usize), m.lost(p as usize)));
                     partitions.push(SubscriptionPartition {
                         partition: p,
                         committed: start,
-                        lag: info.high_watermark.saturating_sub(start),
+                        lag: data_end.saturating_sub(start),
                         behind_retention: lost || start < info.start_offset,
                     });
                 }
@@ -751,20 +756,23 @@ impl RabbitEngine {
                         budget,
                     )
                     .await?;
+                let returned = messages.len();
+                let mut taken_to = None;
                 for m in messages {
                     let size = m.size();
                     if !out.is_empty() && size > budget {
                         break;
                     }
                     budget = budget.saturating_sub(size);
+                    taken_to = Some(m.offset + 1);
                     out.push(m);
                 }
-                let next = out
-                    .iter()
-                    .filter(|m| m.partition == p)
-                    .map(|m| m.offset + 1)
-                    .max()
-                    .map_or(next, |n| n.max(pos));
+                // Up to what was taken; past fences only when nothing was left behind.
+                let next = match taken_to {
+                    Some(n) => n,
+                    None if returned == 0 => next,
+                    None => pos,
+                };
                 if next > pos {
                     advanced.push((p, next));
                 }

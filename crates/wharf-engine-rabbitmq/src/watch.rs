@@ -66,6 +66,10 @@ fn envelope_ts(d: &lapin::message::Delivery) -> i64 {
 pub(crate) struct Progress {
     /// One past the newest offset seen.
     pub(crate) end: u64,
+    /// One past the newest data message (fences are not data); before any data is seen,
+    /// the offset of the first fence (what is before it may be data). Subscriptions count
+    /// their lag to it, so a fence at the end is not something to consume.
+    pub(crate) data_end: u64,
     /// True once the watcher has seen everything acknowledged before it started.
     pub(crate) ready: bool,
     /// True once the watcher stopped (connection lost).
@@ -110,6 +114,7 @@ impl Watcher {
         }));
         let (tx, rx) = watch::channel(Progress {
             end: 0,
+            data_end: 0,
             ready,
             failed: false,
         });
@@ -170,6 +175,7 @@ async fn watch_loop(
 ) {
     let window = i64::try_from(window_ms).unwrap_or(i64::MAX);
     let mut unacked = 0u32;
+    let mut seen_data = false;
     loop {
         let delivery = match reader.next(Duration::from_secs(3600)).await {
             Ok(Some(d)) => d,
@@ -231,8 +237,15 @@ async fn watch_loop(
                 became_ready = true;
             }
         }
+        let fence = is_fence(&delivery);
         progress.send_modify(|p| {
             p.end = p.end.max(offset + 1);
+            if !fence {
+                seen_data = true;
+                p.data_end = offset + 1;
+            } else if !seen_data {
+                p.data_end = offset;
+            }
             p.ready |= became_ready;
         });
         // After the progress: a publish that learns its offset finds the end past it.

@@ -176,7 +176,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         max_bytes,
         long_poll_woken_by_publish,
         short_wait_returns_empty,
-        retention_skips_to_start,
+        #[ignore = "documented difference: differences::segments_take_an_offset"] retention_skips_to_start,
         #[ignore = "documented difference: differences::retention_on_the_server_clock"] age_retention,
     }
     stream {
@@ -199,7 +199,7 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         subscriptions_are_independent,
     }
     shared {
-        create_describe_list_delete,
+        #[ignore = "documented difference: differences::fences_after_restart (the case checks a delivery's offset after a restart); the rest of it: differences::dead_letter_topic_lifecycle"] create_describe_list_delete,
         idempotent_and_conflicting_create,
         bad_settings,
         bad_requests,
@@ -218,8 +218,8 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
         deliver_at_delays,
         ordered_by_key,
         max_in_flight_per_member,
-        restart_keeps_acks_counts_and_delays,
-        restart_keeps_dead_letters_and_redrive,
+        #[ignore = "documented difference: differences::a_node_restart_keeps_leases"] restart_keeps_acks_counts_and_delays,
+        #[ignore = "documented difference: differences::a_node_restart_keeps_leases"] restart_keeps_dead_letters_and_redrive,
         long_poll_woken_by_publish,
         long_poll_woken_by_nack,
         stream_and_shared_on_one_topic_are_independent,
@@ -232,7 +232,10 @@ conformance::conformance_tests! { crate::harness, skip_if = crate::skip;
 mod differences {
     use std::time::{Duration, Instant};
 
-    use wharf_broker::{BrokerError, Engine, Message, Position, ReadRequest, TopicConfig};
+    use wharf_broker::{
+        BrokerError, Delivery, Engine, Message, Position, ReadRequest, ReceiveRequest,
+        SharedConfig, StreamConfig, SubscriptionConfig, TopicConfig,
+    };
 
     use crate::conformance::Harness;
 
@@ -412,6 +415,300 @@ mod differences {
             assert!(Instant::now() < until, "x-max-age removed nothing");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    fn shared_exact() -> SubscriptionConfig {
+        SubscriptionConfig::Shared(SharedConfig {
+            max_deliveries: 5,
+            lease_ms: 30_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 8_000,
+            backoff_jitter_pct: 0,
+            ..SharedConfig::default()
+        })
+    }
+
+    async fn receive(e: &impl Engine, member: &str) -> Vec<Delivery> {
+        e.receive(
+            "t",
+            "s",
+            ReceiveRequest {
+                member: Some(member.to_owned()),
+                max: 100,
+                lease: None,
+                wait: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// `(value, offset, delivery count)` of each delivery.
+    fn summary(d: &[Delivery]) -> Vec<(String, u64, u32)> {
+        d.iter()
+            .map(|d| {
+                (
+                    String::from_utf8_lossy(&d.message.value).into_owned(),
+                    d.message.offset,
+                    d.delivery_count,
+                )
+            })
+            .collect()
+    }
+
+    fn ids(d: &[Delivery]) -> Vec<String> {
+        d.iter().map(|d| d.ack_id.clone()).collect()
+    }
+
+    /// RabbitMQ starts every stream segment with a record of its own that takes an offset:
+    /// offsets have a gap at each segment boundary (besides fences). Retention removes
+    /// whole segments; a read below the start skips to it, and a stream subscription behind
+    /// retention says so and continues from the start. (`read::retention_skips_to_start`
+    /// with the offsets counted as RabbitMQ gives them.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_take_an_offset() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        e.create_topic(
+            "t",
+            TopicConfig {
+                retention_bytes: Some(70_000),
+                segment_bytes: 65_536,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        e.create_subscription(
+            "t",
+            "behind",
+            SubscriptionConfig::Stream(StreamConfig {
+                start: Position::Earliest,
+                ..StreamConfig::default()
+            }),
+        )
+        .await
+        .unwrap();
+        let value = bytes::Bytes::from(vec![b'r'; 4_000]);
+        let mut offsets = Vec::new();
+        for _ in 0..10 {
+            let batch = (0..4).map(|_| Message::new(value.clone())).collect();
+            offsets.extend(
+                e.publish("t", batch)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|p| p.offset),
+            );
+        }
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        let last = *offsets.last().unwrap();
+        assert!(last > 39, "segment boundaries took offsets: {offsets:?}");
+        let info = e.describe_topic("t").await.unwrap();
+        let (start, end) = (
+            info.partitions[0].start_offset,
+            info.partitions[0].high_watermark,
+        );
+        assert_eq!(end, last + 1);
+        assert!(
+            start > 0 && start < end,
+            "retention removed segments: {info:?}"
+        );
+        let r = e
+            .read("t", ReadRequest::new(0, Position::Offset(0)))
+            .await
+            .unwrap();
+        assert_eq!(r.skipped_to, Some(start));
+        assert_eq!(r.messages[0].offset, start);
+        let all: Vec<u64> = read_all(&*e, "t", 0)
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        let held: Vec<u64> = offsets.iter().copied().filter(|o| *o >= start).collect();
+        assert_eq!(all, held, "every message still held, once, in order");
+
+        let sub = e.describe_subscription("t", "behind").await.unwrap();
+        assert!(sub.partitions[0].behind_retention, "{sub:?}");
+        assert_eq!(sub.partitions[0].lag, end - start);
+        let m = e.join("t", "behind", None).await.unwrap();
+        let got = e
+            .fetch(
+                "t",
+                "behind",
+                &m.member_id,
+                wharf_broker::FetchRequest::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got[0].offset, start,
+            "a member behind retention starts at the start"
+        );
+    }
+
+    /// Leases are the subscription's, not a node's: they live in its state stream. After a
+    /// node restart the deliveries stay leased until their deadline (on the embedded engine
+    /// a restart ends them), and the ack ids given before it still settle them; delivery
+    /// counts, nack delays, dead letters and the redrive cursor survive as everywhere.
+    /// (`shared::restart_keeps_*` with leases that outlive the node.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_restart_keeps_leases() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("t", "s", shared_exact())
+            .await
+            .unwrap();
+        e.publish(
+            "t",
+            (0..5).map(|i| Message::new(format!("m-{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+        let d = receive(&*e, "a").await;
+        assert_eq!(d.len(), 5);
+        e.ack("t", "s", &ids(&d[0..1])).await.unwrap();
+        e.nack("t", "s", &ids(&d[1..2]), Some(60_000))
+            .await
+            .unwrap();
+        e.terminate("t", "s", &ids(&d[2..3]), "poison")
+            .await
+            .unwrap();
+        assert_eq!(e.redrive("t", "s", 10).await.unwrap(), 1);
+
+        drop(e);
+        let e = h.restart().await;
+        // m-3 and m-4 are still leased; the redriven copy of m-2 is available.
+        let copy = receive(&*e, "b").await;
+        assert_eq!(
+            summary(&copy),
+            [("m-2".to_owned(), 2, 1)],
+            "the redriven copy, as the original"
+        );
+        e.ack("t", "s", &ids(&copy)).await.unwrap();
+        let outcome = e.ack("t", "s", &ids(&d[4..5])).await.unwrap();
+        assert_eq!(outcome[0].error, None, "an ack id from before the restart");
+        let info = e.describe_subscription("t", "s").await.unwrap();
+        assert_eq!(
+            (info.in_flight, info.delayed, info.dead_lettered),
+            (1, 1, 0)
+        );
+        // m-3's lease ends at its deadline (30 s), then the backoff (1 s).
+        h.advance_clock(30_999);
+        assert!(receive(&*e, "b").await.is_empty(), "1 ms before");
+        h.advance_clock(1);
+        let m3 = receive(&*e, "b").await;
+        assert_eq!(summary(&m3), [("m-3".to_owned(), 3, 2)]);
+        let stale = e.ack("t", "s", &ids(&d[3..4])).await.unwrap();
+        assert_eq!(stale[0].error.as_deref(), Some("lease_expired"));
+        e.ack("t", "s", &ids(&m3)).await.unwrap();
+        h.advance_clock(28_999);
+        assert!(
+            receive(&*e, "b").await.is_empty(),
+            "the nack's delay survived"
+        );
+        h.advance_clock(1);
+        let m1 = receive(&*e, "b").await;
+        assert_eq!(summary(&m1), [("m-1".to_owned(), 1, 2)]);
+        e.ack("t", "s", &ids(&m1)).await.unwrap();
+        let info = e.describe_subscription("t", "s").await.unwrap();
+        assert_eq!(
+            (info.in_flight, info.delayed, info.dead_lettered),
+            (0, 0, 0)
+        );
+        assert_eq!(
+            info.partitions[0].committed, 6,
+            "everything finished, and past the fence the restarted node wrote at 5"
+        );
+    }
+
+    /// A shared subscription's dead-letter topic belongs to it: listed and readable, but not
+    /// deleted, subscribed to or written on its own; it goes with the subscription (and with
+    /// the topic), survives a restart, and a subscription created again under the same name
+    /// starts over. (`shared::create_describe_list_delete` without its offset check after a
+    /// restart: see `fences_after_restart`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_letter_topic_lifecycle() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        let e = h.start().await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("t", "s", shared_exact())
+            .await
+            .unwrap();
+        let dead = "wharf.dlq.t.s";
+        let names = |e: std::sync::Arc<wharf_engine_rabbitmq::RabbitEngine>| async move {
+            e.list_topics()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(e.clone()).await,
+            ["t", dead],
+            "the retry topic is hidden"
+        );
+        assert_eq!(
+            e.delete_topic(dead).await.unwrap_err().code(),
+            "invalid_argument"
+        );
+        assert_eq!(
+            e.create_subscription(dead, "x", shared_exact())
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_argument"
+        );
+        assert_eq!(
+            e.describe_topic("wharf.retry.t.s")
+                .await
+                .unwrap_err()
+                .code(),
+            "topic_not_found"
+        );
+        drop(e);
+        let e = h.restart().await;
+        assert!(e.describe_topic(dead).await.is_ok(), "survives a restart");
+        e.publish("t", vec![Message::new("doomed")]).await.unwrap();
+        let d = receive(&*e, "a").await;
+        e.terminate("t", "s", &ids(&d), "poison").await.unwrap();
+        assert_eq!(
+            e.describe_subscription("t", "s")
+                .await
+                .unwrap()
+                .dead_lettered,
+            1
+        );
+        e.delete_subscription("t", "s").await.unwrap();
+        assert_eq!(
+            e.describe_topic(dead).await.unwrap_err().code(),
+            "topic_not_found"
+        );
+        assert_eq!(names(e.clone()).await, ["t"]);
+        let again = e
+            .create_subscription("t", "s", shared_exact())
+            .await
+            .unwrap();
+        assert_eq!(again.dead_lettered, 0);
+        let d = receive(&*e, "a").await;
+        assert_eq!(
+            d.iter().map(|d| d.delivery_count).collect::<Vec<_>>(),
+            [1],
+            "starts over"
+        );
+        e.delete_topic("t").await.unwrap();
+        assert!(names(e.clone()).await.is_empty());
     }
 
     /// Two nodes on one RabbitMQ are one Wharf: a topic created through one is known to the
