@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,61 +99,7 @@ async fn two_nodes_are_one_wharf() {
 
     // Members on both nodes: a message is leased to one of them at a time; each node acks
     // what the other received.
-    let mut held: BTreeMap<String, &str> = BTreeMap::new();
-    let mut acked: BTreeSet<String> = BTreeSet::new();
-    let deadline = Instant::now() + GENEROUS;
-    while acked.len() < 100 {
-        assert!(Instant::now() < deadline, "drained {} of 100", acked.len());
-        let mut round: Vec<(String, String, &str)> = Vec::new();
-        for (name, base) in [("a", &a.base), ("b", &b.base)] {
-            let v = ok(
-                &c,
-                "POST",
-                format!("{base}/v1/topics/t/subscriptions/q/receive"),
-                Some(json!({"max": 7, "wait_ms": 200})),
-            )
-            .await;
-            for d in v["deliveries"].as_array().cloned().unwrap_or_default() {
-                let value = d["message"]["value"].as_str().expect("value").to_owned();
-                if let Some(other) = held.insert(value.clone(), name) {
-                    panic!("{value} leased to {other} and to {name} at once");
-                }
-                round.push((
-                    value,
-                    d["ack_id"].as_str().expect("ack_id").to_owned(),
-                    name,
-                ));
-            }
-        }
-        for (value, ack_id, by) in round {
-            // Settled through the other node.
-            let other = if by == "a" { &b.base } else { &a.base };
-            let v = ok(
-                &c,
-                "POST",
-                format!("{other}/v1/topics/t/subscriptions/q/ack"),
-                Some(json!({"ack_ids": [ack_id]})),
-            )
-            .await;
-            assert!(
-                v["results"][0]["error"].is_null(),
-                "ack of {value} through the other node: {v}"
-            );
-            held.remove(&value);
-            assert!(
-                acked.insert(value.clone()),
-                "{value} delivered after its ack"
-            );
-        }
-    }
-    let info = ok(
-        &c,
-        "GET",
-        format!("{}/v1/topics/t/subscriptions/q", a.base),
-        None,
-    )
-    .await;
-    assert_eq!(info["in_flight"], 0, "{info}");
+    engine::drain_on_both_nodes(&c, &a.base, &b.base, "t", "q", 100).await;
 
     // Kill A while it publishes: every message A acknowledged is there, read through B.
     let acknowledged = engine::kill_while_publishing(&c, &mut a, &b.base, "t").await;

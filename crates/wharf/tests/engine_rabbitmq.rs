@@ -79,7 +79,9 @@ async fn destroy(url: String, prefix: String) {
 }
 
 /// Two nodes on one RabbitMQ: a topic created through A is known to B, what A publishes B
-/// reads, and killing A mid-publish loses nothing it acknowledged.
+/// reads, members of one shared subscription on both nodes never hold the same message at
+/// once and settle each other's deliveries, and killing A mid-publish loses nothing it
+/// acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_are_one_wharf() {
     let url = amqp_url();
@@ -104,6 +106,13 @@ async fn two_nodes_are_one_wharf() {
         Some(2),
         "B sees A's topic"
     );
+    ok(
+        &c,
+        "PUT",
+        format!("{}/v1/topics/t/subscriptions/q", b.base),
+        Some(json!({"kind": "shared"})),
+    )
+    .await;
     let batch: Vec<Value> = (0..100)
         .map(|i| json!({"value": format!("m{i}"), "partition": i % 2}))
         .collect();
@@ -122,6 +131,10 @@ async fn two_nodes_are_one_wharf() {
     let mut want: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
     want.sort();
     assert_eq!(seen, want, "B reads everything A published");
+
+    // Members on both nodes: a message is leased to one of them at a time; each node acks
+    // what the other received.
+    engine::drain_on_both_nodes(&c, &a.base, &b.base, "t", "q", 100).await;
 
     // Kill A while it publishes: every message A acknowledged is there, read through B.
     let acknowledged = engine::kill_while_publishing(&c, &mut a, &b.base, "t").await;

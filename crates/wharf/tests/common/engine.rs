@@ -2,7 +2,7 @@
 //! skipping without the engine (failing under `CI=true`), nodes configured for an engine,
 //! REST calls that treat a killed node as a failed request, and killing a node mid-publish.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -171,4 +171,65 @@ pub async fn kill_while_publishing(
         "A acknowledged publishes before it died"
     );
     acknowledged
+}
+
+/// Drains `n` messages of shared subscription `sub` with members on two nodes (`a`, `b`):
+/// a message is leased to one of them at a time (panics otherwise), each delivery is acked
+/// through the other node, nothing comes after its ack, and nothing is left in flight.
+pub async fn drain_on_both_nodes(c: &Client, a: &str, b: &str, topic: &str, sub: &str, n: usize) {
+    let mut held: BTreeMap<String, &str> = BTreeMap::new();
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + GENEROUS;
+    while acked.len() < n {
+        assert!(Instant::now() < deadline, "drained {} of {n}", acked.len());
+        let mut round: Vec<(String, String, &str)> = Vec::new();
+        for (name, base) in [("a", a), ("b", b)] {
+            let v = ok(
+                c,
+                "POST",
+                format!("{base}/v1/topics/{topic}/subscriptions/{sub}/receive"),
+                Some(json!({"max": 7, "wait_ms": 200})),
+            )
+            .await;
+            for d in v["deliveries"].as_array().cloned().unwrap_or_default() {
+                let value = d["message"]["value"].as_str().expect("value").to_owned();
+                if let Some(other) = held.insert(value.clone(), name) {
+                    panic!("{value} leased to {other} and to {name} at once");
+                }
+                round.push((
+                    value,
+                    d["ack_id"].as_str().expect("ack_id").to_owned(),
+                    name,
+                ));
+            }
+        }
+        for (value, ack_id, by) in round {
+            // Settled through the other node.
+            let other = if by == "a" { b } else { a };
+            let v = ok(
+                c,
+                "POST",
+                format!("{other}/v1/topics/{topic}/subscriptions/{sub}/ack"),
+                Some(json!({"ack_ids": [ack_id]})),
+            )
+            .await;
+            assert!(
+                v["results"][0]["error"].is_null(),
+                "ack of {value} through the other node: {v}"
+            );
+            held.remove(&value);
+            assert!(
+                acked.insert(value.clone()),
+                "{value} delivered after its ack"
+            );
+        }
+    }
+    let info = ok(
+        c,
+        "GET",
+        format!("{a}/v1/topics/{topic}/subscriptions/{sub}"),
+        None,
+    )
+    .await;
+    assert_eq!(info["in_flight"], 0, "{info}");
 }
