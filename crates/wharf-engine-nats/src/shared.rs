@@ -26,22 +26,18 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 use wharf_broker::{
-    AckOutcome, BrokerError, Delivery, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, Message, Position,
-    PublishOptions, ReadRequest, ReadResult, ReceiveRequest, Result, SharedConfig, StoredMessage,
-    SubscriptionConfig, SubscriptionInfo, SubscriptionPartition, TopicConfig,
+    AckOutcome, BrokerError, Delivery, HEADER_DELIVER_AT, Position, PublishOptions, ReadRequest,
+    ReadResult, ReceiveRequest, Result, SharedConfig, StoredMessage, SubscriptionConfig,
+    SubscriptionInfo, SubscriptionPartition, TopicConfig,
 };
 
 use wharf_broker::envelope;
 
 use crate::{NatsEngine, names, unavailable};
 
-const DLQ_SOURCE_TOPIC: &str = "wharf-dlq-source-topic";
-const DLQ_SOURCE_PARTITION: &str = "wharf-dlq-source-partition";
-const DLQ_SOURCE_OFFSET: &str = "wharf-dlq-source-offset";
-const DLQ_DELIVERIES: &str = "wharf-dlq-deliveries";
-const DLQ_REASON: &str = "wharf-dlq-reason";
-const DLQ_TIME: &str = "wharf-dlq-time";
-const DLQ_MESSAGE_ID: &str = "wharf-dlq-message-id";
+use wharf_broker::dlq::{
+    SOURCE_OFFSET as DLQ_SOURCE_OFFSET, SOURCE_PARTITION as DLQ_SOURCE_PARTITION,
+};
 /// NATS headers of a redriven copy: where the message first was.
 const SRC_PARTITION: &str = "Wharf-Src-Partition";
 const SRC_OFFSET: &str = "Wharf-Src-Offset";
@@ -609,44 +605,22 @@ impl NatsEngine {
         deliveries: u32,
         reason: &str,
     ) -> Result<()> {
-        let mut headers: Vec<(String, String)> = m
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with("wharf-dlq-") && k != HEADER_MESSAGE_ID)
-            .cloned()
-            .collect();
-        if let Some(id) = header_of(&m.headers, HEADER_MESSAGE_ID) {
-            headers.push((DLQ_MESSAGE_ID.to_owned(), id.to_owned()));
-        }
         let now = self.inner.clock.now_ms();
-        headers.extend([
-            (DLQ_SOURCE_TOPIC.to_owned(), topic.to_owned()),
-            (DLQ_SOURCE_PARTITION.to_owned(), m.partition.to_string()),
-            (DLQ_SOURCE_OFFSET.to_owned(), m.offset.to_string()),
-            (DLQ_DELIVERIES.to_owned(), deliveries.to_string()),
-            (DLQ_REASON.to_owned(), reason.chars().take(1000).collect()),
-            (DLQ_TIME.to_owned(), wharf_broker::time::format_rfc3339(now)),
-            // A retry after a crash between this and the +TERM is a duplicate.
-            (
-                HEADER_MESSAGE_ID.to_owned(),
-                // The stored copy's stream and sequence: a redriven copy dead-lettered
-                // again is another dead letter, not a duplicate of the first.
-                format!("dlq/{sub}/{stream}/{seq}/{deliveries}/{topic}"),
-            ),
-        ]);
+        // A retry after a crash between this and the +TERM is a duplicate. The id names the
+        // stored copy's stream and sequence: a redriven copy dead-lettered again is another
+        // dead letter, not a duplicate of the first.
+        let letter = wharf_broker::dlq::dead_letter(
+            m,
+            topic,
+            deliveries,
+            reason,
+            now,
+            format!("dlq/{sub}/{stream}/{seq}/{deliveries}/{topic}"),
+        );
         let dlq = wharf_broker::names::dlq_topic(topic, sub);
-        self.publish_inner(
-            &dlq,
-            vec![Message {
-                key: m.key.clone(),
-                value: m.value.clone(),
-                headers,
-                partition: Some(0),
-            }],
-            PublishOptions::default(),
-        )
-        .await
-        .map(|_| ())
+        self.publish_inner(&dlq, vec![letter], PublishOptions::default())
+            .await
+            .map(|_| ())
     }
 
     /// Sends an ack kind (`+ACK`, `-NAK …`, `+WPI`, `+TERM`) and waits for the server.
@@ -1024,16 +998,10 @@ impl NatsEngine {
         let stamp = self.inner.clock.now_ms();
         let mut acks = Vec::with_capacity(r.messages.len());
         for m in &r.messages {
-            let original = header_of(&m.headers, DLQ_MESSAGE_ID).map(str::to_owned);
-            let mut headers: Vec<(String, String)> = m
-                .headers
-                .iter()
-                .filter(|(k, _)| !k.starts_with("wharf-dlq-") && k != HEADER_MESSAGE_ID)
-                .cloned()
-                .collect();
-            if let Some(id) = original {
-                headers.push((HEADER_MESSAGE_ID.to_owned(), id));
-            }
+            // The producer's id back; the `wharf-dlq-*` headers stay out of the copy (its
+            // source travels in NATS headers).
+            let mut headers = wharf_broker::dlq::redriven(&m.headers);
+            headers.retain(|(k, _)| !k.starts_with("wharf-dlq-"));
             let source_partition = header_of(&m.headers, DLQ_SOURCE_PARTITION)
                 .unwrap_or("0")
                 .to_owned();

@@ -26,7 +26,7 @@ use wharf_log::{Clock, Durability, Log, LogConfig, NewRecord, OffsetWait};
 
 use super::{AnyReady, EmbeddedConfig, Topic};
 use crate::error::{BrokerError, Result};
-use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::time::parse_rfc3339;
 use crate::types::{
     AckOutcome, Delivery, HEADER_DELIVER_AT, Message, Position, ReceiveRequest, SharedConfig,
     StoredMessage, SubscriptionConfig, SubscriptionInfo, SubscriptionPartition, header,
@@ -46,15 +46,7 @@ const MAX_PARKED: usize = 200_000;
 /// Write a snapshot after this many state records.
 const SNAPSHOT_EVERY: u64 = 10_000;
 
-/// Dead-letter headers (DESIGN.md §1).
-pub(crate) const DLQ_SOURCE_TOPIC: &str = "wharf-dlq-source-topic";
-pub(crate) const DLQ_SOURCE_PARTITION: &str = "wharf-dlq-source-partition";
-pub(crate) const DLQ_SOURCE_OFFSET: &str = "wharf-dlq-source-offset";
-pub(crate) const DLQ_DELIVERIES: &str = "wharf-dlq-deliveries";
-pub(crate) const DLQ_REASON: &str = "wharf-dlq-reason";
-pub(crate) const DLQ_TIME: &str = "wharf-dlq-time";
-/// The producer's `wharf-message-id`, kept aside on a dead letter and restored on redrive.
-pub(crate) const DLQ_MESSAGE_ID: &str = "wharf-dlq-message-id";
+use crate::dlq::{SOURCE_OFFSET as DLQ_SOURCE_OFFSET, SOURCE_PARTITION as DLQ_SOURCE_PARTITION};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct QueueSnap {
@@ -775,44 +767,13 @@ impl SharedSub {
         let messages: Vec<Message> = dead
             .iter()
             .map(|d| {
-                let mut headers: Vec<(String, String)> = d
-                    .msg
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| {
-                        !k.starts_with("wharf-dlq-") && k != crate::types::HEADER_MESSAGE_ID
-                    })
-                    .cloned()
-                    .collect();
-                // The producer's id is kept aside (the dead-letter topic's own id below makes
-                // retries idempotent) and restored on redrive.
-                if let Some(id) =
-                    crate::types::header(&d.msg.headers, crate::types::HEADER_MESSAGE_ID)
-                {
-                    headers.push((DLQ_MESSAGE_ID.to_owned(), id.to_owned()));
-                }
-                headers.extend([
-                    (DLQ_SOURCE_TOPIC.to_owned(), self.topic.clone()),
-                    (DLQ_SOURCE_PARTITION.to_owned(), d.msg.partition.to_string()),
-                    (DLQ_SOURCE_OFFSET.to_owned(), d.msg.offset.to_string()),
-                    (DLQ_DELIVERIES.to_owned(), d.deliveries.to_string()),
-                    (DLQ_REASON.to_owned(), d.reason.clone()),
-                    (DLQ_TIME.to_owned(), format_rfc3339(now)),
-                    // Makes a retry after a crash between the two steps below idempotent.
-                    (
-                        crate::types::HEADER_MESSAGE_ID.to_owned(),
-                        format!(
-                            "dlq/{}/{}/{}/{}/{}",
-                            self.name, d.q, d.offset, d.deliveries, self.topic
-                        ),
-                    ),
-                ]);
-                Message {
-                    key: d.msg.key.clone(),
-                    value: d.msg.value.clone(),
-                    headers,
-                    partition: Some(0),
-                }
+                // The move's own id makes a retry after a crash between the two steps below
+                // idempotent.
+                let move_id = format!(
+                    "dlq/{}/{}/{}/{}/{}",
+                    self.name, d.q, d.offset, d.deliveries, self.topic
+                );
+                crate::dlq::dead_letter(&d.msg, &self.topic, d.deliveries, &d.reason, now, move_id)
             })
             .collect();
         let published = self.dlq.publish(messages, &[], self.clock.as_ref()).await;
@@ -1189,19 +1150,9 @@ impl SharedSub {
             let copies: Vec<NewRecord> = take
                 .into_iter()
                 .map(|r| {
-                    // Give the copy back its producer's id (the dead-letter topic's own id is
+                    // The copy gets its producer's id back (the dead-letter topic's own id is
                     // internal).
-                    let original = header(&r.headers, DLQ_MESSAGE_ID).map(str::to_owned);
-                    let mut headers: Vec<(String, String)> = r
-                        .headers
-                        .into_iter()
-                        .filter(|(k, _)| {
-                            k != crate::types::HEADER_MESSAGE_ID && k != DLQ_MESSAGE_ID
-                        })
-                        .collect();
-                    if let Some(id) = original {
-                        headers.push((crate::types::HEADER_MESSAGE_ID.to_owned(), id));
-                    }
+                    let headers = crate::dlq::redriven(&r.headers);
                     NewRecord {
                         key: r.key,
                         value: r.value,
