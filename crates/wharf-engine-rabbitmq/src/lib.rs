@@ -1,9 +1,9 @@
 //! Wharf's [`Engine`] on RabbitMQ (3.10 or newer, AMQP 0.9.1 through lapin).
 //!
-//! # What is built, and what is not yet
-//! Topics, publishing (with dedup) and reading by offset or time are built; subscriptions
-//! (stream and shared, dead letters, redrive) are not yet: they answer `not_supported`
-//! (docs/ENGINES.md says what the design for them is).
+//! # What is built
+//! Topics, publishing (with dedup), reading by offset or time, stream and shared
+//! subscriptions with dead letters, redrive and delays (docs/ENGINES.md has the mapping and
+//! where this engine differs).
 //!
 //! # Mapping
 //! - A topic partition is a RabbitMQ stream queue `{prefix}.t.{topic}.{generation}.{p}`;
@@ -23,7 +23,12 @@
 //!   and across nodes once the earlier publish has reached the other node's watcher
 //!   (milliseconds).
 //! - Offsets increase but have gaps: a node that starts watching a partition it did not
-//!   create (first use, or after a reconnect) writes a fence record there (skipped by reads).
+//!   create (first use, or after a reconnect) writes a fence record there (skipped by reads),
+//!   and RabbitMQ starts each stream segment with a record of its own.
+//! - Subscriptions are replicated state machines (module `rsm`): their settings are records
+//!   of the settings stream, their state (groups and commits; leases, delivery counts,
+//!   delays, dead-letter accounting) a stream per subscription that every node applies in
+//!   order, with times from Wharf's clock (modules `stream`, `shared`, `subs`).
 
 mod amqp;
 mod meta;
