@@ -20,6 +20,8 @@ pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError 
 pub(crate) enum Start {
     /// The oldest message still held.
     First,
+    /// The last chunk written (its messages, then what comes after).
+    Last,
     /// This offset (or the oldest held, if retention removed it).
     Offset(u64),
     /// The first chunk written at or after this time (seconds since the Unix epoch, the
@@ -31,6 +33,7 @@ impl Start {
     fn value(self) -> AMQPValue {
         match self {
             Self::First => AMQPValue::LongString("first".into()),
+            Self::Last => AMQPValue::LongString("last".into()),
             Self::Offset(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
             Self::TimestampSecs(s) => AMQPValue::Timestamp(s),
         }

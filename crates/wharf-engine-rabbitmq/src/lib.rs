@@ -81,8 +81,12 @@ pub struct RabbitConfig {
     pub prefix: String,
     /// How long connecting and each RabbitMQ round trip Wharf waits on may take.
     pub timeout: Duration,
-    /// The clock stamped on published messages.
+    /// The clock stamped on published messages (and that leases, delays and sessions run
+    /// on).
     pub clock: Arc<dyn Clock>,
+    /// Records between snapshots of Wharf's state streams (settings, subscriptions): a node
+    /// starting up reads the newest snapshot and at most about this many records after it.
+    pub snapshot_every: u64,
 }
 
 impl std::fmt::Debug for RabbitConfig {
@@ -103,6 +107,7 @@ impl RabbitConfig {
             prefix: "wharf".into(),
             timeout: Duration::from_secs(5),
             clock: Arc::new(wharf_log::SystemClock),
+            snapshot_every: 10_000,
         }
     }
 }
@@ -146,6 +151,8 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     next_partition: AtomicU32,
     last_stamp: AtomicI64,
+    /// Records of state streams replayed when they were opened (see [`RabbitEngine::replayed`]).
+    replayed: AtomicU64,
 }
 
 /// Held by a publish that carries message ids (one per topic generation).
@@ -286,6 +293,7 @@ impl RabbitEngine {
                 closed: std::sync::atomic::AtomicBool::new(false),
                 next_partition: AtomicU32::new(0),
                 last_stamp: AtomicI64::new(i64::MIN),
+                replayed: AtomicU64::new(0),
             }),
         };
         engine.session().await?;
@@ -304,6 +312,12 @@ impl RabbitEngine {
             }
         });
         Ok(engine)
+    }
+
+    /// How many records of Wharf's state streams (settings, subscriptions) this engine read
+    /// when it opened them: with snapshots, about what was written since the newest one.
+    pub fn replayed(&self) -> u64 {
+        self.inner.replayed.load(Ordering::Relaxed)
     }
 
     /// The AMQP URL, password hidden.
@@ -400,8 +414,12 @@ impl RabbitEngine {
             self.meta_queue(),
             self.inner.node.clone(),
             self.inner.config.timeout,
+            self.snapshot_policy(),
         )
         .await?;
+        self.inner
+            .replayed
+            .fetch_add(meta.applied(), Ordering::Relaxed);
         Ok(Session {
             conn,
             publish,
@@ -416,6 +434,13 @@ impl RabbitEngine {
             starts: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn snapshot_policy(&self) -> rsm::Policy {
+        rsm::Policy {
+            every: self.inner.config.snapshot_every.max(1),
+            ..rsm::Policy::default()
+        }
     }
 
     fn stamp(&self) -> i64 {
@@ -797,7 +822,11 @@ impl RabbitEngine {
             t
         };
         let config = &t.config;
-        wharf_broker::check::publish(&messages, config)?;
+        // Internal publishes carry stored messages (dead letters, redriven copies): checked
+        // when they were first published; their Wharf headers may exceed a user's limits.
+        if !internal {
+            wharf_broker::check::publish(&messages, config)?;
+        }
         let routes = messages
             .iter()
             .map(|m| {
@@ -1496,13 +1525,8 @@ impl Engine for RabbitEngine {
                 "must be within 100..=43200000",
             ));
         }
-        let deadline = self
-            .inner
-            .config
-            .clock
-            .now_ms()
-            .saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-        self.settle(topic, sub, ack_ids, shared::Settle::Extend { deadline })
+        let lease_ms = i64::try_from(lease_ms).unwrap_or(i64::MAX);
+        self.settle(topic, sub, ack_ids, shared::Settle::Extend { lease_ms })
             .await
     }
 
@@ -1518,19 +1542,12 @@ impl Engine for RabbitEngine {
         } else {
             reason
         };
-        let deadline = self
-            .inner
-            .config
-            .clock
-            .now_ms()
-            .saturating_add(shared::FINISH_MS);
         self.settle(
             topic,
             sub,
             ack_ids,
             shared::Settle::Terminate {
                 reason: reason.chars().take(1000).collect(),
-                deadline,
             },
         )
         .await

@@ -59,7 +59,8 @@ pub(crate) enum Change {
 }
 
 /// What a topic is for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Role {
     /// A user's topic.
     Topic,
@@ -70,7 +71,7 @@ pub(crate) enum Role {
 }
 
 /// A topic as the settings stream knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TopicState {
     pub(crate) config: TopicConfig,
     /// The stream offset of the record that created it: part of its streams' names, so a
@@ -83,7 +84,7 @@ pub(crate) struct TopicState {
 }
 
 /// A subscription as the settings stream knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SubState {
     pub(crate) config: SubscriptionConfig,
     /// The offset of the record that created it (in its state stream's name and its ack ids).
@@ -159,9 +160,18 @@ impl Settings {
 impl Machine for Settings {
     type Op = Change;
     type Outcome = ();
+    type Snap = BTreeMap<String, TopicState>;
 
     fn fence() -> Change {
         Change::Fence
+    }
+
+    fn snapshot(&self) -> Self::Snap {
+        self.topics.clone()
+    }
+
+    fn restore(&mut self, snap: Self::Snap) {
+        self.topics = snap;
     }
 
     fn apply(&mut self, offset: u64, change: Change) {
@@ -268,9 +278,19 @@ impl Meta {
         queue: String,
         node: String,
         timeout: Duration,
+        policy: rsm::Policy,
     ) -> Result<Self> {
         rsm::declare_stream(conn, &queue).await?;
-        let rsm = Rsm::open(conn, queue, node, Settings::default(), timeout, OPEN_BUDGET).await?;
+        let rsm = Rsm::open(
+            conn,
+            queue,
+            node,
+            Settings::default(),
+            timeout,
+            OPEN_BUDGET,
+            policy,
+        )
+        .await?;
         Ok(Self { rsm })
     }
 
@@ -303,5 +323,10 @@ impl Meta {
     /// Whether the reader still runs and the writing channel is open.
     pub(crate) fn alive(&self) -> bool {
         self.rsm.alive()
+    }
+
+    /// Records applied by this copy.
+    pub(crate) fn applied(&self) -> u64 {
+        self.rsm.applied()
     }
 }

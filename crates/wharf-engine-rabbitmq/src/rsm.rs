@@ -11,6 +11,15 @@
 //! appends a fence record and waits until it has been applied: after that the view holds
 //! every change acknowledged before the call (a linearizable read).
 //!
+//! **Snapshots** bound what a node reads when it starts. A node that wrote a record which
+//! leaves [`Policy::every`] records (or [`Policy::max_age`] of time) since the snapshot it
+//! knows writes the state as of that record to the stream `{queue}.snap`. A node starting
+//! up reads the newest snapshot (it attaches to the snapshot stream's last chunk, writes a
+//! marker and reads up to it: everything written before is then seen), restores it, and
+//! applies the records after it. The record stream keeps a week (`x-max-age`), far more than
+//! the time between snapshots of a stream in use; a stream idle for longer gets a snapshot
+//! from the first record written after the pause, before its old segments can go.
+//!
 //! Used for Wharf's settings (`meta`) and for each subscription's state (`subs`).
 
 use std::collections::HashMap;
@@ -23,7 +32,7 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use wharf_broker::{BrokerError, Result};
 
 use crate::amqp::{self, Start, StreamReader, unavailable};
@@ -35,17 +44,70 @@ pub(crate) trait Machine: Send + 'static {
     /// What applying a change did, handed to its writer.
     type Outcome: Send + 'static;
 
+    /// The replicated state, as a snapshot holds it.
+    type Snap: Serialize + DeserializeOwned + Send;
+
     /// The record [`Rsm::sync`] writes: changes nothing.
     fn fence() -> Self::Op;
 
     /// Applies the record at `offset`. Must depend only on the state and the record.
     fn apply(&mut self, offset: u64, op: Self::Op) -> Self::Outcome;
+
+    /// The replicated state now.
+    fn snapshot(&self) -> Self::Snap;
+
+    /// Replaces the replicated state with a snapshot's (node-local parts start afresh).
+    fn restore(&mut self, snap: Self::Snap);
+}
+
+/// When a node writes a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    /// After this many records since the snapshot the node knows.
+    pub(crate) every: u64,
+    /// Or this long after it (a stream in use always has a recent snapshot).
+    pub(crate) max_age: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            every: 10_000,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How long the record stream keeps records: far longer than [`Policy::max_age`].
+const KEEP: &str = "7D";
+
+/// A snapshot as the snapshot stream holds it.
+#[derive(Serialize, Deserialize)]
+struct Snapshot<S> {
+    /// The offset of the last record it reflects.
+    as_of: u64,
+    /// When it was taken (ms since the Unix epoch, the node's wall clock).
+    at_ms: i64,
+    state: S,
+}
+
+/// A snapshot stream's marker (see [`Rsm::open`]).
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    marker: String,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A record of the stream: a change and who wrote it.
 #[derive(Serialize, Deserialize)]
 struct Record<O> {
-    /// `{node}.{sequence}`: the writer finds its record (and so its place in the order) by it.
+    /// `{node}.{instance}.{sequence}`: the writer finds its record (and so its place in the
+    /// order) by it.
     writer: String,
     #[serde(flatten)]
     op: O,
@@ -60,12 +122,19 @@ struct Shared<M: Machine> {
     /// Set when the reader stopped (connection lost, stream deleted): waiters fail instead
     /// of hanging.
     failed: Option<String>,
+    /// Records applied (snapshots not counted).
+    count: u64,
 }
+
+/// Copies of state machines opened by this process: part of writer ids, so that a copy
+/// opened again (after a reconnect) never takes an earlier copy's record for its own.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
 /// One node's copy of a replicated state machine.
 pub(crate) struct Rsm<M: Machine> {
     queue: String,
-    node: String,
+    /// `{node}.{instance}`: writer ids are `{writer}.{sequence}`, unique in the stream.
+    writer: String,
     next: AtomicU64,
     shared: Arc<Mutex<Shared<M>>>,
     channel: Channel,
@@ -84,9 +153,46 @@ impl<M: Machine> Drop for Rsm<M> {
     }
 }
 
-/// Declares `queue` as a stream queue (on a channel of its own: a refused declare closes its
-/// channel).
+/// Declares the record stream `queue` of a replicated state machine, and its snapshot
+/// stream.
 pub(crate) async fn declare_stream(conn: &Connection, queue: &str) -> Result<()> {
+    declare(
+        conn,
+        queue,
+        vec![
+            ("x-max-age", AMQPValue::LongString(KEEP.into())),
+            (
+                "x-stream-max-segment-size-bytes",
+                AMQPValue::LongLongInt(8 * 1024 * 1024),
+            ),
+        ],
+    )
+    .await?;
+    declare(
+        conn,
+        &snap_queue(queue),
+        vec![
+            (
+                "x-max-length-bytes",
+                AMQPValue::LongLongInt(1024 * 1024 * 1024),
+            ),
+            (
+                "x-stream-max-segment-size-bytes",
+                AMQPValue::LongLongInt(64 * 1024 * 1024),
+            ),
+        ],
+    )
+    .await
+}
+
+/// The snapshot stream of record stream `queue`.
+pub(crate) fn snap_queue(queue: &str) -> String {
+    format!("{queue}.snap")
+}
+
+/// Declares `queue` as a stream queue with `args` (on a channel of its own: a refused
+/// declare closes its channel).
+async fn declare(conn: &Connection, queue: &str, args: Vec<(&str, AMQPValue)>) -> Result<()> {
     let declaring = conn
         .create_channel()
         .await
@@ -98,10 +204,11 @@ pub(crate) async fn declare_stream(conn: &Connection, queue: &str) -> Result<()>
                 durable: true,
                 ..Default::default()
             },
-            amqp::table(vec![(
-                "x-queue-type",
-                AMQPValue::LongString("stream".into()),
-            )]),
+            amqp::table(
+                std::iter::once(("x-queue-type", AMQPValue::LongString("stream".into())))
+                    .chain(args)
+                    .collect(),
+            ),
         )
         .await;
     let _ = declaring.close(200, "done".into()).await;
@@ -114,33 +221,79 @@ pub(crate) async fn declare_stream(conn: &Connection, queue: &str) -> Result<()>
 }
 
 impl<M: Machine> Rsm<M> {
-    /// Starts applying stream `queue` (which must exist) to `machine`, and syncs within
-    /// `first_sync` (reading the stream from its start may take a while).
+    /// Starts applying stream `queue` (declared with [`declare_stream`]) to `machine` from
+    /// its newest snapshot, and syncs within `first_sync` (reading the records after the
+    /// snapshot may take a while).
     pub(crate) async fn open(
         conn: &Connection,
         queue: String,
         node: String,
-        machine: M,
+        mut machine: M,
         timeout: Duration,
         first_sync: Duration,
+        policy: Policy,
     ) -> Result<Self> {
+        let node = format!("{node}.{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let channel = amqp::confirm_channel(conn).await?;
+        let latest = amqp::timed(
+            first_sync.max(timeout),
+            "reading a snapshot",
+            latest_snapshot::<M::Snap>(conn, &channel, &queue, &node),
+        )
+        .await?;
+        let (start, known) = match latest {
+            Some(snap) => {
+                // The records after it must still be there.
+                let first = first_offset(conn, &queue, timeout).await?;
+                if first.is_some_and(|f| f > snap.as_of + 1) {
+                    return Err(unavailable(
+                        &format!("reading {queue}"),
+                        format!(
+                            "its records after the newest snapshot (offset {}) are gone \
+                             (retention removed them); the state cannot be rebuilt",
+                            snap.as_of
+                        ),
+                    ));
+                }
+                machine.restore(snap.state);
+                (Start::Offset(snap.as_of + 1), (snap.as_of, snap.at_ms))
+            }
+            None => (Start::First, (0, 0)),
+        };
         let shared = Arc::new(Mutex::new(Shared {
             machine,
             waiting: HashMap::new(),
             failed: None,
+            count: 0,
         }));
         let reader = amqp::timed(
             timeout,
             "opening a stream reader",
-            StreamReader::open(conn, &queue, Start::First, 1000),
+            StreamReader::open(conn, &queue, start, 1000),
         )
         .await?;
         let (tx, rx) = watch::channel(0);
-        let task = tokio::spawn(apply_loop(reader, shared.clone(), tx));
+        let (snaps_tx, snaps_rx) = mpsc::channel::<Vec<u8>>(4);
+        let snapshots = Snapshots {
+            node: format!("{node}."),
+            policy,
+            as_of: known.0,
+            at_ms: known.1,
+            out: snaps_tx,
+        };
+        let writer = tokio::spawn(write_snapshots(
+            channel.clone(),
+            snap_queue(&queue),
+            snaps_rx,
+        ));
+        let looped = shared.clone();
+        let task = tokio::spawn(async move {
+            apply_loop(reader, looped, tx, snapshots).await;
+            writer.abort();
+        });
         let mut rsm = Self {
             queue,
-            node,
+            writer: node,
             next: AtomicU64::new(0),
             shared,
             channel,
@@ -161,7 +314,7 @@ impl<M: Machine> Rsm<M> {
     pub(crate) async fn propose(&self, op: M::Op) -> Result<(u64, M::Outcome)> {
         let writer = format!(
             "{}.{}",
-            self.node,
+            self.writer,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let body = serde_json::to_vec(&Record {
@@ -242,6 +395,11 @@ impl<M: Machine> Rsm<M> {
         f(&mut self.shared.lock().expect("rsm state").machine)
     }
 
+    /// How many records this copy has applied (after the snapshot it started from).
+    pub(crate) fn applied(&self) -> u64 {
+        self.shared.lock().expect("rsm state").count
+    }
+
     /// A receiver that changes whenever a record is applied.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.applied.clone()
@@ -253,11 +411,116 @@ impl<M: Machine> Rsm<M> {
     }
 }
 
+/// What the apply loop needs to write snapshots.
+struct Snapshots {
+    /// `{writer}.`: the writer ids of this copy's records start with it.
+    node: String,
+    policy: Policy,
+    /// The newest snapshot this node knows: its offset and time.
+    as_of: u64,
+    at_ms: i64,
+    out: mpsc::Sender<Vec<u8>>,
+}
+
+impl Snapshots {
+    /// Whether this node writes a snapshot after its record at `offset`.
+    fn due(&self, writer: &str, offset: u64, now_ms: i64) -> bool {
+        let max_age = i64::try_from(self.policy.max_age.as_millis()).unwrap_or(i64::MAX);
+        writer.starts_with(&self.node)
+            && (offset.saturating_sub(self.as_of) >= self.policy.every
+                || now_ms.saturating_sub(self.at_ms) >= max_age)
+    }
+}
+
+/// Reads the newest snapshot of `queue`, if any: attaches to the snapshot stream's last
+/// chunk, writes a marker, and takes the last snapshot read before the marker comes back.
+async fn latest_snapshot<S: DeserializeOwned>(
+    conn: &Connection,
+    channel: &Channel,
+    queue: &str,
+    node: &str,
+) -> Result<Option<Snapshot<S>>> {
+    let snaps = snap_queue(queue);
+    let mut reader = StreamReader::open(conn, &snaps, Start::Last, 16).await?;
+    let marker = format!("{node}.open.{}", wall_ms());
+    let body = serde_json::to_vec(&Marker {
+        marker: marker.clone(),
+    })
+    .map_err(|e| BrokerError::Internal(format!("encoding a marker: {e}")))?;
+    let what = format!("writing {snaps}");
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            snaps.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .map_err(|e| unavailable(&what, e))?
+        .await
+        .map_err(|e| unavailable(&what, e))?;
+    if confirm.is_nack() {
+        reader.close().await;
+        return Err(unavailable(&what, "RabbitMQ refused the marker"));
+    }
+    let mut latest = None;
+    let result = loop {
+        let d = match reader.next(Duration::from_secs(3600)).await {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = reader.ack_up_to(d.delivery_tag).await {
+            break Err(e);
+        }
+        if let Ok(m) = serde_json::from_slice::<Marker>(&d.data) {
+            if m.marker == marker {
+                break Ok(latest);
+            }
+            continue;
+        }
+        if let Ok(snap) = serde_json::from_slice::<Snapshot<S>>(&d.data) {
+            latest = Some(snap);
+        }
+    };
+    reader.close().await;
+    result
+}
+
+/// The first offset `queue` holds (`None` if it is empty).
+async fn first_offset(conn: &Connection, queue: &str, timeout: Duration) -> Result<Option<u64>> {
+    let mut reader = StreamReader::open(conn, queue, Start::First, 1).await?;
+    let first = reader.next(timeout).await;
+    reader.close().await;
+    Ok(first?.and_then(|d| amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")))
+}
+
+/// Publishes the snapshots the apply loop takes (best effort: a lost one is taken again
+/// after the next [`Policy::every`] records).
+async fn write_snapshots(channel: Channel, queue: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(body) = rx.recv().await {
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await;
+        if let Ok(confirm) = sent {
+            let _ = confirm.await;
+        }
+    }
+}
+
 /// Applies the stream's records in order, for as long as the connection lives.
 async fn apply_loop<M: Machine>(
     mut reader: StreamReader,
     shared: Arc<Mutex<Shared<M>>>,
     applied: watch::Sender<u64>,
+    mut snapshots: Snapshots,
 ) {
     let mut unacked = 0u32;
     let why = loop {
@@ -283,12 +546,30 @@ async fn apply_loop<M: Machine>(
         let Ok(record) = serde_json::from_slice::<Record<M::Op>>(&delivery.data) else {
             continue;
         };
-        {
+        let snapshot = {
             let mut s = shared.lock().expect("rsm state");
             let outcome = s.machine.apply(offset, record.op);
+            s.count += 1;
             if let Some(tx) = s.waiting.remove(&record.writer) {
                 let _ = tx.send((offset, outcome));
             }
+            let now = wall_ms();
+            if snapshots.due(&record.writer, offset, now) {
+                snapshots.as_of = offset;
+                snapshots.at_ms = now;
+                serde_json::to_vec(&Snapshot {
+                    as_of: offset,
+                    at_ms: now,
+                    state: s.machine.snapshot(),
+                })
+                .ok()
+            } else {
+                None
+            }
+        };
+        if let Some(body) = snapshot {
+            // Full (the writer is behind): skip this one; the next is due soon.
+            let _ = snapshots.out.try_send(body);
         }
         applied.send_replace(offset + 1);
     };

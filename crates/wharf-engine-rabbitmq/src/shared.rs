@@ -30,17 +30,35 @@ use crate::rsm::Machine;
 pub(crate) const WINDOW: u64 = 2048;
 /// How long a node has to move a message to the dead-letter topic before another may.
 pub(crate) const FINISH_MS: i64 = 30_000;
+/// Messages not available for at least this long are *parked*: they do not hold a place in
+/// the window (so a window full of far-future delays does not block the queue).
+pub(crate) const PARK_AHEAD_MS: i64 = 1_000;
+/// Most parked messages per queue (each is an item of the state); beyond, delayed messages
+/// hold their place in the window.
+pub(crate) const MAX_PARKED: usize = 200_000;
 
 /// A message's state, as written.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "s", rename_all = "snake_case")]
 enum St {
-    Available { at: i64 },
-    Leased { member: String, deadline: i64 },
-    Finishing { deadline: i64, reason: String },
+    Available {
+        at: i64,
+    },
+    Leased {
+        member: String,
+        deadline: i64,
+        /// The acquire that leased it (see [`Op::Release`]).
+        #[serde(default)]
+        lease: u64,
+    },
+    Finishing {
+        deadline: i64,
+        reason: String,
+    },
     Done,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Item {
     deliveries: u32,
     st: St,
@@ -73,7 +91,7 @@ pub(crate) enum Now<'a> {
     Done,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Queue {
     start: u64,
     items: BTreeMap<u64, Item>,
@@ -107,13 +125,14 @@ pub(crate) enum Settle {
     Nack {
         delay: Option<i64>,
     },
+    /// The lease runs `lease_ms` from the record's time.
     Extend {
-        deadline: i64,
+        lease_ms: i64,
     },
-    /// To the dead-letter topic, moved by the writer until `deadline`.
+    /// To the dead-letter topic, moved by the writer (for [`FINISH_MS`] from the record's
+    /// time).
     Terminate {
         reason: String,
-        deadline: i64,
     },
 }
 
@@ -128,9 +147,21 @@ pub(crate) enum Op {
         now: i64,
         member: String,
         deadline: i64,
+        /// Names this acquire's leases (random), for [`Op::Release`].
+        lease: u64,
         items: Vec<(u32, u64, Option<u64>)>,
         floors: Vec<(u32, u64)>,
         gaps: Vec<(u32, u64)>,
+        /// Fresh messages not due before the time given (`wharf-deliver-at` far ahead):
+        /// recorded as available from then, so they do not hold the window.
+        #[serde(default)]
+        park: Vec<(u32, u64, i64)>,
+    },
+    /// Gives back the leases of acquire `lease` that nobody got (the acquiring receive
+    /// failed after its record was written): available again, the delivery not counted.
+    Release {
+        lease: u64,
+        items: Vec<(u32, u64)>,
     },
     /// Settles live leases (queue, offset, delivery count).
     Settle {
@@ -185,6 +216,14 @@ pub(crate) struct Counts {
     pub(crate) in_flight: u64,
     pub(crate) delayed: u64,
     pub(crate) members: Vec<String>,
+}
+
+/// A shared subscription's state, as a snapshot holds it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SharedSnap {
+    queues: Vec<Queue>,
+    redrive_cursor: u64,
+    dead: u64,
 }
 
 /// One shared subscription's state.
@@ -280,7 +319,9 @@ impl SharedMachine {
     fn effective<'a>(&self, q: u32, offset: u64, item: &'a Item, now: i64) -> Now<'a> {
         match &item.st {
             St::Available { at } => Now::Available { at: *at },
-            St::Leased { member, deadline } if *deadline > now => Now::Leased {
+            St::Leased {
+                member, deadline, ..
+            } if *deadline > now => Now::Leased {
                 member,
                 deadline: *deadline,
             },
@@ -399,13 +440,79 @@ impl SharedMachine {
         c
     }
 
+    /// Whether `item` is parked at `now`.
+    fn parked(item: &Item, now: i64) -> bool {
+        matches!(item.st, St::Available { at } if at > now.saturating_add(PARK_AHEAD_MS))
+    }
+
+    /// One past the last offset of queue `q` that may be handed out at `now`: [`WINDOW`]
+    /// places past the start, not counting parked messages.
+    pub(crate) fn window_end(&self, q: usize, now: i64) -> u64 {
+        let Some(queue) = self.queues.get(q) else {
+            return 0;
+        };
+        let mut end = queue.start.saturating_add(WINDOW);
+        for (o, item) in queue.items.range(queue.start..) {
+            if *o >= end {
+                break;
+            }
+            if Self::parked(item, now) {
+                end += 1;
+            }
+        }
+        end
+    }
+
+    /// Whether queue `q` may park more messages.
+    pub(crate) fn may_park(&self, q: usize) -> bool {
+        self.queues
+            .get(q)
+            .is_some_and(|queue| queue.items.len() < MAX_PARKED)
+    }
+
+    fn park(&mut self, park: Vec<(u32, u64, i64)>) {
+        for (q, offset, at) in park {
+            if !self.may_park(q as usize) {
+                continue;
+            }
+            let queue = &mut self.queues[q as usize];
+            if offset >= queue.start && !queue.items.contains_key(&offset) {
+                queue.items.insert(
+                    offset,
+                    Item {
+                        deliveries: 0,
+                        st: St::Available { at },
+                        key: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn release(&mut self, lease: u64, items: Vec<(u32, u64)>) {
+        for (q, offset) in items {
+            if let Some(item) = self
+                .queues
+                .get_mut(q as usize)
+                .and_then(|queue| queue.items.get_mut(&offset))
+                && matches!(item.st, St::Leased { lease: l, .. } if l == lease)
+            {
+                item.deliveries = item.deliveries.saturating_sub(1);
+                item.st = St::Available { at: 0 };
+            }
+        }
+    }
+
     fn acquire(
         &mut self,
         now: i64,
         member: &str,
-        deadline: i64,
+        (deadline, lease): (i64, u64),
         items: Vec<(u32, u64, Option<u64>)>,
     ) -> Vec<(u32, u64, u32)> {
+        let ends: Vec<u64> = (0..self.queues.len())
+            .map(|q| self.window_end(q, now))
+            .collect();
         let retry_q = (self.queues.len() - 1) as u32;
         let cap = self.config.max_in_flight_per_member as usize;
         let mut held = self.held_by(member, now);
@@ -422,7 +529,7 @@ impl SharedMachine {
             let Some(queue) = self.queues.get(q as usize) else {
                 continue;
             };
-            if offset < queue.start || offset >= queue.start.saturating_add(WINDOW) {
+            if offset < queue.start || offset >= ends[q as usize] {
                 continue;
             }
             let item = queue.items.get(&offset).unwrap_or(&FRESH);
@@ -447,6 +554,7 @@ impl SharedMachine {
                     st: St::Leased {
                         member: member.to_owned(),
                         deadline,
+                        lease,
                     },
                     key,
                 },
@@ -510,15 +618,15 @@ impl SharedMachine {
                     };
                     None
                 }
-                Settle::Extend { deadline } => {
+                Settle::Extend { lease_ms } => {
                     if let St::Leased { deadline: d, .. } = &mut item.st {
-                        *d = *deadline;
+                        *d = now.saturating_add(*lease_ms);
                     }
                     None
                 }
-                Settle::Terminate { reason, deadline } => {
+                Settle::Terminate { reason } => {
                     item.st = St::Finishing {
-                        deadline: *deadline,
+                        deadline: now.saturating_add(FINISH_MS),
                         reason: reason.clone(),
                     };
                     Some(finish(reason))
@@ -566,9 +674,26 @@ impl SharedMachine {
 impl Machine for SharedMachine {
     type Op = Op;
     type Outcome = Outcome;
+    type Snap = SharedSnap;
 
     fn fence() -> Op {
         Op::Fence
+    }
+
+    fn snapshot(&self) -> SharedSnap {
+        SharedSnap {
+            queues: self.queues.clone(),
+            redrive_cursor: self.redrive_cursor,
+            dead: self.dead,
+        }
+    }
+
+    fn restore(&mut self, snap: SharedSnap) {
+        if snap.queues.len() == self.queues.len() {
+            self.queues = snap.queues;
+            self.redrive_cursor = snap.redrive_cursor;
+            self.dead = snap.dead;
+        }
     }
 
     fn apply(&mut self, _offset: u64, op: Op) -> Outcome {
@@ -577,9 +702,11 @@ impl Machine for SharedMachine {
                 now,
                 member,
                 deadline,
+                lease,
                 items,
                 floors,
                 gaps,
+                park,
             } => {
                 for (q, floor) in floors {
                     if let Some(queue) = self.queues.get_mut(q as usize)
@@ -606,7 +733,8 @@ impl Machine for SharedMachine {
                         );
                     }
                 }
-                let granted = self.acquire(now, &member, deadline, items);
+                self.park(park);
+                let granted = self.acquire(now, &member, (deadline, lease), items);
                 for queue in &mut self.queues {
                     queue.advance();
                 }
@@ -644,6 +772,10 @@ impl Machine for SharedMachine {
                 }
                 Outcome::Nothing
             }
+            Op::Release { lease, items } => {
+                self.release(lease, items);
+                Outcome::Nothing
+            }
             Op::Fence => Outcome::Nothing,
         }
     }
@@ -671,9 +803,11 @@ mod tests {
                 now,
                 member: member.into(),
                 deadline: now + 1_000,
+                lease: 7,
                 items: items.iter().map(|&(q, o)| (q, o, None)).collect(),
                 floors: vec![],
                 gaps: vec![],
+                park: vec![],
             },
         )
     }
@@ -774,7 +908,6 @@ mod tests {
                 now: 1,
                 how: Settle::Terminate {
                     reason: "poison".into(),
-                    deadline: 1 + FINISH_MS,
                 },
                 items: vec![(0, 0, 1)],
             },
@@ -803,9 +936,11 @@ mod tests {
                 now: 0,
                 member: "a".into(),
                 deadline: 1_000,
+                lease: 1,
                 items: vec![(0, 0, k), (0, 1, k), (0, 2, None), (0, 3, None)],
                 floors: vec![],
                 gaps: vec![],
+                park: vec![],
             },
         );
         assert_eq!(granted(o), [(0, 0, 1), (0, 2, 1)]);
@@ -820,13 +955,93 @@ mod tests {
                 now: 0,
                 member: "a".into(),
                 deadline: 1_000,
+                lease: 1,
                 items: vec![],
                 floors: vec![(0, 5)],
                 gaps: vec![(0, 5), (0, 6)],
+                park: vec![],
             },
         );
         assert_eq!(m.start(0), 7);
         assert!(m.lost(0));
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_state() {
+        let mut m = SharedMachine::new(config(), &[0, 0]);
+        granted(acquire(&mut m, 0, "a", &[(0, 0), (1, 0), (1, 1)]));
+        m.apply(
+            0,
+            Op::Settle {
+                now: 1,
+                how: Settle::Nack { delay: Some(500) },
+                items: vec![(1, 0, 1)],
+            },
+        );
+        let json = serde_json::to_vec(&m.snapshot()).unwrap();
+        let mut copy = SharedMachine::new(config(), &[0, 0]);
+        copy.restore(serde_json::from_slice(&json).unwrap());
+        for now in [0, 1, 500, 501, 1_000, 5_000] {
+            assert_eq!(copy.counts(now), m.counts(now), "at {now}");
+            assert_eq!(copy.dead_at(now), m.dead_at(now));
+        }
+        assert_eq!(
+            granted(acquire(&mut copy, 501, "b", &[(1, 0)])),
+            granted(acquire(&mut m, 501, "b", &[(1, 0)]))
+        );
+    }
+
+    #[test]
+    fn parked_messages_leave_the_window() {
+        let mut m = SharedMachine::new(config(), &[0]);
+        let park: Vec<(u32, u64, i64)> = (0..WINDOW).map(|o| (0, o, 1_000_000)).collect();
+        m.apply(
+            0,
+            Op::Acquire {
+                now: 0,
+                member: "a".into(),
+                deadline: 1_000,
+                lease: 1,
+                items: vec![(0, WINDOW, None)],
+                floors: vec![],
+                gaps: vec![],
+                park,
+            },
+        );
+        assert_eq!(m.window_end(0, 0), 2 * WINDOW);
+        assert_eq!(m.counts(0).in_flight, 1, "past a window of parked messages");
+        assert_eq!(m.counts(0).delayed, WINDOW);
+        assert_eq!(
+            m.window_end(0, 1_000_000),
+            WINDOW,
+            "due: back in the window"
+        );
+    }
+
+    #[test]
+    fn a_release_gives_back_what_nobody_got() {
+        let mut m = SharedMachine::new(config(), &[0]);
+        granted(acquire(&mut m, 0, "a", &[(0, 0)]));
+        m.apply(
+            0,
+            Op::Release {
+                lease: 8,
+                items: vec![(0, 0)],
+            },
+        );
+        assert_eq!(m.counts(0).in_flight, 1, "another acquire's lease stays");
+        m.apply(
+            0,
+            Op::Release {
+                lease: 7,
+                items: vec![(0, 0)],
+            },
+        );
+        assert_eq!(
+            granted(acquire(&mut m, 0, "b", &[(0, 0)])),
+            [(0, 0, 1)],
+            "count not bumped"
+        );
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub(crate) enum Op {
         member: String,
         offsets: Vec<(u32, u64)>,
     },
+    /// Sets the committed offsets of the partitions given (the others keep theirs).
     Reset {
-        committed: Vec<u64>,
+        committed: Vec<(u32, u64)>,
     },
     Fence,
 }
@@ -61,6 +62,16 @@ struct Member {
     last_seen: i64,
     /// This node's fetch position per owned partition.
     positions: BTreeMap<u32, u64>,
+}
+
+/// A group's state, as a snapshot holds it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct GroupSnap {
+    committed: Vec<u64>,
+    /// Member → last heard of.
+    members: BTreeMap<String, i64>,
+    generation: u64,
+    owner: Vec<Option<String>>,
 }
 
 /// One stream subscription's state.
@@ -156,7 +167,9 @@ impl GroupMachine {
             return false;
         };
         for &(p, o) in to {
-            m.positions.insert(p, o);
+            // Never below where a commit applied meanwhile moved it.
+            let pos = m.positions.entry(p).or_insert(o);
+            *pos = (*pos).max(o);
         }
         true
     }
@@ -250,9 +263,53 @@ impl GroupMachine {
 impl Machine for GroupMachine {
     type Op = Op;
     type Outcome = Outcome;
+    type Snap = GroupSnap;
 
     fn fence() -> Op {
         Op::Fence
+    }
+
+    fn snapshot(&self) -> GroupSnap {
+        GroupSnap {
+            committed: self.committed.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| (id.clone(), m.last_seen))
+                .collect(),
+            generation: self.generation,
+            owner: self.owner.clone(),
+        }
+    }
+
+    fn restore(&mut self, snap: GroupSnap) {
+        if snap.committed.len() != self.committed.len() || snap.owner.len() != self.owner.len() {
+            return;
+        }
+        self.committed = snap.committed;
+        self.generation = snap.generation;
+        self.owner = snap.owner;
+        // Fetch positions are this node's: its members start at the committed offsets.
+        self.members = snap
+            .members
+            .into_iter()
+            .map(|(id, last_seen)| {
+                let positions = self
+                    .owner
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.as_deref() == Some(id.as_str()))
+                    .map(|(p, _)| (p as u32, self.committed[p]))
+                    .collect();
+                (
+                    id,
+                    Member {
+                        last_seen,
+                        positions,
+                    },
+                )
+            })
+            .collect();
     }
 
     fn apply(&mut self, _offset: u64, op: Op) -> Outcome {
@@ -304,16 +361,30 @@ impl Machine for GroupMachine {
                 Outcome::Committed(r)
             }
             Op::Reset { committed } => {
-                if committed.len() == self.committed.len() {
-                    self.committed = committed;
-                    for member in self.members.values_mut() {
-                        for (p, pos) in member.positions.iter_mut() {
+                let mut changed = Vec::new();
+                for (p, o) in committed {
+                    if let Some(slot) = self.committed.get_mut(p as usize) {
+                        *slot = o;
+                        changed.push(p);
+                    }
+                }
+                for member in self.members.values_mut() {
+                    for (p, pos) in member.positions.iter_mut() {
+                        if changed.contains(p) {
                             *pos = self.committed[*p as usize];
                         }
                     }
-                    self.generation += 1;
                 }
-                Outcome::Nothing
+                self.generation += 1;
+                Outcome::Committed(Ok(self
+                    .committed
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &offset)| Committed {
+                        partition: p as u32,
+                        offset,
+                    })
+                    .collect()))
             }
             Op::Fence => Outcome::Nothing,
         }
@@ -385,6 +456,51 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_restores_the_group() {
+        let mut g = group();
+        g.apply(
+            0,
+            Op::Join {
+                now: 0,
+                member: "a".into(),
+            },
+        );
+        g.apply(
+            0,
+            Op::Join {
+                now: 0,
+                member: "b".into(),
+            },
+        );
+        g.apply(
+            0,
+            Op::Commit {
+                now: 0,
+                member: "a".into(),
+                offsets: vec![(0, 5)],
+            },
+        );
+        let json = serde_json::to_vec(&g.snapshot()).unwrap();
+        let mut copy = group();
+        copy.restore(serde_json::from_slice(&json).unwrap());
+        assert_eq!(copy.committed(), g.committed());
+        assert_eq!(copy.generation(), g.generation());
+        assert_eq!(copy.members_at(0), g.members_at(0));
+        assert_eq!(
+            copy.positions("a", 0).unwrap(),
+            (g.generation(), vec![(0, 5), (2, 0)])
+        );
+        let m = membership(copy.apply(
+            0,
+            Op::Heartbeat {
+                now: 1,
+                member: "b".into(),
+            },
+        ));
+        assert_eq!(m.partitions, [1, 3]);
+    }
+
+    #[test]
     fn commits_need_ownership_and_never_go_back() {
         let mut g = group();
         g.apply(
@@ -440,9 +556,16 @@ mod tests {
         g.apply(
             0,
             Op::Reset {
-                committed: vec![1, 1, 1, 1],
+                committed: vec![(0, 1), (1, 1), (2, 1), (3, 1)],
             },
         );
         assert_eq!(g.committed(), [1, 1, 1, 1]);
+        g.apply(
+            0,
+            Op::Reset {
+                committed: vec![(2, 0)],
+            },
+        );
+        assert_eq!(g.committed(), [1, 1, 0, 1], "only the partitions given");
     }
 }

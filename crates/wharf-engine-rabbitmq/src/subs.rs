@@ -10,6 +10,7 @@
 //! delivery count and the subscription's generation, not a channel).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,15 +53,54 @@ pub(crate) struct StreamSub {
     rsm: Rsm<GroupMachine>,
 }
 
-/// What a node has read of one queue of a shared subscription: the messages of its window
+/// Bytes of message bodies a node keeps per queue of a shared subscription; bodies beyond
+/// are read again when granted.
+const BODY_BUDGET: usize = 8 * 1024 * 1024;
+
+/// What a node knows of one message of a shared subscription's window.
+struct Entry {
+    key: Option<u64>,
+    deliver_at: i64,
+    /// The message, while the body budget lasts.
+    body: Option<StoredMessage>,
+}
+
+/// What a node has read of one queue of a shared subscription: its window's messages
 /// (`None`: an offset that holds no message).
 #[derive(Default)]
 struct QueueCache {
-    messages: BTreeMap<u64, Option<StoredMessage>>,
+    messages: BTreeMap<u64, Option<Entry>>,
     /// The next offset to read.
     scanned: u64,
     /// The first offset the stream still holds, when last read.
     floor: u64,
+    /// The stream's end when last read.
+    end: u64,
+    /// Bytes of the bodies kept.
+    bytes: usize,
+}
+
+impl QueueCache {
+    /// Forgets what is below `start`.
+    fn trim(&mut self, start: u64) {
+        let kept = self.messages.split_off(&start);
+        for e in self.messages.values().flatten() {
+            if let Some(m) = &e.body {
+                self.bytes = self.bytes.saturating_sub(m.size());
+            }
+        }
+        self.messages = kept;
+        self.scanned = self.scanned.max(start);
+    }
+
+    /// Drops the body of `offset` (read again if it is granted).
+    fn drop_body(&mut self, offset: u64) {
+        if let Some(Some(e)) = self.messages.get_mut(&offset)
+            && let Some(m) = e.body.take()
+        {
+            self.bytes = self.bytes.saturating_sub(m.size());
+        }
+    }
 }
 
 pub(crate) struct SharedSub {
@@ -184,6 +224,7 @@ impl RabbitEngine {
                     GroupMachine::new(name, c.clone(), &sub.initial),
                     timeout,
                     OPEN_BUDGET,
+                    self.snapshot_policy(),
                 )
                 .await?,
             })),
@@ -191,13 +232,26 @@ impl RabbitEngine {
                 let machine = SharedMachine::new(c.clone(), &sub.initial);
                 let queues = machine.queues();
                 Handle::Shared(Arc::new(SharedSub {
-                    rsm: Rsm::open(&s.conn, queue.clone(), node, machine, timeout, OPEN_BUDGET)
-                        .await?,
+                    rsm: Rsm::open(
+                        &s.conn,
+                        queue.clone(),
+                        node,
+                        machine,
+                        timeout,
+                        OPEN_BUDGET,
+                        self.snapshot_policy(),
+                    )
+                    .await?,
                     cache: Mutex::new((0..queues).map(|_| QueueCache::default()).collect()),
                     redriving: tokio::sync::Mutex::new(()),
                 }))
             }
         };
+        let replayed = match &handle {
+            Handle::Stream(h) => h.rsm.applied(),
+            Handle::Shared(h) => h.rsm.applied(),
+        };
+        self.inner.replayed.fetch_add(replayed, Ordering::Relaxed);
         s.subs.lock().expect("subs").insert(queue, handle.clone());
         Ok(Resolved {
             topic: t,
@@ -371,12 +425,14 @@ impl RabbitEngine {
     ) -> Result<()> {
         let queue = self.sub_stream(topic, t.generation, name, sub.generation);
         s.subs.lock().expect("subs").remove(&queue);
-        amqp::timed(
-            self.inner.config.timeout,
-            "deleting a stream",
-            self.delete_queue(s, &queue),
-        )
-        .await?;
+        for q in [queue.clone(), rsm::snap_queue(&queue)] {
+            amqp::timed(
+                self.inner.config.timeout,
+                "deleting a stream",
+                self.delete_queue(s, &q),
+            )
+            .await?;
+        }
         if matches!(sub.config, SubscriptionConfig::Shared(_)) {
             for side in [
                 wharf_broker::names::dlq_topic(topic, name),
@@ -479,8 +535,9 @@ impl RabbitEngine {
             Handle::Shared(h) => {
                 h.rsm.sync().await?;
                 self.fill(&s, topic, name, h).await?;
-                // What ran out while nobody looked is accounted for now.
-                self.move_due(&s, topic, name, &r.sub, h, now).await?;
+                // What ran out while nobody looked is accounted for now (best effort: a
+                // describe must answer even when a dead letter cannot move now).
+                let _ = self.move_due(&s, topic, name, &r.sub, h, now).await;
                 let counts = h.rsm.view(|m| m.counts(now));
                 // Fresh messages whose own time is still ahead count as delayed too.
                 let waiting = {
@@ -491,7 +548,7 @@ impl RabbitEngine {
                             .enumerate()
                             .flat_map(|(q, c)| c.messages.iter().map(move |(o, msg)| (q, *o, msg)))
                             .filter(|(q, o, msg)| {
-                                msg.as_ref().is_some_and(|msg| deliver_at(msg) > now)
+                                msg.as_ref().is_some_and(|e| e.deliver_at > now)
                                     && matches!(
                                         m.state_at(*q, *o, now),
                                         Some((Now::Available { at }, _)) if at <= now
@@ -615,8 +672,9 @@ impl RabbitEngine {
             if c.partition >= t.config.partitions {
                 continue; // not owned by anyone: the record answers not_assigned
             }
-            let w = self.watcher(&s, topic, &t, c.partition).await?;
-            let hw = w.progress().end;
+            let hw = self
+                .high_watermark_at_least(&s, topic, &t, c.partition, c.offset)
+                .await?;
             if c.offset > hw {
                 return Err(BrokerError::invalid(
                     "offset",
@@ -648,16 +706,19 @@ impl RabbitEngine {
     ) -> Result<Vec<Committed>> {
         let s = self.session().await?;
         let (t, h) = self.stream_sub(&s, topic, name).await?;
-        h.rsm.sync().await?;
-        let mut target = h.rsm.view(|g| g.committed().to_vec());
-        match &to {
+        let target: Vec<(u32, u64)> = match &to {
             ResetTo::Earliest | ResetTo::Latest | ResetTo::Timestamp(_) => {
                 let position = match to {
                     ResetTo::Latest => Position::Latest,
                     ResetTo::Timestamp(ts) => Position::Timestamp(ts),
                     _ => Position::Earliest,
                 };
-                target = self.resolve_positions(&s, topic, &t, &position).await?;
+                self.resolve_positions(&s, topic, &t, &position)
+                    .await?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(p, o)| (p as u32, o))
+                    .collect()
             }
             ResetTo::Offsets(list) => {
                 for &(p, o) in list {
@@ -667,30 +728,48 @@ impl RabbitEngine {
                             format!("{p} does not exist"),
                         ));
                     }
-                    let hw = self.watcher(&s, topic, &t, p).await?.progress().end;
+                    let hw = self.high_watermark_at_least(&s, topic, &t, p, o).await?;
                     if o > hw {
                         return Err(BrokerError::invalid(
                             "offset",
                             format!("{o} is beyond partition {p}'s high watermark"),
                         ));
                     }
-                    target[p as usize] = o;
                 }
+                list.clone()
             }
+        };
+        match h
+            .rsm
+            .propose(stream::Op::Reset { committed: target })
+            .await?
+            .1
+        {
+            GroupOutcome::Committed(r) => r,
+            other => Err(BrokerError::Internal(format!("a reset answered {other:?}"))),
         }
-        h.rsm
-            .propose(stream::Op::Reset {
-                committed: target.clone(),
-            })
-            .await?;
-        Ok(target
-            .into_iter()
-            .enumerate()
-            .map(|(p, offset)| Committed {
-                partition: p as u32,
-                offset,
-            })
-            .collect())
+    }
+
+    /// A partition's high watermark as this node's watcher knows it, waiting (up to the
+    /// timeout) for it to reach `offset`: an offset learned through another node may not
+    /// have reached this one yet.
+    async fn high_watermark_at_least(
+        &self,
+        s: &Session,
+        topic: &str,
+        t: &TopicState,
+        p: u32,
+        offset: u64,
+    ) -> Result<u64> {
+        let w = self.watcher(s, topic, t, p).await?;
+        if w.progress().end >= offset {
+            return Ok(w.progress().end);
+        }
+        Ok(w.wait_for(self.inner.config.timeout, |pr| {
+            pr.end >= offset || pr.failed
+        })
+        .await
+        .end)
     }
 
     pub(crate) async fn fetch_inner(
@@ -837,18 +916,19 @@ impl RabbitEngine {
     async fn fill(&self, s: &Session, topic: &str, name: &str, h: &SharedSub) -> Result<()> {
         let t = self.subscribable(s, topic).await?;
         let sources = self.sources(s, topic, &t, name)?;
+        let now = self.now();
         for (q, src) in sources.iter().enumerate() {
             let w = self
                 .watcher(s, &src.topic, &src.state, src.partition)
                 .await?;
             let end = w.progress().end;
-            let start = h.rsm.view(|m| m.start(q));
-            let window_end = end.min(start.saturating_add(shared::WINDOW));
-            let from = {
+            let (start, window_end) = h.rsm.view(|m| (m.start(q), m.window_end(q, now)));
+            let window_end = end.min(window_end);
+            let mut from = {
                 let mut cache = h.cache.lock().expect("cache");
                 let c = &mut cache[q];
-                c.messages = c.messages.split_off(&start);
-                c.scanned = c.scanned.max(start);
+                c.trim(start);
+                c.end = end;
                 c.scanned
             };
             if from >= window_end {
@@ -856,65 +936,108 @@ impl RabbitEngine {
             }
             let queue = self.stream(&src.topic, src.state.generation, src.partition);
             let stream_start = self.start_offset(s, &queue, end).await?;
-            let (messages, next) = self
-                .read_range(
-                    s,
-                    &queue,
-                    src.partition,
-                    from,
-                    window_end,
-                    (window_end - from) as usize,
-                    MAX_READ_BYTES,
-                )
-                .await?;
-            let mut cache = h.cache.lock().expect("cache");
-            let c = &mut cache[q];
-            if c.scanned != from {
-                continue; // another fill got there first
-            }
-            c.floor = c.floor.max(stream_start);
-            let mut expected = from.max(stream_start);
-            for m in messages {
-                for gap in expected..m.offset {
+            while from < window_end {
+                let (messages, next) = self
+                    .read_range(
+                        s,
+                        &queue,
+                        src.partition,
+                        from,
+                        window_end,
+                        (window_end - from) as usize,
+                        MAX_READ_BYTES,
+                    )
+                    .await?;
+                let mut cache = h.cache.lock().expect("cache");
+                let c = &mut cache[q];
+                if c.scanned != from {
+                    break; // another fill got there first
+                }
+                c.floor = c.floor.max(stream_start);
+                let mut expected = from.max(stream_start);
+                for m in messages {
+                    for gap in expected..m.offset {
+                        c.messages.insert(gap, None);
+                    }
+                    expected = m.offset + 1;
+                    let size = m.size();
+                    let entry = Entry {
+                        key: m.key.as_deref().map(shared::key_hash),
+                        deliver_at: deliver_at(&m),
+                        body: (c.bytes + size <= BODY_BUDGET).then(|| {
+                            c.bytes += size;
+                            m
+                        }),
+                    };
+                    c.messages.insert(expected - 1, Some(entry));
+                }
+                for gap in expected..next {
                     c.messages.insert(gap, None);
                 }
-                expected = m.offset + 1;
-                c.messages.insert(m.offset, Some(m));
+                c.scanned = next;
+                if next <= from {
+                    break;
+                }
+                from = next;
             }
-            for gap in expected..next {
-                c.messages.insert(gap, None);
-            }
-            c.scanned = next;
         }
         Ok(())
     }
 
-    /// The message at `(q, offset)` from the cache, or read.
-    async fn message_at(
+    /// The messages at `wanted` (queue, offset): from the cache, the rest read (one read
+    /// per queue over the span asked for).
+    async fn bodies(
         &self,
         s: &Session,
         sources: &[Source],
         h: &SharedSub,
-        q: usize,
-        offset: u64,
-    ) -> Result<Option<StoredMessage>> {
-        if let Some(m) = h.cache.lock().expect("cache")[q].messages.get(&offset) {
-            return Ok(m.clone());
+        wanted: &[(u32, u64)],
+    ) -> Result<std::collections::HashMap<(u32, u64), StoredMessage>> {
+        let mut out = std::collections::HashMap::new();
+        let mut missing: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        {
+            let cache = h.cache.lock().expect("cache");
+            for &(q, o) in wanted {
+                match cache[q as usize].messages.get(&o) {
+                    Some(Some(Entry { body: Some(m), .. })) => {
+                        out.insert((q, o), m.clone());
+                    }
+                    Some(None) => {}
+                    _ => missing.entry(q).or_default().push(o),
+                }
+            }
         }
-        let src = &sources[q];
-        let queue = self.stream(&src.topic, src.state.generation, src.partition);
-        let (messages, _) = self
-            .read_range(
-                s,
-                &queue,
-                src.partition,
-                offset,
-                offset + 1,
-                1,
-                MAX_READ_BYTES,
-            )
-            .await?;
-        Ok(messages.into_iter().find(|m| m.offset == offset))
+        for (q, offsets) in missing {
+            let (Some(&lo), Some(&hi)) = (offsets.iter().min(), offsets.iter().max()) else {
+                continue;
+            };
+            let src = &sources[q as usize];
+            let queue = self.stream(&src.topic, src.state.generation, src.partition);
+            let mut from = lo;
+            while from <= hi {
+                let (messages, next) = self
+                    .read_range(
+                        s,
+                        &queue,
+                        src.partition,
+                        from,
+                        hi + 1,
+                        (hi + 1 - from) as usize,
+                        MAX_READ_BYTES,
+                    )
+                    .await?;
+                for m in messages {
+                    if offsets.contains(&m.offset) {
+                        out.insert((q, m.offset), m);
+                    }
+                }
+                if next <= from {
+                    break;
+                }
+                from = next;
+            }
+        }
+        Ok(out)
     }
 
     /// Moves what is due for the dead-letter topic at `now` (claimed first, so one node
@@ -946,7 +1069,8 @@ impl RabbitEngine {
         }
     }
 
-    /// Publishes `finishes` to the dead-letter topic, then archives them.
+    /// Publishes `finishes` to the dead-letter topic (in batches that fit a publish), then
+    /// archives them.
     async fn move_to_dead_letters(
         &self,
         s: &Session,
@@ -963,21 +1087,24 @@ impl RabbitEngine {
         let sources = self.sources(s, topic, &t, name)?;
         let retry_q = sources.len() - 1;
         let now = self.now();
-        let mut letters = Vec::with_capacity(finishes.len());
+        let wanted: Vec<(u32, u64)> = finishes.iter().map(|f| (f.q, f.offset)).collect();
+        let mut found = self.bodies(s, &sources, h, &wanted).await?;
+        let dlq = wharf_broker::names::dlq_topic(topic, name);
+        let mut batch: Vec<Message> = Vec::new();
+        let mut batch_bytes = 0usize;
         let mut archived = Vec::with_capacity(finishes.len());
         for f in &finishes {
-            let q = f.q as usize;
             archived.push((f.q, f.offset));
-            let Some(m) = self.message_at(s, &sources, h, q, f.offset).await? else {
-                // Gone (retention): nothing to move.
+            // Gone (retention) if not found: nothing to move.
+            let Some(m) = found.remove(&(f.q, f.offset)) else {
                 continue;
             };
-            let m = if q == retry_q {
+            let m = if f.q as usize == retry_q {
                 wharf_broker::dlq::as_original(m)
             } else {
                 m
             };
-            letters.push(wharf_broker::dlq::dead_letter(
+            let letter = wharf_broker::dlq::dead_letter(
                 &m,
                 topic,
                 f.deliveries,
@@ -987,16 +1114,30 @@ impl RabbitEngine {
                     "dlq/{name}/{}/{}/{}/{}",
                     sub.generation, f.q, f.offset, f.deliveries
                 ),
-            ));
+            );
+            let size = letter.value.len()
+                + letter.key.as_ref().map_or(0, |k| k.len())
+                + letter
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if !batch.is_empty() && (batch_bytes + size > MAX_READ_BYTES || batch.len() >= 500) {
+                self.publish_inner(
+                    &dlq,
+                    std::mem::take(&mut batch),
+                    PublishOptions::default(),
+                    true,
+                )
+                .await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(letter);
         }
-        if !letters.is_empty() {
-            self.publish_inner(
-                &wharf_broker::names::dlq_topic(topic, name),
-                letters,
-                PublishOptions::default(),
-                true,
-            )
-            .await?;
+        if !batch.is_empty() {
+            self.publish_inner(&dlq, batch, PublishOptions::default(), true)
+                .await?;
         }
         h.rsm
             .propose(shared::Op::Archive { items: archived })
@@ -1025,6 +1166,7 @@ impl RabbitEngine {
                 "must be within 100..=43200000",
             ));
         }
+        let lease_ms = i64::try_from(lease_ms).unwrap_or(i64::MAX);
         let member = request.member.clone().unwrap_or_default();
         let sources = self.sources(&s, topic, &t, name)?;
         let retry_q = sources.len() - 1;
@@ -1037,47 +1179,37 @@ impl RabbitEngine {
             let _ = self.move_due(&s, topic, name, &sub, &h, now).await;
             self.fill(&s, topic, name, &h).await?;
             let plan = self.plan(&h, retry_q, &member, request.max, now);
-            if !plan.items.is_empty() || !plan.gaps.is_empty() || !plan.floors.is_empty() {
+            if !plan.is_empty() {
+                let lease = rand_u64();
                 let op = shared::Op::Acquire {
                     now,
                     member: member.clone(),
-                    deadline: now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX)),
+                    deadline: now.saturating_add(lease_ms),
+                    lease,
                     items: plan.items.clone(),
                     floors: plan.floors,
                     gaps: plan.gaps,
+                    park: plan.park,
                 };
-                let granted = match h.rsm.propose(op).await?.1 {
-                    SharedOutcome::Acquired(g) => g,
-                    other => {
+                let granted = match h.rsm.propose(op).await {
+                    Ok((_, SharedOutcome::Acquired(g))) => g,
+                    Ok((_, other)) => {
                         return Err(BrokerError::Internal(format!(
                             "an acquire answered {other:?}"
                         )));
                     }
+                    Err(e) => {
+                        // The record may have been written: give back what it leased.
+                        self.release(&h, lease, &plan.items).await;
+                        return Err(e);
+                    }
                 };
                 if !granted.is_empty() {
-                    let lease_deadline =
-                        now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
-                    let cache = h.cache.lock().expect("cache");
-                    let mut out = Vec::with_capacity(granted.len());
-                    for (q, offset, deliveries) in granted {
-                        let Some(Some(m)) = cache[q as usize].messages.get(&offset).cloned() else {
-                            continue;
-                        };
-                        let message = if q as usize == retry_q {
-                            wharf_broker::dlq::as_original(m)
-                        } else {
-                            m
-                        };
-                        out.push(Delivery {
-                            ack_id: format!("{:x}.{q}.{offset}.{deliveries}", sub.generation),
-                            message,
-                            delivery_count: deliveries,
-                            lease_deadline,
-                        });
-                    }
-                    return Ok(out);
+                    return self
+                        .deliver(&s, &sources, &h, &sub, granted, lease, now + lease_ms)
+                        .await;
                 }
-                if !plan.items.is_empty() {
+                if !plan.items.is_empty() && tokio::time::Instant::now() < deadline {
                     // Others got there first: look again.
                     continue;
                 }
@@ -1098,10 +1230,11 @@ impl RabbitEngine {
                 let w: Arc<Watcher> = self
                     .watcher(&s, &src.topic, &src.state, src.partition)
                     .await?;
-                let scanned = h.cache.lock().expect("cache")[q].scanned;
+                // New messages past what the last fill saw (not past what it read: a full
+                // window leaves messages unread, and they must not wake this at once).
+                let seen = h.cache.lock().expect("cache")[q].end;
                 waits.push(Box::pin(async move {
-                    w.wait_for(MAX_WAIT, |pr| pr.end > scanned || pr.failed)
-                        .await;
+                    w.wait_for(MAX_WAIT, |pr| pr.end > seen || pr.failed).await;
                 }));
             }
             waits.push(Box::pin(async move {
@@ -1114,9 +1247,67 @@ impl RabbitEngine {
         }
     }
 
+    /// Gives back the leases of acquire `lease` (best effort: if this fails too, they run
+    /// out at their deadline).
+    async fn release(&self, h: &SharedSub, lease: u64, items: &[(u32, u64, Option<u64>)]) {
+        let op = shared::Op::Release {
+            lease,
+            items: items.iter().map(|&(q, o, _)| (q, o)).collect(),
+        };
+        let _ = h.rsm.propose(op).await;
+    }
+
+    /// The deliveries of what an acquire granted.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        s: &Session,
+        sources: &[Source],
+        h: &SharedSub,
+        sub: &SubState,
+        granted: Vec<(u32, u64, u32)>,
+        lease: u64,
+        lease_deadline: i64,
+    ) -> Result<Vec<Delivery>> {
+        let retry_q = sources.len() - 1;
+        let wanted: Vec<(u32, u64)> = granted.iter().map(|&(q, o, _)| (q, o)).collect();
+        let mut found = match self.bodies(s, sources, h, &wanted).await {
+            Ok(f) => f,
+            Err(e) => {
+                let items: Vec<_> = wanted.iter().map(|&(q, o)| (q, o, None)).collect();
+                self.release(h, lease, &items).await;
+                return Err(e);
+            }
+        };
+        let mut out = Vec::with_capacity(granted.len());
+        let mut lost = Vec::new();
+        for (q, offset, deliveries) in granted {
+            let Some(m) = found.remove(&(q, offset)) else {
+                // Gone meanwhile (retention): give it back, the next fill records the gap.
+                lost.push((q, offset, None));
+                continue;
+            };
+            let message = if q as usize == retry_q {
+                wharf_broker::dlq::as_original(m)
+            } else {
+                m
+            };
+            out.push(Delivery {
+                ack_id: format!("{:x}.{q}.{offset}.{deliveries}", sub.generation),
+                message,
+                delivery_count: deliveries,
+                lease_deadline,
+            });
+        }
+        if !lost.is_empty() {
+            self.release(h, lease, &lost).await;
+        }
+        Ok(out)
+    }
+
     /// What a receive proposes from this node's view and cache.
     fn plan(&self, h: &SharedSub, retry_q: usize, member: &str, max: usize, now: i64) -> Plan {
-        let cache = h.cache.lock().expect("cache");
+        let mut cache = h.cache.lock().expect("cache");
         h.rsm.view(|m| {
             let config = m.config();
             let held = m.held_by(member, now);
@@ -1134,28 +1325,47 @@ impl RabbitEngine {
             // The retry queue first: redriven messages are older than the partitions'.
             let order = std::iter::once(retry_q).chain(0..retry_q);
             for q in order {
-                if cache[q].floor > m.start(q) {
-                    plan.floors.push((q as u32, cache[q].floor));
+                let c = &mut cache[q];
+                if c.floor > m.start(q) {
+                    plan.floors.push((q as u32, c.floor));
                 }
-                for (&offset, msg) in &cache[q].messages {
-                    let Some((state, _)) = m.state_at(q, offset, now) else {
+                let may_park = m.may_park(q);
+                let window_end = m.window_end(q, now);
+                let mut unburden = Vec::new();
+                for (&offset, entry) in &c.messages {
+                    if offset >= window_end {
+                        break;
+                    }
+                    let Some((state, deliveries)) = m.state_at(q, offset, now) else {
                         continue;
                     };
-                    let Some(msg) = msg else {
+                    let Some(entry) = entry else {
                         if state != Now::Done {
                             plan.gaps.push((q as u32, offset));
                         }
                         continue;
                     };
-                    let key = msg.key.as_deref().map(shared::key_hash);
                     match state {
                         Now::Available { at } => {
-                            let due = at.max(deliver_at(msg));
+                            let due = at.max(entry.deliver_at);
+                            let far = due > now.saturating_add(shared::PARK_AHEAD_MS);
+                            if far
+                                && at == 0
+                                && deliveries == 0
+                                && may_park
+                                && plan.park.len() < 1000
+                            {
+                                // Fresh and far ahead: parked, out of the window.
+                                plan.park.push((q as u32, offset, due));
+                            }
+                            if far {
+                                unburden.push(offset);
+                            }
                             let mut take = due <= now && plan.items.len() < room;
                             if due > now {
                                 wake(&mut plan, due);
                             }
-                            if ordered && let Some(k) = key {
+                            if ordered && let Some(k) = entry.key {
                                 if SharedMachine::key_blocked(
                                     &keys,
                                     retry_q as u32,
@@ -1168,12 +1378,16 @@ impl RabbitEngine {
                                 keys.entry(k).or_default().push((q as u32, offset, take));
                             }
                             if take {
-                                plan.items.push((q as u32, offset, key));
+                                plan.items.push((q as u32, offset, entry.key));
                             }
                         }
                         Now::Leased { deadline, .. } => wake(&mut plan, deadline),
                         Now::Finishing | Now::Dead { .. } | Now::Done => {}
                     }
+                }
+                // Bodies of what waits long are read again when due.
+                for offset in unburden {
+                    c.drop_body(offset);
                 }
             }
             plan
@@ -1350,7 +1564,29 @@ impl RabbitEngine {
 #[derive(Default)]
 struct Plan {
     items: Vec<(u32, u64, Option<u64>)>,
+    park: Vec<(u32, u64, i64)>,
     floors: Vec<(u32, u64)>,
     gaps: Vec<(u32, u64)>,
     wake_at: Option<i64>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+            && self.park.is_empty()
+            && self.gaps.is_empty()
+            && self.floors.is_empty()
+    }
+}
+
+/// A random 64-bit value (lease ids).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }

@@ -63,6 +63,7 @@ struct RabbitHarness {
     prefix: String,
     clock: ManualClock,
     engine: Option<Arc<RabbitEngine>>,
+    snapshot_every: u64,
 }
 
 fn harness() -> RabbitHarness {
@@ -78,6 +79,7 @@ fn harness() -> RabbitHarness {
         ),
         clock: ManualClock::new(EPOCH_MS),
         engine: None,
+        snapshot_every: 10_000,
     }
 }
 
@@ -87,6 +89,7 @@ impl RabbitHarness {
             prefix: self.prefix.clone(),
             clock: Arc::new(self.clock.clone()),
             timeout: Duration::from_secs(10),
+            snapshot_every: self.snapshot_every,
             ..RabbitConfig::new(url())
         })
         .await
@@ -711,6 +714,117 @@ mod differences {
         assert!(names(e.clone()).await.is_empty());
     }
 
+    /// Wharf's state streams are snapshotted: a node starting up reads the newest snapshot
+    /// and the records after it, not the whole history, and ends up in the same state
+    /// (settings, a shared subscription's leases, counts, delays and dead letters, a group's
+    /// members and commits).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_bound_what_a_node_reads() {
+        if crate::skip() {
+            return;
+        }
+        let mut h = crate::harness();
+        h.snapshot_every = 4;
+        let e = h.start().await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("t", "s", shared_exact())
+            .await
+            .unwrap();
+        e.create_subscription(
+            "t",
+            "g",
+            SubscriptionConfig::Stream(StreamConfig::default()),
+        )
+        .await
+        .unwrap();
+        e.publish(
+            "t",
+            (0..12).map(|i| Message::new(format!("m-{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+        // Many small steps: many records.
+        let mut writes = 0u64;
+        for i in 0..6 {
+            let d = e
+                .receive(
+                    "t",
+                    "s",
+                    ReceiveRequest {
+                        member: Some("a".into()),
+                        max: 1,
+                        lease: None,
+                        wait: Duration::ZERO,
+                    },
+                )
+                .await
+                .unwrap();
+            match i % 3 {
+                0 => e.ack("t", "s", &ids(&d)).await.unwrap(),
+                1 => e.nack("t", "s", &ids(&d), Some(60_000)).await.unwrap(),
+                _ => e.terminate("t", "s", &ids(&d), "poison").await.unwrap(),
+            };
+            writes += 3;
+        }
+        let m = e.join("t", "g", Some("m")).await.unwrap();
+        for o in 1..=8u64 {
+            e.commit(
+                "t",
+                "g",
+                &m.member_id,
+                vec![wharf_broker::Committed {
+                    partition: 0,
+                    offset: o,
+                }],
+            )
+            .await
+            .unwrap();
+            writes += 1;
+        }
+        let shared_before = e.describe_subscription("t", "s").await.unwrap();
+        let group_before = e.describe_subscription("t", "g").await.unwrap();
+        assert_eq!(
+            (
+                shared_before.in_flight,
+                shared_before.delayed,
+                shared_before.dead_lettered
+            ),
+            (0, 2, 2)
+        );
+
+        drop(e);
+        let e = h.restart().await;
+        let shared_after = e.describe_subscription("t", "s").await.unwrap();
+        let group_after = e.describe_subscription("t", "g").await.unwrap();
+        assert_eq!(shared_after, shared_before);
+        assert_eq!(group_after, group_before);
+        assert!(
+            e.replayed() < writes,
+            "the restarted node read {} records, of {writes} written",
+            e.replayed()
+        );
+        // And it continues from there: the six not received yet, then the nacked two.
+        let rest = receive(&*e, "b").await;
+        assert_eq!(
+            rest.iter().map(|d| d.message.offset).collect::<Vec<_>>(),
+            (6..12).collect::<Vec<u64>>()
+        );
+        e.ack("t", "s", &ids(&rest)).await.unwrap();
+        h.advance_clock(60_000);
+        let nacked = receive(&*e, "b").await;
+        assert_eq!(
+            summary(&nacked),
+            [("m-1".to_owned(), 1, 2), ("m-4".to_owned(), 4, 2)]
+        );
+        // The member's session ran out with the clock: it joins again.
+        e.join("t", "g", Some("m")).await.unwrap();
+        let fetched = e
+            .fetch("t", "g", "m", wharf_broker::FetchRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(fetched[0].offset, 8, "after the last commit");
+    }
+
     /// Two nodes on one RabbitMQ are one Wharf: a topic created through one is known to the
     /// other, messages published through one are read through the other with the same
     /// offsets, a retry of an acknowledged id through the other node is a duplicate, and
@@ -728,6 +842,7 @@ mod differences {
                 prefix: h.prefix.clone(),
                 clock: h.clock.clone(),
                 engine: None,
+                snapshot_every: h.snapshot_every,
             };
             let b = other.open().await;
             // Only `h` cleans up.
