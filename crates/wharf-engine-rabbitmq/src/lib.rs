@@ -184,6 +184,8 @@ struct Session {
     starts: Mutex<HashMap<String, (u64, Instant)>>,
     /// This node's copies of the subscriptions' state, by state stream.
     subs: Mutex<HashMap<String, subs::Handle>>,
+    /// Serialises opening each subscription's state (one lock per state stream).
+    sub_attach: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Session {
@@ -433,6 +435,7 @@ impl RabbitEngine {
             attach: tokio::sync::Mutex::new(()),
             starts: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
+            sub_attach: Mutex::new(HashMap::new()),
         })
     }
 

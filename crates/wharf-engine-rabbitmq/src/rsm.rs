@@ -541,10 +541,18 @@ async fn apply_loop<M: Machine>(
         else {
             continue;
         };
-        // A record that does not parse was not written by this version of Wharf: skipped
-        // (every node skips it alike).
-        let Ok(record) = serde_json::from_slice::<Record<M::Op>>(&delivery.data) else {
-            continue;
+        // A record that does not parse was written by another version of Wharf (a rolling
+        // upgrade): applying the others without it would let this copy diverge from the
+        // nodes that understood it, so this copy stops (its node answers
+        // `engine_unavailable` for it) until it runs the version that wrote it.
+        let record = match serde_json::from_slice::<Record<M::Op>>(&delivery.data) {
+            Ok(r) => r,
+            Err(e) => {
+                break format!(
+                    "record {offset} was written by another version of Wharf ({e}); \
+                     upgrade this node"
+                );
+            }
         };
         let snapshot = {
             let mut s = shared.lock().expect("rsm state");

@@ -179,6 +179,9 @@ pub(crate) enum Op {
     /// The messages are in the dead-letter topic: done.
     Archive {
         items: Vec<(u32, u64)>,
+        /// Gone before they could be moved (retention removed them): done, not counted.
+        #[serde(default)]
+        gone: Vec<(u32, u64)>,
     },
     /// Dead letters before `cursor` were put back (`moved` of them), if the cursor was at
     /// `from`.
@@ -746,14 +749,17 @@ impl Machine for SharedMachine {
                 deadline,
                 items,
             } => Outcome::Claimed(self.claim(now, deadline, items)),
-            Op::Archive { items } => {
-                for (q, offset) in items {
+            Op::Archive { items, gone } => {
+                let moved = items.into_iter().map(|i| (i, true));
+                for ((q, offset), counted) in moved.chain(gone.into_iter().map(|i| (i, false))) {
                     if let Some(queue) = self.queues.get_mut(q as usize)
                         && let Some(item) = queue.items.get_mut(&offset)
                         && matches!(item.st, St::Finishing { .. })
                     {
                         item.st = St::Done;
-                        self.dead += 1;
+                        if counted {
+                            self.dead += 1;
+                        }
                     }
                 }
                 for queue in &mut self.queues {
@@ -887,12 +893,14 @@ mod tests {
             0,
             Op::Archive {
                 items: vec![(0, 0)],
+                gone: vec![],
             },
         );
         m.apply(
             0,
             Op::Archive {
                 items: vec![(0, 0)],
+                gone: vec![],
             },
         );
         assert_eq!((m.start(0), m.dead_lettered()), (1, 1));

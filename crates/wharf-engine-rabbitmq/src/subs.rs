@@ -189,7 +189,16 @@ impl RabbitEngine {
                 handle: h.clone(),
             });
         }
-        let _attaching = s.attach.lock().await;
+        // One opening per subscription at a time (opening reads its state: not under the
+        // session's lock, which publishes and reads of new partitions wait on).
+        let lock = s
+            .sub_attach
+            .lock()
+            .expect("sub attach")
+            .entry(queue.clone())
+            .or_default()
+            .clone();
+        let _attaching = lock.lock().await;
         if let Some(h) = s.subs.lock().expect("subs").get(&queue)
             && h.alive()
         {
@@ -1093,12 +1102,14 @@ impl RabbitEngine {
         let mut batch: Vec<Message> = Vec::new();
         let mut batch_bytes = 0usize;
         let mut archived = Vec::with_capacity(finishes.len());
+        let mut gone = Vec::new();
         for f in &finishes {
-            archived.push((f.q, f.offset));
             // Gone (retention) if not found: nothing to move.
             let Some(m) = found.remove(&(f.q, f.offset)) else {
+                gone.push((f.q, f.offset));
                 continue;
             };
+            archived.push((f.q, f.offset));
             let m = if f.q as usize == retry_q {
                 wharf_broker::dlq::as_original(m)
             } else {
@@ -1140,7 +1151,10 @@ impl RabbitEngine {
                 .await?;
         }
         h.rsm
-            .propose(shared::Op::Archive { items: archived })
+            .propose(shared::Op::Archive {
+                items: archived,
+                gone,
+            })
             .await?;
         Ok(())
     }
