@@ -186,6 +186,8 @@ struct Session {
     subs: Mutex<HashMap<String, subs::Handle>>,
     /// Serialises opening each subscription's state (one lock per state stream).
     sub_attach: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Stream consumers kept open between reads.
+    cursors: Mutex<Vec<Cursor>>,
 }
 
 impl Session {
@@ -194,6 +196,61 @@ impl Session {
             && self.meta.alive()
             && self.publish.status().connected()
             && self.publishers.iter().all(|c| c.status().connected())
+    }
+}
+
+/// Credit of a [`Cursor`]'s consumer: what RabbitMQ may push ahead of the reads.
+const CURSOR_PREFETCH: u16 = 256;
+/// Most cursors a session keeps open between reads.
+const MAX_CURSORS: usize = 64;
+/// A cursor unused for this long is closed.
+const CURSOR_IDLE: Duration = Duration::from_secs(30);
+
+/// A stream consumer kept open between reads of one stream, positioned at `next`.
+struct Cursor {
+    reader: StreamReader,
+    queue: String,
+    /// Where the next read continues.
+    next: u64,
+    /// A delivery read ahead (at or past `next`) and not returned yet.
+    pending: Option<lapin::message::Delivery>,
+    /// Deliveries not yet acknowledged (credit).
+    unacked: u32,
+    used: Instant,
+}
+
+impl Session {
+    /// A cursor on `queue` positioned at `from`, if one is open; closes idle ones.
+    fn take_cursor(&self, queue: &str, from: u64) -> Option<Cursor> {
+        let mut cursors = self.cursors.lock().expect("cursors");
+        let (idle, keep): (Vec<Cursor>, Vec<Cursor>) = std::mem::take(&mut *cursors)
+            .into_iter()
+            .partition(|c| c.used.elapsed() > CURSOR_IDLE);
+        *cursors = keep;
+        for c in idle {
+            tokio::spawn(c.reader.close());
+        }
+        let i = cursors
+            .iter()
+            .position(|c| c.queue == queue && c.next == from)?;
+        Some(cursors.swap_remove(i))
+    }
+
+    /// Keeps `c` for the next read of its stream (closing the oldest if there are many).
+    fn put_cursor(&self, mut c: Cursor) {
+        c.used = Instant::now();
+        let mut cursors = self.cursors.lock().expect("cursors");
+        if cursors.len() >= MAX_CURSORS
+            && let Some(oldest) = cursors
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(i, _)| i)
+        {
+            let old = cursors.swap_remove(oldest);
+            tokio::spawn(old.reader.close());
+        }
+        cursors.push(c);
     }
 }
 
@@ -338,13 +395,13 @@ impl RabbitEngine {
                     .await?;
             }
             for (sub, state) in &t.subs {
-                self.delete_queue(
-                    &s,
-                    &self.sub_stream(&name, t.generation, sub, state.generation),
-                )
-                .await?;
+                let queue = self.sub_stream(&name, t.generation, sub, state.generation);
+                self.delete_queue(&s, &rsm::snap_queue(&queue)).await?;
+                self.delete_queue(&s, &queue).await?;
             }
         }
+        self.delete_queue(&s, &rsm::snap_queue(&self.meta_queue()))
+            .await?;
         self.delete_queue(&s, &self.meta_queue()).await?;
         self.inner.closed.store(true, Ordering::Release);
         let _ = s.conn.close(200, "destroyed".into()).await;
@@ -436,6 +493,7 @@ impl RabbitEngine {
             starts: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
             sub_attach: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(Vec::new()),
         })
     }
 
@@ -1086,6 +1144,10 @@ impl RabbitEngine {
     /// Reads stream `queue` (partition `p`'s messages) from `from` up to `end`: at most
     /// `max` messages and about `max_bytes` (whole messages, at least one). Fences are
     /// skipped; returns the messages and the offset after the last one looked at.
+    ///
+    /// Reads continue on a [`Cursor`] left by an earlier read that ended at `from` (a
+    /// consumer fetching on, a receive filling its window), so a read is usually no more than
+    /// the deliveries RabbitMQ has already pushed.
     #[allow(clippy::too_many_arguments)]
     async fn read_range(
         &self,
@@ -1102,52 +1164,67 @@ impl RabbitEngine {
         }
         let max = max.max(1);
         let max_bytes = max_bytes.clamp(1, MAX_READ_BYTES);
-        let prefetch = u16::try_from((max + 16).min(2000)).unwrap_or(2000);
-        let mut reader = amqp::timed(
-            self.inner.config.timeout,
-            "opening a stream reader",
-            StreamReader::open(&s.conn, queue, Start::Offset(from), prefetch),
-        )
-        .await?;
+        let mut cur = match s.take_cursor(queue, from) {
+            Some(c) => c,
+            None => Cursor {
+                reader: amqp::timed(
+                    self.inner.config.timeout,
+                    "opening a stream reader",
+                    StreamReader::open(&s.conn, queue, Start::Offset(from), CURSOR_PREFETCH),
+                )
+                .await?,
+                queue: queue.to_owned(),
+                next: from,
+                pending: None,
+                unacked: 0,
+                used: Instant::now(),
+            },
+        };
         let mut messages = Vec::new();
         let mut bytes = 0usize;
         let mut next = from;
         let timeout = self.inner.config.timeout;
-        let mut unacked = 0u32;
         let outcome: Result<()> = async {
             while next < end && messages.len() < max {
-                let Some(d) = reader.next(timeout).await? else {
-                    return Err(unavailable(
-                        &format!("reading {queue}"),
-                        "messages below the high watermark did not arrive in time",
-                    ));
+                let d = match cur.pending.take() {
+                    Some(d) => d,
+                    None => {
+                        let Some(d) = cur.reader.next(timeout).await? else {
+                            return Err(unavailable(
+                                &format!("reading {queue}"),
+                                "messages below the high watermark did not arrive in time",
+                            ));
+                        };
+                        cur.unacked += 1;
+                        // Credit back as it goes: fences and skipped messages take credit too.
+                        if cur.unacked * 2 >= u32::from(CURSOR_PREFETCH) {
+                            cur.reader.ack_up_to(d.delivery_tag).await?;
+                            cur.unacked = 0;
+                        }
+                        d
+                    }
                 };
                 let Some(offset) =
                     amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")
                 else {
                     continue;
                 };
-                let tag = d.delivery_tag;
-                unacked += 1;
-                // Credit back as it goes: fences and skipped messages take credit too.
-                if unacked * 2 >= u32::from(prefetch) {
-                    reader.ack_up_to(tag).await?;
-                    unacked = 0;
-                }
                 if offset < from {
                     continue;
                 }
                 if offset >= end {
-                    // Nothing readable is left below the end (retention, fences).
+                    // Nothing readable is left below the end (retention, fences); this one
+                    // is the next read's.
+                    cur.pending = Some(d);
                     next = end;
                     break;
                 }
+                if !messages.is_empty() && bytes + d.data.len() > max_bytes {
+                    cur.pending = Some(d);
+                    break;
+                }
                 if let Read::Data(m) = decode(p, offset, d) {
-                    let size = m.size();
-                    if !messages.is_empty() && bytes + size > max_bytes {
-                        break;
-                    }
-                    bytes += size;
+                    bytes += m.size();
                     messages.push(m);
                 }
                 next = offset + 1;
@@ -1155,9 +1232,17 @@ impl RabbitEngine {
             Ok(())
         }
         .await;
-        reader.close().await;
-        outcome?;
-        Ok((messages, next))
+        match outcome {
+            Ok(()) => {
+                cur.next = next;
+                s.put_cursor(cur);
+                Ok((messages, next))
+            }
+            Err(e) => {
+                tokio::spawn(cur.reader.close());
+                Err(e)
+            }
+        }
     }
 
     async fn read_inner(&self, topic: &str, request: ReadRequest) -> Result<ReadResult> {

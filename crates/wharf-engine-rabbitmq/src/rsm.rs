@@ -13,8 +13,8 @@
 //!
 //! **Snapshots** bound what a node reads when it starts. A node that wrote a record which
 //! leaves [`Policy::every`] records (or [`Policy::max_age`] of time) since the snapshot it
-//! knows writes the state as of that record to the stream `{queue}.snap`. A node starting
-//! up reads the newest snapshot (it attaches to the snapshot stream's last chunk, writes a
+//! knows writes the state as of that record to the stream `{queue}.snap` (declared then). A
+//! node starting up reads the newest snapshot (it attaches to the snapshot stream's last chunk, writes a
 //! marker and reads up to it: everything written before is then seen), restores it, and
 //! applies the records after it. The record stream keeps a week (`x-max-age`), far more than
 //! the time between snapshots of a stream in use; a stream idle for longer gets a snapshot
@@ -153,36 +153,40 @@ impl<M: Machine> Drop for Rsm<M> {
     }
 }
 
-/// Declares the record stream `queue` of a replicated state machine, and its snapshot
-/// stream.
+/// Declares the record stream `queue` of a replicated state machine. (Its snapshot stream
+/// is declared when the first snapshot is written: most state streams never need one, and
+/// every stream costs RabbitMQ file handles.)
 pub(crate) async fn declare_stream(conn: &Connection, queue: &str) -> Result<()> {
-    declare(
-        conn,
-        queue,
-        vec![
-            ("x-max-age", AMQPValue::LongString(KEEP.into())),
-            (
-                "x-stream-max-segment-size-bytes",
-                AMQPValue::LongLongInt(8 * 1024 * 1024),
-            ),
-        ],
-    )
-    .await?;
-    declare(
-        conn,
-        &snap_queue(queue),
-        vec![
-            (
-                "x-max-length-bytes",
-                AMQPValue::LongLongInt(1024 * 1024 * 1024),
-            ),
-            (
-                "x-stream-max-segment-size-bytes",
-                AMQPValue::LongLongInt(64 * 1024 * 1024),
-            ),
-        ],
-    )
-    .await
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| unavailable("opening a channel", e))?;
+    let r = declare(&ch, queue, record_args()).await;
+    let _ = ch.close(200, "done".into()).await;
+    r
+}
+
+fn record_args() -> Vec<(&'static str, AMQPValue)> {
+    vec![
+        ("x-max-age", AMQPValue::LongString(KEEP.into())),
+        (
+            "x-stream-max-segment-size-bytes",
+            AMQPValue::LongLongInt(8 * 1024 * 1024),
+        ),
+    ]
+}
+
+fn snap_args() -> Vec<(&'static str, AMQPValue)> {
+    vec![
+        (
+            "x-max-length-bytes",
+            AMQPValue::LongLongInt(1024 * 1024 * 1024),
+        ),
+        (
+            "x-stream-max-segment-size-bytes",
+            AMQPValue::LongLongInt(64 * 1024 * 1024),
+        ),
+    ]
 }
 
 /// The snapshot stream of record stream `queue`.
@@ -190,29 +194,24 @@ pub(crate) fn snap_queue(queue: &str) -> String {
     format!("{queue}.snap")
 }
 
-/// Declares `queue` as a stream queue with `args` (on a channel of its own: a refused
-/// declare closes its channel).
-async fn declare(conn: &Connection, queue: &str, args: Vec<(&str, AMQPValue)>) -> Result<()> {
-    let declaring = conn
-        .create_channel()
-        .await
-        .map_err(|e| unavailable("opening a channel", e))?;
-    let r = declaring
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            amqp::table(
-                std::iter::once(("x-queue-type", AMQPValue::LongString("stream".into())))
-                    .chain(args)
-                    .collect(),
-            ),
-        )
-        .await;
-    let _ = declaring.close(200, "done".into()).await;
-    r.map(|_| ()).map_err(|e| {
+/// Declares `queue` as a stream queue with `args` on `ch` (a refused declare closes the
+/// channel: give it one of its own).
+async fn declare(ch: &Channel, queue: &str, args: Vec<(&str, AMQPValue)>) -> Result<()> {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        amqp::table(
+            std::iter::once(("x-queue-type", AMQPValue::LongString("stream".into())))
+                .chain(args)
+                .collect(),
+        ),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
         BrokerError::EngineUnavailable(format!(
             "rabbitmq: cannot declare the stream queue {queue} \
              (Wharf needs RabbitMQ 3.10 or newer, with stream queues): {e}"
@@ -258,7 +257,9 @@ impl<M: Machine> Rsm<M> {
                 machine.restore(snap.state);
                 (Start::Offset(snap.as_of + 1), (snap.as_of, snap.at_ms))
             }
-            None => (Start::First, (0, 0)),
+            // No snapshot yet: the stream holds every record, and a stream too short to
+            // have one has never rolled a segment over (nothing retention could take).
+            None => (Start::First, (0, wall_ms())),
         };
         let shared = Arc::new(Mutex::new(Shared {
             machine,
@@ -281,11 +282,8 @@ impl<M: Machine> Rsm<M> {
             at_ms: known.1,
             out: snaps_tx,
         };
-        let writer = tokio::spawn(write_snapshots(
-            channel.clone(),
-            snap_queue(&queue),
-            snaps_rx,
-        ));
+        let snap_channel = amqp::confirm_channel(conn).await?;
+        let writer = tokio::spawn(write_snapshots(snap_channel, snap_queue(&queue), snaps_rx));
         let looped = shared.clone();
         let task = tokio::spawn(async move {
             apply_loop(reader, looped, tx, snapshots).await;
@@ -441,7 +439,12 @@ async fn latest_snapshot<S: DeserializeOwned>(
     node: &str,
 ) -> Result<Option<Snapshot<S>>> {
     let snaps = snap_queue(queue);
-    let mut reader = StreamReader::open(conn, &snaps, Start::Last, 16).await?;
+    let mut reader = match StreamReader::open(conn, &snaps, Start::Last, 16).await {
+        Ok(r) => r,
+        // No snapshot was ever written.
+        Err(BrokerError::TopicNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let marker = format!("{node}.open.{}", wall_ms());
     let body = serde_json::to_vec(&Marker {
         marker: marker.clone(),
@@ -497,9 +500,17 @@ async fn first_offset(conn: &Connection, queue: &str, timeout: Duration) -> Resu
 }
 
 /// Publishes the snapshots the apply loop takes (best effort: a lost one is taken again
-/// after the next [`Policy::every`] records).
+/// after the next [`Policy::every`] records), declaring the snapshot stream first.
 async fn write_snapshots(channel: Channel, queue: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut declared = false;
     while let Some(body) = rx.recv().await {
+        if !declared {
+            // A refused declare closes this channel: snapshots stop, the records stay.
+            if declare(&channel, &queue, snap_args()).await.is_err() {
+                return;
+            }
+            declared = true;
+        }
         let sent = channel
             .basic_publish(
                 "".into(),
