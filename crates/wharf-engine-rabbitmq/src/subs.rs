@@ -106,6 +106,9 @@ impl QueueCache {
 pub(crate) struct SharedSub {
     rsm: Rsm<SharedMachine>,
     cache: Mutex<Vec<QueueCache>>,
+    /// Messages this node's receives are proposing right now: other receives here leave
+    /// them alone instead of proposing the same ones and losing the race.
+    proposing: Mutex<std::collections::HashSet<(u32, u64)>>,
     /// One redrive at a time on this node.
     redriving: tokio::sync::Mutex<()>,
 }
@@ -252,6 +255,7 @@ impl RabbitEngine {
                     )
                     .await?,
                     cache: Mutex::new((0..queues).map(|_| QueueCache::default()).collect()),
+                    proposing: Mutex::new(std::collections::HashSet::new()),
                     redriving: tokio::sync::Mutex::new(()),
                 }))
             }
@@ -1205,7 +1209,13 @@ impl RabbitEngine {
                     gaps: plan.gaps,
                     park: plan.park,
                 };
-                let granted = match h.rsm.propose(op).await {
+                let reserved = Proposing {
+                    sub: &h,
+                    items: plan.items.iter().map(|&(q, o, _)| (q, o)).collect(),
+                };
+                let proposed = h.rsm.propose(op).await;
+                drop(reserved);
+                let granted = match proposed {
                     Ok((_, SharedOutcome::Acquired(g))) => g,
                     Ok((_, other)) => {
                         return Err(BrokerError::Internal(format!(
@@ -1322,7 +1332,8 @@ impl RabbitEngine {
     /// What a receive proposes from this node's view and cache.
     fn plan(&self, h: &SharedSub, retry_q: usize, member: &str, max: usize, now: i64) -> Plan {
         let mut cache = h.cache.lock().expect("cache");
-        h.rsm.view(|m| {
+        let mut proposing = h.proposing.lock().expect("proposing");
+        let plan = h.rsm.view(|m| {
             let config = m.config();
             let held = m.held_by(member, now);
             let room = max.min((config.max_in_flight_per_member as usize).saturating_sub(held));
@@ -1347,8 +1358,11 @@ impl RabbitEngine {
                 let window_end = m.window_end(q, now);
                 let mut unburden = Vec::new();
                 for (&offset, entry) in &c.messages {
-                    if offset >= window_end {
+                    if offset >= window_end || (plan.items.len() >= room && !ordered) {
                         break;
+                    }
+                    if proposing.contains(&(q as u32, offset)) {
+                        continue;
                     }
                     let Some((state, deliveries)) = m.state_at(q, offset, now) else {
                         continue;
@@ -1405,7 +1419,9 @@ impl RabbitEngine {
                 }
             }
             plan
-        })
+        });
+        proposing.extend(plan.items.iter().map(|&(q, o, _)| (q, o)));
+        plan
     }
 
     /// Parses an ack id of the subscription of generation `generation` with `queues` queues.
@@ -1571,6 +1587,22 @@ impl RabbitEngine {
             moved += n;
         }
         Ok(moved)
+    }
+}
+
+/// Messages a receive of this node is proposing (see [`SharedSub::proposing`]), released
+/// when the proposal is decided or the receive is dropped.
+struct Proposing<'a> {
+    sub: &'a SharedSub,
+    items: Vec<(u32, u64)>,
+}
+
+impl Drop for Proposing<'_> {
+    fn drop(&mut self) {
+        let mut proposing = self.sub.proposing.lock().expect("proposing");
+        for item in &self.items {
+            proposing.remove(item);
+        }
     }
 }
 
