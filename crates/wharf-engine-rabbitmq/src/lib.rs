@@ -1159,6 +1159,23 @@ impl RabbitEngine {
         max: usize,
         max_bytes: usize,
     ) -> Result<(Vec<StoredMessage>, u64)> {
+        self.read_range_with(s, queue, p, (from, end), max, max_bytes, true)
+            .await
+    }
+
+    /// [`RabbitEngine::read_range`]; `keep` says whether the cursor is kept for a read that
+    /// continues (not for one-off reads of scattered messages: they would crowd the pool).
+    #[allow(clippy::too_many_arguments)]
+    async fn read_range_with(
+        &self,
+        s: &Session,
+        queue: &str,
+        p: u32,
+        (from, end): (u64, u64),
+        max: usize,
+        max_bytes: usize,
+        keep: bool,
+    ) -> Result<(Vec<StoredMessage>, u64)> {
         if from >= end {
             return Ok((Vec::new(), from));
         }
@@ -1223,8 +1240,8 @@ impl RabbitEngine {
                     cur.pending = Some(d);
                     break;
                 }
+                bytes += d.data.len();
                 if let Read::Data(m) = decode(p, offset, d) {
-                    bytes += m.size();
                     messages.push(m);
                 }
                 next = offset + 1;
@@ -1235,7 +1252,11 @@ impl RabbitEngine {
         match outcome {
             Ok(()) => {
                 cur.next = next;
-                s.put_cursor(cur);
+                if keep {
+                    s.put_cursor(cur);
+                } else {
+                    tokio::spawn(cur.reader.close());
+                }
                 Ok((messages, next))
             }
             Err(e) => {

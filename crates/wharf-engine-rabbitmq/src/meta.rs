@@ -170,8 +170,9 @@ impl Machine for Settings {
         self.topics.clone()
     }
 
-    fn restore(&mut self, snap: Self::Snap) {
+    fn restore(&mut self, snap: Self::Snap) -> bool {
         self.topics = snap;
+        true
     }
 
     fn apply(&mut self, offset: u64, change: Change) {

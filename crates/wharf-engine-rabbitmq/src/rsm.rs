@@ -14,11 +14,13 @@
 //! **Snapshots** bound what a node reads when it starts. A node that wrote a record which
 //! leaves [`Policy::every`] records (or [`Policy::max_age`] of time) since the snapshot it
 //! knows writes the state as of that record to the stream `{queue}.snap` (declared then). A
-//! node starting up reads the newest snapshot (it attaches to the snapshot stream's last chunk, writes a
-//! marker and reads up to it: everything written before is then seen), restores it, and
-//! applies the records after it. The record stream keeps a week (`x-max-age`), far more than
-//! the time between snapshots of a stream in use; a stream idle for longer gets a snapshot
-//! from the first record written after the pause, before its old segments can go.
+//! node starting up reads the newest snapshot (the snapshot stream's last chunk), restores
+//! it, and applies the records after it, checking that the stream still holds the record
+//! the snapshot was taken at (and, without a snapshot, the stream's first record). The record
+//! stream keeps a week (`x-max-age`), far more than the time between snapshots of a stream
+//! in use; a stream idle for longer gets a snapshot from the first record written after the
+//! pause, before its old segments can go. A node that finds records missing refuses to
+//! serve the state rather than rebuild a wrong one.
 //!
 //! Used for Wharf's settings (`meta`) and for each subscription's state (`subs`).
 
@@ -56,8 +58,33 @@ pub(crate) trait Machine: Send + 'static {
     /// The replicated state now.
     fn snapshot(&self) -> Self::Snap;
 
-    /// Replaces the replicated state with a snapshot's (node-local parts start afresh).
-    fn restore(&mut self, snap: Self::Snap);
+    /// Replaces the replicated state with a snapshot's (node-local parts start afresh);
+    /// false (and nothing changed) if the snapshot does not fit this state.
+    fn restore(&mut self, snap: Self::Snap) -> bool;
+}
+
+/// What the first record a copy reads must be.
+enum Expect {
+    /// Anything (checked already).
+    Nothing,
+    /// Offset 0: the copy replays the whole stream.
+    Start,
+    /// The record a snapshot was taken at (offset, writer id), which is skipped.
+    Record(u64, String),
+}
+
+/// Removes a proposal's waiter when the proposal ends, however it ends.
+struct Forget<'a, M: Machine> {
+    shared: &'a Mutex<Shared<M>>,
+    writer: &'a str,
+}
+
+impl<M: Machine> Drop for Forget<'_, M> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.waiting.remove(self.writer);
+        }
+    }
 }
 
 /// When a node writes a snapshot.
@@ -86,15 +113,12 @@ const KEEP: &str = "7D";
 struct Snapshot<S> {
     /// The offset of the last record it reflects.
     as_of: u64,
+    /// That record's writer id: a starting node checks that the record stream holds it
+    /// (and not another stream of the same name, created again).
+    writer: String,
     /// When it was taken (ms since the Unix epoch, the node's wall clock).
     at_ms: i64,
     state: S,
-}
-
-/// A snapshot stream's marker (see [`Rsm::open`]).
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    marker: String,
 }
 
 fn wall_ms() -> i64 {
@@ -163,7 +187,31 @@ pub(crate) async fn declare_stream(conn: &Connection, queue: &str) -> Result<()>
         .map_err(|e| unavailable("opening a channel", e))?;
     let r = declare(&ch, queue, record_args()).await;
     let _ = ch.close(200, "done".into()).await;
-    r
+    match r {
+        // Declared by an earlier build with other arguments (no retention): it is there,
+        // and it is used as it is.
+        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| unavailable("opening a channel", e))?;
+            let passive = ch
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            let _ = ch.close(200, "done".into()).await;
+            passive
+                .map(|_| ())
+                .map_err(|e| unavailable(&format!("declaring {queue}"), e))
+        }
+        other => other,
+    }
 }
 
 fn record_args() -> Vec<(&'static str, AMQPValue)> {
@@ -237,29 +285,29 @@ impl<M: Machine> Rsm<M> {
         let latest = amqp::timed(
             first_sync.max(timeout),
             "reading a snapshot",
-            latest_snapshot::<M::Snap>(conn, &channel, &queue, &node),
+            latest_snapshot::<M::Snap>(conn, &queue, timeout),
         )
         .await?;
-        let (start, known) = match latest {
+        let (start, known, expect) = match latest {
             Some(snap) => {
-                // The records after it must still be there.
-                let first = first_offset(conn, &queue, timeout).await?;
-                if first.is_some_and(|f| f > snap.as_of + 1) {
+                if !machine.restore(snap.state) {
                     return Err(unavailable(
                         &format!("reading {queue}"),
-                        format!(
-                            "its records after the newest snapshot (offset {}) are gone \
-                             (retention removed them); the state cannot be rebuilt",
-                            snap.as_of
-                        ),
+                        "its newest snapshot does not fit the state it is for",
                     ));
                 }
-                machine.restore(snap.state);
-                (Start::Offset(snap.as_of + 1), (snap.as_of, snap.at_ms))
+                // Read from the snapshot's own record: the apply loop checks that the
+                // stream still holds it (retention took nothing after it) and that it is
+                // the record the snapshot names (not another stream of the same name).
+                (
+                    Start::Offset(snap.as_of),
+                    (snap.as_of, snap.at_ms),
+                    Expect::Record(snap.as_of, snap.writer),
+                )
             }
-            // No snapshot yet: the stream holds every record, and a stream too short to
-            // have one has never rolled a segment over (nothing retention could take).
-            None => (Start::First, (0, wall_ms())),
+            // No snapshot: the stream must hold every record (a stream too short to have had
+            // a snapshot never rolled a segment over, so retention took nothing).
+            None => (Start::First, (0, wall_ms()), Expect::Start),
         };
         let shared = Arc::new(Mutex::new(Shared {
             machine,
@@ -274,7 +322,7 @@ impl<M: Machine> Rsm<M> {
         )
         .await?;
         let (tx, rx) = watch::channel(0);
-        let (snaps_tx, snaps_rx) = mpsc::channel::<Vec<u8>>(4);
+        let (snaps_tx, snaps_rx) = mpsc::channel::<Snapshot<M::Snap>>(2);
         let snapshots = Snapshots {
             node: format!("{node}."),
             policy,
@@ -286,7 +334,7 @@ impl<M: Machine> Rsm<M> {
         let writer = tokio::spawn(write_snapshots(snap_channel, snap_queue(&queue), snaps_rx));
         let looped = shared.clone();
         let task = tokio::spawn(async move {
-            apply_loop(reader, looped, tx, snapshots).await;
+            apply_loop(reader, looped, tx, snapshots, expect).await;
             writer.abort();
         });
         let mut rsm = Self {
@@ -348,7 +396,12 @@ impl<M: Machine> Rsm<M> {
             }
             Ok(())
         };
-        let result = match amqp::timed(self.timeout, &what, sent).await {
+        // If this call is dropped, its waiter goes too.
+        let _forget = Forget {
+            shared: &self.shared,
+            writer: &writer,
+        };
+        match amqp::timed(self.timeout, &what, sent).await {
             Ok(()) => match tokio::time::timeout(self.timeout, rx).await {
                 Ok(Ok(applied)) => Ok(applied),
                 Ok(Err(_)) => Err(unavailable(
@@ -361,13 +414,7 @@ impl<M: Machine> Rsm<M> {
                 )),
             },
             Err(e) => Err(e),
-        };
-        self.shared
-            .lock()
-            .expect("rsm state")
-            .waiting
-            .remove(&writer);
-        result
+        }
     }
 
     /// Waits until this node's view holds every change acknowledged before the call.
@@ -410,17 +457,17 @@ impl<M: Machine> Rsm<M> {
 }
 
 /// What the apply loop needs to write snapshots.
-struct Snapshots {
+struct Snapshots<S> {
     /// `{writer}.`: the writer ids of this copy's records start with it.
     node: String,
     policy: Policy,
     /// The newest snapshot this node knows: its offset and time.
     as_of: u64,
     at_ms: i64,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Snapshot<S>>,
 }
 
-impl Snapshots {
+impl<S> Snapshots<S> {
     /// Whether this node writes a snapshot after its record at `offset`.
     fn due(&self, writer: &str, offset: u64, now_ms: i64) -> bool {
         let max_age = i64::try_from(self.policy.max_age.as_millis()).unwrap_or(i64::MAX);
@@ -430,13 +477,15 @@ impl Snapshots {
     }
 }
 
-/// Reads the newest snapshot of `queue`, if any: attaches to the snapshot stream's last
-/// chunk, writes a marker, and takes the last snapshot read before the marker comes back.
+/// Reads the newest snapshot of `queue`, if any. The snapshot stream holds snapshots only,
+/// so its last chunk holds the newest: the reader attaches there and takes the last
+/// snapshot of the burst RabbitMQ delivers (waiting `timeout` for the first, then until
+/// the deliveries pause). Stopping early can only give an older snapshot, which is as
+/// valid (its records follow it in the record stream, which [`Rsm::open`] checks).
 async fn latest_snapshot<S: DeserializeOwned>(
     conn: &Connection,
-    channel: &Channel,
     queue: &str,
-    node: &str,
+    timeout: Duration,
 ) -> Result<Option<Snapshot<S>>> {
     let snaps = snap_queue(queue);
     let mut reader = match StreamReader::open(conn, &snaps, Start::Last, 16).await {
@@ -445,65 +494,47 @@ async fn latest_snapshot<S: DeserializeOwned>(
         Err(BrokerError::TopicNotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let marker = format!("{node}.open.{}", wall_ms());
-    let body = serde_json::to_vec(&Marker {
-        marker: marker.clone(),
-    })
-    .map_err(|e| BrokerError::Internal(format!("encoding a marker: {e}")))?;
-    let what = format!("writing {snaps}");
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            snaps.as_str().into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .map_err(|e| unavailable(&what, e))?
-        .await
-        .map_err(|e| unavailable(&what, e))?;
-    if confirm.is_nack() {
-        reader.close().await;
-        return Err(unavailable(&what, "RabbitMQ refused the marker"));
-    }
     let mut latest = None;
+    let mut wait = timeout;
     let result = loop {
-        let d = match reader.next(Duration::from_secs(3600)).await {
+        let d = match reader.next(wait).await {
             Ok(Some(d)) => d,
-            Ok(None) => continue,
+            Ok(None) => break Ok(latest),
             Err(e) => break Err(e),
         };
+        wait = Duration::from_millis(200);
         if let Err(e) = reader.ack_up_to(d.delivery_tag).await {
             break Err(e);
         }
-        if let Ok(m) = serde_json::from_slice::<Marker>(&d.data) {
-            if m.marker == marker {
-                break Ok(latest);
+        match serde_json::from_slice::<Snapshot<S>>(&d.data) {
+            Ok(snap) => latest = Some(snap),
+            Err(e) => {
+                break Err(unavailable(
+                    &format!("reading {snaps}"),
+                    format!(
+                        "a snapshot written by another version of Wharf ({e}); upgrade this node"
+                    ),
+                ));
             }
-            continue;
-        }
-        if let Ok(snap) = serde_json::from_slice::<Snapshot<S>>(&d.data) {
-            latest = Some(snap);
         }
     };
     reader.close().await;
     result
 }
 
-/// The first offset `queue` holds (`None` if it is empty).
-async fn first_offset(conn: &Connection, queue: &str, timeout: Duration) -> Result<Option<u64>> {
-    let mut reader = StreamReader::open(conn, queue, Start::First, 1).await?;
-    let first = reader.next(timeout).await;
-    reader.close().await;
-    Ok(first?.and_then(|d| amqp::header_u64(d.properties.headers().as_ref(), "x-stream-offset")))
-}
-
 /// Publishes the snapshots the apply loop takes (best effort: a lost one is taken again
 /// after the next [`Policy::every`] records), declaring the snapshot stream first.
-async fn write_snapshots(channel: Channel, queue: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_snapshots<S: Serialize>(
+    channel: Channel,
+    queue: String,
+    mut rx: mpsc::Receiver<Snapshot<S>>,
+) {
     let mut declared = false;
-    while let Some(body) = rx.recv().await {
+    while let Some(snap) = rx.recv().await {
+        // Encoded here, not in the apply loop: a large state must not hold the state's lock.
+        let Ok(body) = serde_json::to_vec(&snap) else {
+            continue;
+        };
         if !declared {
             // A refused declare closes this channel: snapshots stop, the records stay.
             if declare(&channel, &queue, snap_args()).await.is_err() {
@@ -531,7 +562,8 @@ async fn apply_loop<M: Machine>(
     mut reader: StreamReader,
     shared: Arc<Mutex<Shared<M>>>,
     applied: watch::Sender<u64>,
-    mut snapshots: Snapshots,
+    mut snapshots: Snapshots<M::Snap>,
+    mut expect: Expect,
 ) {
     let mut unacked = 0u32;
     let why = loop {
@@ -565,6 +597,31 @@ async fn apply_loop<M: Machine>(
                 );
             }
         };
+        // The first record read must be where the state starts (see [`Expect`]).
+        match std::mem::replace(&mut expect, Expect::Nothing) {
+            Expect::Nothing => {}
+            Expect::Start if offset != 0 => {
+                break format!(
+                    "it starts at offset {offset} and has no snapshot: its first records are \
+                     gone and the state cannot be rebuilt"
+                );
+            }
+            Expect::Start => {}
+            Expect::Record(as_of, writer) => {
+                if offset < as_of {
+                    // Before the snapshot's record (its chunk starts earlier): skipped.
+                    expect = Expect::Record(as_of, writer);
+                    continue;
+                }
+                if offset > as_of || record.writer != writer {
+                    break format!(
+                        "the newest snapshot was taken at record {as_of}, which this stream \
+                         does not hold (retention took it, or the stream was created again)"
+                    );
+                }
+                continue;
+            }
+        }
         let snapshot = {
             let mut s = shared.lock().expect("rsm state");
             let outcome = s.machine.apply(offset, record.op);
@@ -576,19 +633,19 @@ async fn apply_loop<M: Machine>(
             if snapshots.due(&record.writer, offset, now) {
                 snapshots.as_of = offset;
                 snapshots.at_ms = now;
-                serde_json::to_vec(&Snapshot {
+                Some(Snapshot {
                     as_of: offset,
+                    writer: record.writer.clone(),
                     at_ms: now,
                     state: s.machine.snapshot(),
                 })
-                .ok()
             } else {
                 None
             }
         };
-        if let Some(body) = snapshot {
+        if let Some(snap) = snapshot {
             // Full (the writer is behind): skip this one; the next is due soon.
-            let _ = snapshots.out.try_send(body);
+            let _ = snapshots.out.try_send(snap);
         }
         applied.send_replace(offset + 1);
     };

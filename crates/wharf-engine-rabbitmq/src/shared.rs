@@ -691,12 +691,14 @@ impl Machine for SharedMachine {
         }
     }
 
-    fn restore(&mut self, snap: SharedSnap) {
-        if snap.queues.len() == self.queues.len() {
-            self.queues = snap.queues;
-            self.redrive_cursor = snap.redrive_cursor;
-            self.dead = snap.dead;
+    fn restore(&mut self, snap: SharedSnap) -> bool {
+        if snap.queues.len() != self.queues.len() {
+            return false;
         }
+        self.queues = snap.queues;
+        self.redrive_cursor = snap.redrive_cursor;
+        self.dead = snap.dead;
+        true
     }
 
     fn apply(&mut self, _offset: u64, op: Op) -> Outcome {
@@ -988,7 +990,7 @@ mod tests {
         );
         let json = serde_json::to_vec(&m.snapshot()).unwrap();
         let mut copy = SharedMachine::new(config(), &[0, 0]);
-        copy.restore(serde_json::from_slice(&json).unwrap());
+        assert!(copy.restore(serde_json::from_slice(&json).unwrap()));
         for now in [0, 1, 500, 501, 1_000, 5_000] {
             assert_eq!(copy.counts(now), m.counts(now), "at {now}");
             assert_eq!(copy.dead_at(now), m.dead_at(now));

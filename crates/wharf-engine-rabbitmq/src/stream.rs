@@ -282,9 +282,9 @@ impl Machine for GroupMachine {
         }
     }
 
-    fn restore(&mut self, snap: GroupSnap) {
+    fn restore(&mut self, snap: GroupSnap) -> bool {
         if snap.committed.len() != self.committed.len() || snap.owner.len() != self.owner.len() {
-            return;
+            return false;
         }
         self.committed = snap.committed;
         self.generation = snap.generation;
@@ -310,6 +310,7 @@ impl Machine for GroupMachine {
                 )
             })
             .collect();
+        true
     }
 
     fn apply(&mut self, _offset: u64, op: Op) -> Outcome {
@@ -361,6 +362,8 @@ impl Machine for GroupMachine {
                 Outcome::Committed(r)
             }
             Op::Reset { committed } => {
+                // Members continue from the offsets given, even where they equal the
+                // committed ones (a member may have fetched past them).
                 let mut changed = Vec::new();
                 for (p, o) in committed {
                     if let Some(slot) = self.committed.get_mut(p as usize) {
@@ -482,7 +485,7 @@ mod tests {
         );
         let json = serde_json::to_vec(&g.snapshot()).unwrap();
         let mut copy = group();
-        copy.restore(serde_json::from_slice(&json).unwrap());
+        assert!(copy.restore(serde_json::from_slice(&json).unwrap()));
         assert_eq!(copy.committed(), g.committed());
         assert_eq!(copy.generation(), g.generation());
         assert_eq!(copy.members_at(0), g.members_at(0));

@@ -438,6 +438,7 @@ impl RabbitEngine {
     ) -> Result<()> {
         let queue = self.sub_stream(topic, t.generation, name, sub.generation);
         s.subs.lock().expect("subs").remove(&queue);
+        s.sub_attach.lock().expect("sub attach").remove(&queue);
         for q in [queue.clone(), rsm::snap_queue(&queue)] {
             amqp::timed(
                 self.inner.config.timeout,
@@ -925,16 +926,19 @@ impl RabbitEngine {
         Ok(out)
     }
 
-    /// Reads each queue's window into the node's cache.
-    async fn fill(&self, s: &Session, topic: &str, name: &str, h: &SharedSub) -> Result<()> {
+    /// Reads each queue's window into the node's cache; returns each queue's end as seen
+    /// (a waiting receive waits for messages past it).
+    async fn fill(&self, s: &Session, topic: &str, name: &str, h: &SharedSub) -> Result<Vec<u64>> {
         let t = self.subscribable(s, topic).await?;
         let sources = self.sources(s, topic, &t, name)?;
         let now = self.now();
+        let mut ends = Vec::with_capacity(sources.len());
         for (q, src) in sources.iter().enumerate() {
             let w = self
                 .watcher(s, &src.topic, &src.state, src.partition)
                 .await?;
             let end = w.progress().end;
+            ends.push(end);
             let (start, window_end) = h.rsm.view(|m| (m.start(q), m.window_end(q, now)));
             let window_end = end.min(window_end);
             let mut from = {
@@ -944,11 +948,18 @@ impl RabbitEngine {
                 c.end = end;
                 c.scanned
             };
+            let queue = self.stream(&src.topic, src.state.generation, src.partition);
+            // Retention may have passed the window's start even when there is nothing to
+            // read (the probe is cached): the next acquire then moves the start up.
+            let stream_start = self.start_offset(s, &queue, end).await?;
+            {
+                let mut cache = h.cache.lock().expect("cache");
+                let c = &mut cache[q];
+                c.floor = c.floor.max(stream_start);
+            }
             if from >= window_end {
                 continue;
             }
-            let queue = self.stream(&src.topic, src.state.generation, src.partition);
-            let stream_start = self.start_offset(s, &queue, end).await?;
             while from < window_end {
                 let (messages, next) = self
                     .read_range(
@@ -994,7 +1005,7 @@ impl RabbitEngine {
                 from = next;
             }
         }
-        Ok(())
+        Ok(ends)
     }
 
     /// The messages at `wanted` (queue, offset): from the cache, the rest read (one read
@@ -1009,14 +1020,21 @@ impl RabbitEngine {
         let mut out = std::collections::HashMap::new();
         let mut missing: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         {
-            let cache = h.cache.lock().expect("cache");
+            // The bodies leave the cache: what is granted or dead-lettered is read again if
+            // it is ever available again.
+            let mut cache = h.cache.lock().expect("cache");
             for &(q, o) in wanted {
-                match cache[q as usize].messages.get(&o) {
-                    Some(Some(Entry { body: Some(m), .. })) => {
-                        out.insert((q, o), m.clone());
-                    }
+                let c = &mut cache[q as usize];
+                match c.messages.get_mut(&o) {
+                    Some(Some(e)) => match e.body.take() {
+                        Some(m) => {
+                            c.bytes = c.bytes.saturating_sub(m.size());
+                            out.insert((q, o), m);
+                        }
+                        None => missing.entry(q).or_default().push(o),
+                    },
                     Some(None) => {}
-                    _ => missing.entry(q).or_default().push(o),
+                    None => missing.entry(q).or_default().push(o),
                 }
             }
         }
@@ -1029,14 +1047,14 @@ impl RabbitEngine {
             let mut from = lo;
             while from <= hi {
                 let (messages, next) = self
-                    .read_range(
+                    .read_range_with(
                         s,
                         &queue,
                         src.partition,
-                        from,
-                        hi + 1,
+                        (from, hi + 1),
                         (hi + 1 - from) as usize,
                         MAX_READ_BYTES,
+                        false,
                     )
                     .await?;
                 for m in messages {
@@ -1195,7 +1213,7 @@ impl RabbitEngine {
             let now = self.now();
             // Best effort: a receive must not fail because a dead letter could not move now.
             let _ = self.move_due(&s, topic, name, &sub, &h, now).await;
-            self.fill(&s, topic, name, &h).await?;
+            let ends = self.fill(&s, topic, name, &h).await?;
             let plan = self.plan(&h, retry_q, &member, request.max, now);
             if !plan.is_empty() {
                 let lease = rand_u64();
@@ -1254,9 +1272,9 @@ impl RabbitEngine {
                 let w: Arc<Watcher> = self
                     .watcher(&s, &src.topic, &src.state, src.partition)
                     .await?;
-                // New messages past what the last fill saw (not past what it read: a full
-                // window leaves messages unread, and they must not wake this at once).
-                let seen = h.cache.lock().expect("cache")[q].end;
+                // New messages past what this receive's fill saw (not past what it read: a
+                // full window leaves messages unread, and they must not wake this at once).
+                let seen = ends[q];
                 waits.push(Box::pin(async move {
                     w.wait_for(MAX_WAIT, |pr| pr.end > seen || pr.failed).await;
                 }));
@@ -1324,6 +1342,14 @@ impl RabbitEngine {
             });
         }
         if !lost.is_empty() {
+            // Gone (retention): recorded as holding nothing, so the next acquire finishes
+            // them instead of proposing them again.
+            {
+                let mut cache = h.cache.lock().expect("cache");
+                for &(q, o, _) in &lost {
+                    cache[q as usize].messages.insert(o, None);
+                }
+            }
             self.release(h, lease, &lost).await;
         }
         Ok(out)
@@ -1362,6 +1388,13 @@ impl RabbitEngine {
                         break;
                     }
                     if proposing.contains(&(q as u32, offset)) {
+                        // Another receive here proposes it: it holds its key meanwhile.
+                        if ordered
+                            && let Some(Some(e)) = c.messages.get(&offset)
+                            && let Some(k) = e.key
+                        {
+                            keys.entry(k).or_default().push((q as u32, offset, true));
+                        }
                         continue;
                     }
                     let Some((state, deliveries)) = m.state_at(q, offset, now) else {
