@@ -202,9 +202,12 @@ impl Session {
 /// Credit of a [`Cursor`]'s consumer: what RabbitMQ may push ahead of the reads.
 const CURSOR_PREFETCH: u16 = 256;
 /// Most cursors a session keeps open between reads.
-const MAX_CURSORS: usize = 64;
+const MAX_CURSORS: usize = 32;
 /// A cursor unused for this long is closed.
 const CURSOR_IDLE: Duration = Duration::from_secs(30);
+/// Most bytes a kept cursor may hold pushed ahead (its credit times its messages' size):
+/// cursors on streams of large messages are not kept, which bounds the pool's memory.
+const CURSOR_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A stream consumer kept open between reads of one stream, positioned at `next`.
 struct Cursor {
@@ -217,6 +220,8 @@ struct Cursor {
     /// Deliveries not yet acknowledged (credit).
     unacked: u32,
     used: Instant,
+    /// The largest message body read through it.
+    largest: u64,
 }
 
 impl Session {
@@ -236,8 +241,13 @@ impl Session {
         Some(cursors.swap_remove(i))
     }
 
-    /// Keeps `c` for the next read of its stream (closing the oldest if there are many).
+    /// Keeps `c` for the next read of its stream (closing the oldest if there are many),
+    /// unless what it may hold pushed ahead is too large to keep.
     fn put_cursor(&self, mut c: Cursor) {
+        if c.largest.saturating_mul(u64::from(CURSOR_PREFETCH)) > CURSOR_BYTES {
+            tokio::spawn(c.reader.close());
+            return;
+        }
         c.used = Instant::now();
         let mut cursors = self.cursors.lock().expect("cursors");
         if cursors.len() >= MAX_CURSORS
@@ -1195,6 +1205,7 @@ impl RabbitEngine {
                 pending: None,
                 unacked: 0,
                 used: Instant::now(),
+                largest: 0,
             },
         };
         let mut messages = Vec::new();
@@ -1241,6 +1252,7 @@ impl RabbitEngine {
                     break;
                 }
                 bytes += d.data.len();
+                cur.largest = cur.largest.max(d.data.len() as u64);
                 if let Read::Data(m) = decode(p, offset, d) {
                     messages.push(m);
                 }
