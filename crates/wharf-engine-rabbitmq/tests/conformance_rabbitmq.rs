@@ -3,9 +3,10 @@
 //!
 //! Each case gets a prefix of its own (its streams), deleted when it ends. Without a reachable
 //! server the cases pass after printing that they were skipped, except under `CI=true`, where
-//! an unreachable server fails them. The subscription cases are ignored: the RabbitMQ engine
-//! does not build subscriptions yet (they answer `not_supported`); the tests at the end assert
-//! that, and the documented differences of what is built.
+//! an unreachable server fails them. Cases where RabbitMQ differs are ignored with the name of
+//! the test in module `differences` that asserts the documented behaviour instead
+//! (docs/ENGINES.md); that module also covers what the suite does not: two nodes as one
+//! Wharf, snapshots, a dead-letter topic's lifecycle across a restart.
 
 #[path = "../../wharf-broker/tests/conformance/mod.rs"]
 mod conformance;
