@@ -52,6 +52,12 @@ pub(crate) trait Machine: Send + 'static {
     /// The record [`Rsm::sync`] writes: changes nothing.
     fn fence() -> Self::Op;
 
+    /// Whether applying `op` may be what a waiting reader waits for ([`Rsm::changes`]): a
+    /// record that can only take something away need not wake anyone.
+    fn wakes(_op: &Self::Op) -> bool {
+        true
+    }
+
     /// Applies the record at `offset`. Must depend only on the state and the record.
     fn apply(&mut self, offset: u64, op: Self::Op) -> Self::Outcome;
 
@@ -445,7 +451,8 @@ impl<M: Machine> Rsm<M> {
         self.shared.lock().expect("rsm state").count
     }
 
-    /// A receiver that changes whenever a record is applied.
+    /// A receiver that changes whenever a record that may matter to a waiting reader is
+    /// applied (see [`Machine::wakes`]), and when the copy stops.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.applied.clone()
     }
@@ -622,6 +629,7 @@ async fn apply_loop<M: Machine>(
                 continue;
             }
         }
+        let wakes = M::wakes(&record.op);
         let snapshot = {
             let mut s = shared.lock().expect("rsm state");
             let outcome = s.machine.apply(offset, record.op);
@@ -647,7 +655,9 @@ async fn apply_loop<M: Machine>(
             // Full (the writer is behind): skip this one; the next is due soon.
             let _ = snapshots.out.try_send(snap);
         }
-        applied.send_replace(offset + 1);
+        if wakes {
+            applied.send_replace(offset + 1);
+        }
     };
     let mut s = shared.lock().expect("rsm state");
     s.failed = Some(why);

@@ -683,6 +683,19 @@ impl Machine for SharedMachine {
         Op::Fence
     }
 
+    /// Leasing takes messages away: it wakes no waiting receive (unless it also moved the
+    /// window: finished gaps, a floor, parked messages). Everything else may make messages
+    /// available (settles, releases, claims and archives moving the window, redrives).
+    fn wakes(op: &Op) -> bool {
+        match op {
+            Op::Acquire {
+                floors, gaps, park, ..
+            } => !(floors.is_empty() && gaps.is_empty() && park.is_empty()),
+            Op::Fence => false,
+            _ => true,
+        }
+    }
+
     fn snapshot(&self) -> SharedSnap {
         SharedSnap {
             queues: self.queues.clone(),
