@@ -2,7 +2,7 @@
 //! transforms every engine applies — moving a message to a dead-letter topic, and putting a
 //! dead letter back (redrive).
 
-use crate::types::{HEADER_MESSAGE_ID, Message, StoredMessage, header};
+use crate::types::{HEADER_MESSAGE_ID, Message, StoredMessage, TopicConfig, header};
 
 /// The topic the message was dead-lettered from.
 pub const SOURCE_TOPIC: &str = "wharf-dlq-source-topic";
@@ -18,6 +18,17 @@ pub const REASON: &str = "wharf-dlq-reason";
 pub const TIME: &str = "wharf-dlq-time";
 /// The producer's `wharf-message-id`, kept aside on a dead letter and restored on redrive.
 pub const MESSAGE_ID: &str = "wharf-dlq-message-id";
+
+/// Settings of a dead-letter topic: one partition, room for the largest message any topic
+/// takes plus the dead-letter headers (so a poison message can always be moved out of the
+/// way), and the default dedup window (for the ids that make moving a message idempotent).
+pub fn topic_config() -> TopicConfig {
+    TopicConfig {
+        partitions: 1,
+        max_message_bytes: 16 * 1024 * 1024 + 64 * 1024,
+        ..TopicConfig::default()
+    }
+}
 
 /// Longest reason kept, in characters.
 const MAX_REASON_CHARS: usize = 1000;

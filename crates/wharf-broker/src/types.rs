@@ -403,6 +403,28 @@ impl Default for PushConfig {
     }
 }
 
+impl SharedConfig {
+    /// The backoff after `deliveries` failed deliveries without jitter: exponential from
+    /// `backoff_initial_ms`, capped at `backoff_max_ms`.
+    pub fn backoff_base_ms(&self, deliveries: u32) -> u64 {
+        let exp = deliveries.saturating_sub(1).min(40);
+        self.backoff_initial_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.backoff_max_ms)
+    }
+
+    /// [`SharedConfig::backoff_base_ms`] spread by `backoff_jitter_pct` with `random`
+    /// (called only when there is a spread: each engine chooses its source).
+    pub fn backoff_ms(&self, deliveries: u32, random: impl FnOnce() -> u64) -> u64 {
+        let base = self.backoff_base_ms(deliveries);
+        let spread = base.saturating_mul(u64::from(self.backoff_jitter_pct)) / 100;
+        if spread == 0 {
+            return base;
+        }
+        (base - spread + random() % (2 * spread).saturating_add(1)).min(self.backoff_max_ms)
+    }
+}
+
 impl Default for SharedConfig {
     fn default() -> Self {
         Self {

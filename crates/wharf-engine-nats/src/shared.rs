@@ -28,7 +28,7 @@ use serde_json::json;
 use wharf_broker::{
     AckOutcome, BrokerError, Delivery, HEADER_DELIVER_AT, Position, PublishOptions, ReadRequest,
     ReadResult, ReceiveRequest, Result, SharedConfig, StoredMessage, SubscriptionConfig,
-    SubscriptionInfo, SubscriptionPartition, TopicConfig,
+    SubscriptionInfo, SubscriptionPartition,
 };
 
 use wharf_broker::envelope;
@@ -71,17 +71,11 @@ fn consumer_name(sub: &str) -> String {
 
 /// Exponential backoff after `deliveries` failed attempts, with the subscription's jitter.
 fn backoff(c: &SharedConfig, deliveries: u32, jitter: bool) -> u64 {
-    let exp = deliveries.saturating_sub(1).min(40);
-    let base = c
-        .backoff_initial_ms
-        .saturating_mul(1u64 << exp)
-        .min(c.backoff_max_ms);
-    let spread = base.saturating_mul(u64::from(c.backoff_jitter_pct)) / 100;
-    if !jitter || spread == 0 {
-        return base;
+    if jitter {
+        c.backoff_ms(deliveries, || u64::from(rand_u32()))
+    } else {
+        c.backoff_base_ms(deliveries)
     }
-    let r = u64::from(rand_u32());
-    (base - spread + r % (2 * spread).saturating_add(1)).min(c.backoff_max_ms)
 }
 
 fn rand_u32() -> u32 {
@@ -350,15 +344,8 @@ impl NatsEngine {
         let dlq = wharf_broker::names::dlq_topic(topic, name);
         let _ = fresh;
         self.own_dead_letter_topic(topic, name, &dlq).await?;
-        self.create_topic_inner(
-            &dlq,
-            TopicConfig {
-                partitions: 1,
-                max_message_bytes: 16 * 1024 * 1024 + 64 * 1024,
-                ..TopicConfig::default()
-            },
-        )
-        .await?;
+        self.create_topic_inner(&dlq, wharf_broker::dlq::topic_config())
+            .await?;
         let consumer = consumer_name(name);
         for p in 0..partitions {
             let stream = self.inner.names.stream(topic, p);

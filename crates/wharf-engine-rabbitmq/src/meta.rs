@@ -103,11 +103,7 @@ pub(crate) fn retry_topic(topic: &str, sub: &str) -> String {
 /// message idempotent); the retry topic does not (a message dead-lettered and redriven twice
 /// carries its producer's id twice, and must come back both times).
 pub(crate) fn side_topic_config(role: &Role) -> TopicConfig {
-    let config = TopicConfig {
-        partitions: 1,
-        max_message_bytes: 16 * 1024 * 1024 + 64 * 1024,
-        ..TopicConfig::default()
-    };
+    let config = wharf_broker::dlq::topic_config();
     match role {
         Role::Retry => TopicConfig {
             dedup_window_ms: 0,

@@ -303,20 +303,10 @@ impl SharedMachine {
     /// The backoff after `deliveries` failed deliveries of `(q, offset)`: exponential, with
     /// a jitter every node computes alike.
     fn backoff(&self, q: u32, offset: u64, deliveries: u32) -> i64 {
-        let c = &self.config;
-        let exp = deliveries.saturating_sub(1).min(40);
-        let base = c
-            .backoff_initial_ms
-            .saturating_mul(1u64 << exp)
-            .min(c.backoff_max_ms);
-        let jitter = base.saturating_mul(u64::from(c.backoff_jitter_pct)) / 100;
-        let delay = if jitter == 0 {
-            base
-        } else {
-            let r = mix(offset ^ (u64::from(q) << 48) ^ (u64::from(deliveries) << 40));
-            base - jitter + r % (2 * jitter).saturating_add(1)
-        };
-        i64::try_from(delay.min(c.backoff_max_ms)).unwrap_or(i64::MAX)
+        let delay = self.config.backoff_ms(deliveries, || {
+            mix(offset ^ (u64::from(q) << 48) ^ (u64::from(deliveries) << 40))
+        });
+        i64::try_from(delay).unwrap_or(i64::MAX)
     }
 
     fn effective<'a>(&self, q: u32, offset: u64, item: &'a Item, now: i64) -> Now<'a> {

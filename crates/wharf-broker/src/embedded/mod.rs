@@ -1115,14 +1115,7 @@ impl Engine for EmbeddedEngine {
                             format!("its dead-letter topic {dlq_name:?} already belongs to another subscription; choose another name"),
                         ));
                     }
-                    let dlq_config = TopicConfig {
-                        partitions: 1,
-                        // Room for the largest message any topic takes plus the dead-letter
-                        // headers, so a poison message can always be moved out of the way.
-                        max_message_bytes: 16 * 1024 * 1024 + 64 * 1024,
-                        ..TopicConfig::default()
-                    };
-                    let dlq = this.create_topic_locked(&dlq_name, dlq_config)?;
+                    let dlq = this.create_topic_locked(&dlq_name, crate::dlq::topic_config())?;
                     Subscription::Shared(SharedSub::open(
                         &name,
                         &t,

@@ -432,24 +432,14 @@ impl SharedSub {
 
     /// Exponential backoff after `deliveries` failed attempts, with jitter.
     fn backoff(&self, st: &mut State, deliveries: u32) -> i64 {
-        let c = &self.config;
-        let exp = deliveries.saturating_sub(1).min(40);
-        let base = c
-            .backoff_initial_ms
-            .saturating_mul(1u64 << exp)
-            .min(c.backoff_max_ms);
-        let jitter = base.saturating_mul(u64::from(c.backoff_jitter_pct)) / 100;
-        let delay = if jitter == 0 {
-            base
-        } else {
+        let delay = self.config.backoff_ms(deliveries, || {
             // xorshift64*
             st.rng ^= st.rng >> 12;
             st.rng ^= st.rng << 25;
             st.rng ^= st.rng >> 27;
-            let r = st.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-            base - jitter + r % (2 * jitter).saturating_add(1)
-        };
-        i64::try_from(delay.min(c.backoff_max_ms)).unwrap_or(i64::MAX)
+            st.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        });
+        i64::try_from(delay).unwrap_or(i64::MAX)
     }
 
     /// Loads records from the logs into the windows.
