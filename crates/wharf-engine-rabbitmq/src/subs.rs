@@ -74,8 +74,6 @@ struct QueueCache {
     scanned: u64,
     /// The first offset the stream still holds, when last read.
     floor: u64,
-    /// The stream's end when last read.
-    end: u64,
     /// Bytes of the bodies kept.
     bytes: usize,
 }
@@ -945,7 +943,6 @@ impl RabbitEngine {
                 let mut cache = h.cache.lock().expect("cache");
                 let c = &mut cache[q];
                 c.trim(start);
-                c.end = end;
                 c.scanned
             };
             let queue = self.stream(&src.topic, src.state.generation, src.partition);
