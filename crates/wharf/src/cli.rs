@@ -24,9 +24,10 @@ enum Command {
     /// Inspect a partition log directory on disk (offline: the server must not be running).
     #[command(subcommand)]
     Log(LogCommand),
-    /// Load-test a running Wharf (or the in-process engine): publish, consume, queue and
-    /// latency workloads, with throughput, latency percentiles and CPU.
-    Bench(crate::bench::BenchArgs),
+    /// Load-test a running Wharf (or the in-process engine, NATS, RabbitMQ, Redis): publish,
+    /// consume, queue, fanout and latency workloads, with throughput, latency percentiles and
+    /// CPU; `wharf bench compare` runs a suite against several systems side by side.
+    Bench(crate::bench::BenchCmd),
     /// Client verbs against a running server: topic, publish, consume, queue, sub, dlq,
     /// status.
     #[command(flatten)]

@@ -1,7 +1,8 @@
 //! [`Amqp`]: RabbitMQ itself, without Wharf (`--target amqp://[USER:PASS@]HOST[:PORT][/VHOST]`,
 //! e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`), over AMQP 0-9-1 with the `lapin` client —
-//! the baseline Wharf-on-RabbitMQ (`wharf serve --engine rabbitmq`) is judged against. The
-//! mapping (also in [`Driver::describe`]):
+//! the baseline Wharf-on-RabbitMQ (`wharf serve --engine rabbitmq`) is judged against. It maps
+//! RabbitMQ one of three ways ([`QueueType`], given to [`Amqp::connect_with`]; [`Amqp::connect`]
+//! is [`QueueType::Stream`]), each said in [`Driver::describe`]. [`QueueType::Stream`]:
 //!
 //! - **topic** = one durable stream queue (`x-queue-type: stream`) named `bench.{topic}`.
 //!   `--partitions N` gives N stream queues `bench.{topic}.{p}`, and each publisher spreads its
@@ -40,13 +41,40 @@
 //!   confirmation of acks: [`QueueConsumer::ack`] returns once the client wrote the ack
 //!   frames to the connection, earlier in the exchange than the other drivers' acks.
 //!
-//! AMQP limits a prefetch to 65535: larger windows are cut to it. Every queue this driver
-//! declared is deleted at the end of a run whose topic it named itself; every wait is bounded
-//! ([`CONNECT_TIMEOUT`], [`ANSWER_TIMEOUT`]).
+//! [`QueueType::Classic`] and [`QueueType::Quorum`], the mappings RabbitMQ users pick for
+//! durable messaging, differ from it in topics and subscriptions (`{type}` below: `classic`
+//! or `quorum`):
+//!
+//! - **topic** = a durable fanout exchange `bench.{topic}` and a durable queue
+//!   (`x-queue-type: {type}`) `bench.{topic}` bound to it, so a publish with no subscription
+//!   is still stored (and a `mandatory` publish is not returned). One partition only: a
+//!   topic with `--partitions` above 1 is refused.
+//! - **durability**: every `--durability` maps to the same queues. A classic queue confirms
+//!   a persistent message (`delivery_mode` 2) once it is fsync'd to disk (or, if every queue
+//!   it went to had it consumed and acked before that, once acked); a quorum queue once a
+//!   quorum of replicas (one here) wrote it to its Raft log and fsync'd it. Compare with
+//!   Wharf's `always`.
+//! - **publish** = as above, to the exchange `bench.{topic}` (routing key empty).
+//! - **stream subscription** = a queue: the first subscription created on a topic takes the
+//!   topic's own queue `bench.{topic}` (with everything published to the topic before, which
+//!   the consume workload drains); each further subscription `{sub}` gets a durable queue
+//!   `bench.{topic}.{sub}` of the same type bound to the exchange, which receives what is
+//!   published after it was created (the fan-out workload creates its subscriptions before
+//!   publishing). A member is a channel consuming the subscription's queue with prefetch and
+//!   acks as above, but no `x-stream-offset`, and the acks remove the messages from the
+//!   queue: a subscription is **destructive** here (drained as a RabbitMQ user drains a
+//!   queue, not replayed; two members of one subscription share its messages).
+//! - **queue** = as above with durable queues of the mode's type (`x-queue-type: classic`
+//!   with [`QueueType::Classic`]; a classic queue confirms a persistent message once it is
+//!   fsync'd).
+//!
+//! AMQP limits a prefetch to 65535: larger windows are cut to it. Every queue and exchange
+//! this driver declared for a topic (or queue) is deleted at the end of a run whose topic it
+//! named itself; every wait is bounded ([`CONNECT_TIMEOUT`], [`ANSWER_TIMEOUT`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -57,11 +85,15 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
 use tokio::time::Instant;
 
 use super::driver::{
@@ -142,29 +174,93 @@ fn table(entries: Vec<(&str, AMQPValue)>) -> FieldTable {
     t
 }
 
-/// What a topic or queue is on RabbitMQ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Stream queues (a topic).
+/// How the driver maps topics (queues always follow the same choice except Stream, which keeps
+/// quorum queues for queues as today). See the [module documentation](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum QueueType {
+    /// A topic is a stream queue per partition, read from `first` (no fsync per message);
+    /// a queue is a quorum queue.
     Stream,
-    /// Quorum queues (a queue).
+    /// A topic is a durable fanout exchange with a durable classic queue bound to it per
+    /// subscription (persistent messages, confirmed once fsync'd; subscriptions are
+    /// destructive); a queue is a durable classic queue.
+    Classic,
+    /// As `classic` with quorum queues (confirmed once the Raft log is fsync'd).
     Quorum,
 }
 
-impl Kind {
+impl QueueType {
+    /// The `x-queue-type` of its queues (and the flag's spelling).
     fn as_str(self) -> &'static str {
         match self {
             Self::Stream => "stream",
+            Self::Classic => "classic",
             Self::Quorum => "quorum",
         }
     }
 }
 
-/// The queues this driver declared for one topic or queue.
+/// What a topic or queue is on RabbitMQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Stream queues (a topic with [`QueueType::Stream`]).
+    Stream,
+    /// A durable fanout exchange with a queue of this type bound to it per subscription (a
+    /// topic with [`QueueType::Classic`] or [`QueueType::Quorum`]).
+    Fanout(QueueType),
+    /// Queues of this type (a queue: quorum, or classic with [`QueueType::Classic`]).
+    Queue(QueueType),
+}
+
+impl Kind {
+    /// The `x-queue-type` of its queues.
+    fn queue_type(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Fanout(t) | Self::Queue(t) => t.as_str(),
+        }
+    }
+
+    /// What it is, for messages.
+    fn noun(self) -> String {
+        match self {
+            Self::Fanout(t) => format!("{} topic (a fanout exchange)", t.as_str()),
+            Self::Stream | Self::Queue(_) => format!("{} queue", self.queue_type()),
+        }
+    }
+}
+
+/// What this driver declared for one topic or queue.
 #[derive(Clone, Debug)]
 struct Declared {
     kind: Kind,
+    /// The queues: of a stream topic or a queue, one per partition; of a fanout topic, its own
+    /// queue, then one per further subscription (listed before it is declared, so that the
+    /// clean-up deletes whatever a failed declaration left).
     queues: Vec<String>,
+    /// The exchange of a fanout topic, which publishes go to.
+    exchange: Option<String>,
+    /// The subscriptions of a fanout topic → their queues (the first one created: the topic's
+    /// own queue).
+    subs: HashMap<String, String>,
+}
+
+impl Declared {
+    /// Queues of this kind, no exchange, no subscriptions.
+    fn queues(kind: Kind, queues: Vec<String>) -> Self {
+        Self {
+            kind,
+            queues,
+            exchange: None,
+            subs: HashMap::new(),
+        }
+    }
+}
+
+/// Something to delete at the end of a run.
+enum Declaration {
+    Queue(String),
+    Exchange(String),
 }
 
 /// A connection to `url` (`shown`: the same, redacted) named `name`.
@@ -187,6 +283,8 @@ pub(crate) struct Amqp {
     url: String,
     host: String,
     port: u16,
+    /// How topics (and queues) are mapped.
+    topics: QueueType,
     conns: Vec<Connection>,
     /// Round-robin over the connections for publishers and consumers.
     next: AtomicUsize,
@@ -195,8 +293,13 @@ pub(crate) struct Amqp {
 }
 
 impl Amqp {
-    /// Opens `connections` AMQP connections to `url` (`amqp://[USER:PASS@]HOST[:PORT][/VHOST]`).
-    pub(crate) async fn connect(url: &str, connections: usize) -> Result<Self> {
+    /// Opens `connections` AMQP connections to `url` (`amqp://[USER:PASS@]HOST[:PORT][/VHOST]`);
+    /// topics are mapped as `topics` says.
+    pub(crate) async fn connect_with(
+        url: &str,
+        connections: usize,
+        topics: QueueType,
+    ) -> Result<Self> {
         let shown = redact(url);
         let uri: AMQPUri = url
             .parse()
@@ -223,6 +326,7 @@ impl Amqp {
             url: shown,
             host,
             port,
+            topics,
             conns,
             next: AtomicUsize::new(0),
             declared: Mutex::new(HashMap::new()),
@@ -244,54 +348,185 @@ impl Amqp {
         .await
     }
 
-    /// Declares the queues of `name` (durable, of this kind) and remembers them.
+    /// What a queue ([`Driver::create_queue`]) is.
+    fn queue_kind(&self) -> Kind {
+        match self.topics {
+            QueueType::Stream | QueueType::Quorum => Kind::Queue(QueueType::Quorum),
+            QueueType::Classic => Kind::Queue(QueueType::Classic),
+        }
+    }
+
+    /// Topic or queue name → what was declared for it.
+    fn state(&self) -> Result<MutexGuard<'_, HashMap<String, Declared>>> {
+        self.declared
+            .lock()
+            .map_err(|_| BenchError::new("the driver's state is poisoned"))
+    }
+
+    /// Declares the durable queue `q` of this `x-queue-type` on `ch`.
+    async fn declare_queue(ch: &Channel, q: &str, queue_type: &str) -> Result<()> {
+        timed(
+            ANSWER_TIMEOUT,
+            &format!("declaring the {queue_type} queue {q}"),
+            ch.queue_declare(
+                q.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                table(vec![(
+                    "x-queue-type",
+                    AMQPValue::LongString(queue_type.into()),
+                )]),
+            ),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Declares the queues of `name` (durable, of this kind: stream or queue) and remembers
+    /// them.
     async fn declare(&self, name: &str, spec: TopicSpec, kind: Kind) -> Result<()> {
         let queues = queue_names(name, spec.partitions);
         for q in &queues {
             // A channel each: a refused declare (a queue of another type with this name)
             // closes the channel.
             let ch = self.channel().await?;
-            let what = format!("declaring the {} queue {q}", kind.as_str());
-            let r = timed(
-                ANSWER_TIMEOUT,
-                &what,
-                ch.queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    table(vec![(
-                        "x-queue-type",
-                        AMQPValue::LongString(kind.as_str().into()),
-                    )]),
-                ),
-            )
-            .await;
+            let r = Self::declare_queue(&ch, q, kind.queue_type()).await;
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, ch.close(200, "done".into())).await;
             r?;
         }
-        self.declared
-            .lock()
-            .map_err(|_| BenchError::new("the driver's state is poisoned"))?
-            .insert(name.to_owned(), Declared { kind, queues });
+        self.state()?
+            .insert(name.to_owned(), Declared::queues(kind, queues));
         Ok(())
     }
 
-    /// The queues of `name`, which must be of this kind.
+    /// Declares the fanout topic `topic` with `t` queues: the durable fanout exchange
+    /// `bench.{topic}` and the durable queue `bench.{topic}` bound to it.
+    async fn declare_fanout(&self, topic: &str, spec: TopicSpec, t: QueueType) -> Result<()> {
+        if spec.partitions > 1 {
+            return Err(BenchError(format!(
+                "{topic}: classic/quorum topics take one partition here (--partitions 1), not {}",
+                spec.partitions
+            )));
+        }
+        let name = format!("bench.{topic}");
+        let kind = Kind::Fanout(t);
+        // Remembered first (keeping the subscriptions of a topic declared again), so that
+        // the clean-up deletes whatever a failed declaration left.
+        {
+            let mut state = self.state()?;
+            let d = state
+                .entry(topic.to_owned())
+                .or_insert_with(|| Declared::queues(kind, Vec::new()));
+            if d.kind != kind {
+                *d = Declared::queues(kind, Vec::new());
+            }
+            if d.queues.is_empty() {
+                d.queues.push(name.clone());
+            }
+            d.exchange = Some(name.clone());
+        }
+        let ch = self.channel().await?;
+        let r = async {
+            timed(
+                ANSWER_TIMEOUT,
+                &format!("declaring the fanout exchange {name}"),
+                ch.exchange_declare(
+                    name.as_str().into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            Self::declare_queue(&ch, &name, t.as_str()).await?;
+            Self::bind(&ch, &name, &name).await
+        }
+        .await;
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, ch.close(200, "done".into())).await;
+        r
+    }
+
+    /// Binds the queue `q` to the fanout exchange `exchange` on `ch`.
+    async fn bind(ch: &Channel, q: &str, exchange: &str) -> Result<()> {
+        timed(
+            ANSWER_TIMEOUT,
+            &format!("binding the queue {q} to the exchange {exchange}"),
+            ch.queue_bind(
+                q.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
+    /// Creates the subscription `sub` of the fanout topic `topic` (with `t` queues): the first
+    /// one takes the topic's own queue, a further one gets the durable queue
+    /// `bench.{topic}.{sub}` bound to the topic's exchange.
+    async fn create_fanout_subscription(&self, topic: &str, sub: &str, t: QueueType) -> Result<()> {
+        let queue = format!("bench.{topic}.{sub}");
+        let exchange = {
+            let mut state = self.state()?;
+            let d = state
+                .get_mut(topic)
+                .ok_or_else(|| BenchError(format!("{topic} was not declared by this run")))?;
+            let kind = Kind::Fanout(t);
+            if d.kind != kind {
+                return Err(BenchError(format!(
+                    "{topic} is a {}, not a {}",
+                    d.kind.noun(),
+                    kind.noun()
+                )));
+            }
+            if d.subs.contains_key(sub) {
+                return Ok(());
+            }
+            let (Some(exchange), Some(own)) = (d.exchange.clone(), d.queues.first().cloned())
+            else {
+                return Err(BenchError(format!("{topic} was not declared by this run")));
+            };
+            if d.subs.is_empty() {
+                d.subs.insert(sub.to_owned(), own);
+                return Ok(());
+            }
+            if !d.queues.contains(&queue) {
+                d.queues.push(queue.clone());
+            }
+            exchange
+        };
+        let ch = self.channel().await?;
+        let r = async {
+            Self::declare_queue(&ch, &queue, t.as_str()).await?;
+            Self::bind(&ch, &queue, &exchange).await
+        }
+        .await;
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, ch.close(200, "done".into())).await;
+        r?;
+        if let Some(d) = self.state()?.get_mut(topic) {
+            d.subs.insert(sub.to_owned(), queue);
+        }
+        Ok(())
+    }
+
+    /// What was declared for `name`, which must be of this kind.
     fn declared(&self, name: &str, kind: Kind) -> Result<Declared> {
         let d = self
-            .declared
-            .lock()
-            .map_err(|_| BenchError::new("the driver's state is poisoned"))?
+            .state()?
             .get(name)
             .cloned()
             .ok_or_else(|| BenchError(format!("{name} was not declared by this run")))?;
         if d.kind != kind {
             return Err(BenchError(format!(
-                "{name} is a {} queue, not a {} queue",
-                d.kind.as_str(),
-                kind.as_str()
+                "{name} is a {}, not a {}",
+                d.kind.noun(),
+                kind.noun()
             )));
         }
         Ok(d)
@@ -344,6 +579,34 @@ impl Amqp {
 #[async_trait]
 impl Driver for Amqp {
     fn describe(&self) -> String {
+        let t = self.topics;
+        if t != QueueType::Stream {
+            let durability = if t == QueueType::Classic {
+                "persistent messages (delivery_mode 2) with publisher confirms: a durable \
+                 classic queue fsyncs a message before its confirm"
+            } else {
+                "a quorum queue confirms once its Raft log is fsync'd on a quorum of \
+                 replicas, 1 here"
+            };
+            return format!(
+                "RabbitMQ directly (no Wharf): lapin 4.12, AMQP 0-9-1, {} connection{} to {}; \
+                 {t} mapping: topic = a durable fanout exchange and a durable {t} queue bound \
+                 to it (one partition); --durability ignored ({durability}); publish = \
+                 basic.publish of each message to the exchange, pipelined on a confirm \
+                 channel per publisher, every confirm awaited; subscription = the topic's \
+                 queue for the first one, a durable {t} queue of its own bound to the exchange \
+                 for each further one (what is published after it was created); subscribe = \
+                 basic.consume on the subscription's queue, prefetch 2 × --batch, one \
+                 multiple ack per batch, which removes the messages (destructive); queue = \
+                 durable {t} queue, a channel per consumer with prefetch = its window, \
+                 basic.ack (multiple when contiguous) returns once written (AMQP does not \
+                 confirm acks)",
+                self.conns.len(),
+                if self.conns.len() == 1 { "" } else { "s" },
+                self.url,
+                t = t.as_str(),
+            );
+        }
         format!(
             "RabbitMQ directly (no Wharf): lapin 4.12, AMQP 0-9-1, {} connection{} to {}; \
              topic = a durable stream queue (--partitions N = N stream queues, publishers \
@@ -368,14 +631,22 @@ impl Driver for Amqp {
     }
 
     async fn create_topic(&self, topic: &str, spec: TopicSpec) -> Result<()> {
-        self.declare(topic, spec, Kind::Stream).await
+        match self.topics {
+            QueueType::Stream => self.declare(topic, spec, Kind::Stream).await,
+            t => self.declare_fanout(topic, spec, t).await,
+        }
     }
 
     async fn create_queue(&self, queue: &str, spec: TopicSpec) -> Result<()> {
-        self.declare(queue, spec, Kind::Quorum).await
+        self.declare(queue, spec, self.queue_kind()).await
     }
 
-    async fn create_subscription(&self, topic: &str, _sub: &str) -> Result<()> {
+    async fn create_subscription(&self, topic: &str, sub: &str) -> Result<()> {
+        if self.topics != QueueType::Stream {
+            return self
+                .create_fanout_subscription(topic, sub, self.topics)
+                .await;
+        }
         // AMQP 0-9-1 keeps no subscription state for a stream: each member reads from
         // `first`. Only check that the streams are there.
         let d = self.declared(topic, Kind::Stream)?;
@@ -401,18 +672,34 @@ impl Driver for Amqp {
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<()> {
-        let declared = self
-            .declared
-            .lock()
-            .map_err(|_| BenchError::new("the driver's state is poisoned"))?
-            .remove(topic);
-        let queues = declared.map_or_else(|| queue_names(topic, 1), |d| d.queues);
+        let declared = self.state()?.remove(topic);
+        // The queues first (which drops their bindings), then the exchange. Not declared by
+        // this run: what a topic of one partition would be.
+        let declarations: Vec<Declaration> = match declared {
+            Some(d) => d
+                .queues
+                .into_iter()
+                .map(Declaration::Queue)
+                .chain(d.exchange.map(Declaration::Exchange))
+                .collect(),
+            None if self.topics == QueueType::Stream => queue_names(topic, 1)
+                .into_iter()
+                .map(Declaration::Queue)
+                .collect(),
+            None => vec![
+                Declaration::Queue(format!("bench.{topic}")),
+                Declaration::Exchange(format!("bench.{topic}")),
+            ],
+        };
         let mut first_error = None;
         // A run that failed may have left the connections broken: the clean-up then opens
         // one of its own.
         let mut spare: Option<Connection> = None;
-        for q in queues {
-            let what = format!("deleting the queue {q}");
+        for declaration in declarations {
+            let what = match &declaration {
+                Declaration::Queue(q) => format!("deleting the queue {q}"),
+                Declaration::Exchange(x) => format!("deleting the exchange {x}"),
+            };
             // A channel each: deleting a queue that is not there closes the channel.
             let ch = match &spare {
                 None => self.channel().await,
@@ -443,12 +730,23 @@ impl Driver for Amqp {
                     continue;
                 }
             };
-            let r = timed(
-                ANSWER_TIMEOUT,
-                &what,
-                ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
-            )
-            .await;
+            let r = match &declaration {
+                Declaration::Queue(q) => timed(
+                    ANSWER_TIMEOUT,
+                    &what,
+                    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+                )
+                .await
+                .map(|_| ()),
+                Declaration::Exchange(x) => {
+                    timed(
+                        ANSWER_TIMEOUT,
+                        &what,
+                        ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()),
+                    )
+                    .await
+                }
+            };
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, ch.close(200, "done".into())).await;
             match r {
                 Ok(_) => {}
@@ -465,16 +763,28 @@ impl Driver for Amqp {
     }
 
     async fn publisher(&self, topic: &str) -> Result<Box<dyn Publisher>> {
-        let d = {
-            let map = self
-                .declared
-                .lock()
-                .map_err(|_| BenchError::new("the driver's state is poisoned"))?;
-            map.get(topic)
-                .cloned()
-                .ok_or_else(|| BenchError(format!("{topic} was not declared by this run")))?
+        let d = self
+            .state()?
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| BenchError(format!("{topic} was not declared by this run")))?;
+        // To the fanout exchange of a classic/quorum topic (routing key empty), else through
+        // the default exchange to the queues, round-robin.
+        let (exchange, routes, what) = match &d.exchange {
+            Some(x) => (
+                ShortString::from(x.as_str()),
+                vec![ShortString::from("")],
+                format!("publishing to the exchange {x}"),
+            ),
+            None => (
+                ShortString::from(""),
+                d.queues
+                    .iter()
+                    .map(|q| ShortString::from(q.as_str()))
+                    .collect(),
+                format!("publishing to {}", listed(&d.queues)),
+            ),
         };
-        let what = format!("publishing to {}", listed(&d.queues));
         let channel = self.channel().await?;
         timed(
             ANSWER_TIMEOUT,
@@ -484,11 +794,8 @@ impl Driver for Amqp {
         .await?;
         Ok(Box::new(AmqpPublisher {
             channel,
-            queues: d
-                .queues
-                .iter()
-                .map(|q| ShortString::from(q.as_str()))
-                .collect(),
+            exchange,
+            routes,
             next: 0,
             cached: None,
             properties: BasicProperties::default(),
@@ -499,18 +806,34 @@ impl Driver for Amqp {
     async fn subscribe(
         &self,
         topic: &str,
-        _sub: &str,
+        sub: &str,
         max_batch: usize,
     ) -> Result<Box<dyn Subscriber>> {
-        let d = self.declared(topic, Kind::Stream)?;
         let max_batch = max_batch.max(1);
-        let args = table(vec![(
-            "x-stream-offset",
-            AMQPValue::LongString("first".into()),
-        )]);
-        let (channel, deliveries) = self
-            .consume(&d.queues, max_batch.saturating_mul(2), &args)
-            .await?;
+        let (channel, deliveries) = if self.topics == QueueType::Stream {
+            let d = self.declared(topic, Kind::Stream)?;
+            let args = table(vec![(
+                "x-stream-offset",
+                AMQPValue::LongString("first".into()),
+            )]);
+            self.consume(&d.queues, max_batch.saturating_mul(2), &args)
+                .await?
+        } else {
+            // The subscription's own queue, from where it is (what is there is not yet acked
+            // by a member of this subscription).
+            let d = self.declared(topic, Kind::Fanout(self.topics))?;
+            let queue = d.subs.get(sub).cloned().ok_or_else(|| {
+                BenchError(format!(
+                    "the subscription {sub} of {topic} was not created by this run"
+                ))
+            })?;
+            self.consume(
+                &[queue],
+                max_batch.saturating_mul(2),
+                &FieldTable::default(),
+            )
+            .await?
+        };
         Ok(Box::new(AmqpSubscriber {
             channel,
             deliveries,
@@ -521,7 +844,7 @@ impl Driver for Amqp {
     }
 
     async fn queue_consumer(&self, queue: &str, window: usize) -> Result<Box<dyn QueueConsumer>> {
-        let d = self.declared(queue, Kind::Quorum)?;
+        let d = self.declared(queue, self.queue_kind())?;
         let window = window.max(1);
         // The window split over the partitions (per-consumer prefetch; quorum queues have no
         // per-channel one), at least 1 each.
@@ -557,8 +880,11 @@ impl Driver for Amqp {
 struct AmqpPublisher {
     /// A channel in confirm mode, this publisher's own.
     channel: Channel,
-    /// The queues of the topic (its partitions), used round-robin.
-    queues: Vec<ShortString>,
+    /// Where messages go: the default exchange (empty) or a fanout topic's exchange.
+    exchange: ShortString,
+    /// The routing keys, used round-robin: the queues of the topic (its partitions), or the
+    /// empty key for a fanout exchange.
+    routes: Vec<ShortString>,
     next: usize,
     /// The batch id of `properties`.
     cached: Option<u64>,
@@ -588,7 +914,7 @@ impl Publisher for AmqpPublisher {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         let mut routes = Vec::with_capacity(n);
         for _ in 0..n {
-            routes.push(self.queues[self.next % self.queues.len()].clone());
+            routes.push(self.routes[self.next % self.routes.len()].clone());
             self.next = self.next.wrapping_add(1);
         }
         // Every publish handed to the connection at once (lapin's publish future resolves
@@ -596,10 +922,10 @@ impl Publisher for AmqpPublisher {
         let sends = batch.values()[..n]
             .iter()
             .zip(routes)
-            .map(|(v, queue)| {
+            .map(|(v, route)| {
                 self.channel.basic_publish(
-                    "".into(),
-                    queue,
+                    self.exchange.clone(),
+                    route,
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
@@ -895,7 +1221,354 @@ impl QueueConsumer for AmqpQueueConsumer {
 
 #[cfg(test)]
 mod tests {
+    use std::panic::AssertUnwindSafe;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::bench::driver::Headers;
+
+    /// The RabbitMQ the live tests use.
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// How long a live test waits for what it expects.
+    const WAIT: Duration = Duration::from_secs(20);
+    const ONE: TopicSpec = TopicSpec {
+        partitions: 1,
+        durability: None,
+    };
+
+    /// A driver mapping topics as `topics` says, or `None` (the test is skipped) when
+    /// RabbitMQ is not reachable, unless `CI=true`.
+    async fn live(topics: QueueType) -> Option<Amqp> {
+        match Amqp::connect_with(URL, 1, topics).await {
+            Ok(d) => Some(d),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("no RabbitMQ at {URL}: {e}")
+            }
+            Err(e) => {
+                println!("skipped: no RabbitMQ at {URL}: {e}");
+                None
+            }
+        }
+    }
+
+    /// A topic name no other test (or run) uses.
+    fn unique(what: &str) -> String {
+        format!("test-{what}-{:016x}", rand::random::<u64>())
+    }
+
+    /// `n` distinct values.
+    fn values(n: usize) -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(format!("value {i}"))).collect()
+    }
+
+    /// `values` published to `topic` by a new publisher.
+    async fn publish(d: &Amqp, topic: &str, values: &[Bytes]) {
+        let headers: Headers = Arc::from(Vec::new());
+        let batch = Batch::new(values.to_vec(), headers);
+        let mut p = d.publisher(topic).await.unwrap();
+        assert_eq!(p.publish(&batch, values.len()).await.unwrap(), values.len());
+    }
+
+    /// Batches of `sub` until `n` values came (or [`WAIT`] passed: a failure).
+    async fn receive(sub: &mut dyn Subscriber, n: usize) -> Vec<Bytes> {
+        let deadline = Instant::now() + WAIT;
+        let (mut got, mut out) = (Vec::new(), Vec::new());
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {n} messages within {WAIT:?}",
+                got.len()
+            );
+            sub.next_batch(&mut out, left).await.unwrap();
+            got.append(&mut out);
+        }
+        got
+    }
+
+    /// Deliveries of `c` until `n` came (or [`WAIT`] passed: a failure).
+    async fn deliveries(c: &mut dyn QueueConsumer, n: usize) -> (Vec<Bytes>, Vec<AckHandle>) {
+        let deadline = Instant::now() + WAIT;
+        let (mut got, mut handles) = (Vec::new(), Vec::new());
+        let (mut values, mut acks) = (Vec::new(), Vec::new());
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {n} deliveries within {WAIT:?}",
+                got.len()
+            );
+            c.receive(&mut values, &mut acks, left).await.unwrap();
+            got.append(&mut values);
+            handles.append(&mut acks);
+        }
+        (got, handles)
+    }
+
+    /// Whether the queue (or, with `exchange`, the exchange) `name` exists: a passive
+    /// declare on a fresh channel (a failed one closes it).
+    async fn exists(d: &Amqp, name: &str, exchange: bool) -> bool {
+        let ch = d.channel().await.unwrap();
+        let r = if exchange {
+            timed(
+                WAIT,
+                "passive exchange.declare",
+                ch.exchange_declare(
+                    name.into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+        } else {
+            timed(
+                WAIT,
+                "passive queue.declare",
+                ch.queue_declare(
+                    name.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .map(|_| ())
+        };
+        match r {
+            Ok(()) => {
+                timed(WAIT, "closing", ch.close(200, "done".into()))
+                    .await
+                    .unwrap();
+                true
+            }
+            Err(e) if e.0.contains("NOT_FOUND") => false,
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+
+    /// Runs `body`, then deletes `names` (whatever happened) and closes the driver; the
+    /// clean-up must succeed.
+    async fn cleaned(d: &Amqp, names: &[&str], body: impl Future<Output = ()>) {
+        let r = AssertUnwindSafe(body).catch_unwind().await;
+        let mut deleted = Ok(());
+        for n in names {
+            if let Err(e) = d.delete_topic(n).await {
+                deleted = deleted.and(Err(e));
+            }
+        }
+        let closed = d.close().await;
+        if let Err(panic) = r {
+            std::panic::resume_unwind(panic);
+        }
+        deleted.unwrap();
+        closed.unwrap();
+    }
+
+    /// A batch published with no subscription is stored in the topic's queue and drained by
+    /// the first subscription, which takes that queue.
+    async fn published_then_drained_by_the_first_subscription(t: QueueType) {
+        let Some(d) = live(t).await else { return };
+        let topic = unique(t.as_str());
+        cleaned(&d, &[&topic], async {
+            d.create_topic(&topic, ONE).await.unwrap();
+            let sent = values(50);
+            publish(&d, &topic, &sent).await;
+            d.create_subscription(&topic, "s").await.unwrap();
+            let mut sub = d.subscribe(&topic, "s", 16).await.unwrap();
+            assert_eq!(receive(&mut *sub, sent.len()).await, sent);
+            sub.close().await.unwrap();
+        })
+        .await;
+    }
+
+    /// Subscriptions created before publishing each receive everything.
+    async fn every_subscription_receives_everything(t: QueueType) {
+        let Some(d) = live(t).await else { return };
+        let topic = unique(t.as_str());
+        cleaned(&d, &[&topic], async {
+            d.create_topic(&topic, ONE).await.unwrap();
+            d.create_subscription(&topic, "a").await.unwrap();
+            d.create_subscription(&topic, "b").await.unwrap();
+            let sent = values(40);
+            publish(&d, &topic, &sent).await;
+            for s in ["a", "b"] {
+                let mut sub = d.subscribe(&topic, s, 16).await.unwrap();
+                assert_eq!(
+                    receive(&mut *sub, sent.len()).await,
+                    sent,
+                    "subscription {s}"
+                );
+                sub.close().await.unwrap();
+            }
+        })
+        .await;
+    }
+
+    /// A queue consumer receives what was published; what it acked is gone, what it did not
+    /// comes to the next consumer.
+    async fn queue_receive_and_ack(t: QueueType) {
+        let Some(d) = live(t).await else { return };
+        let queue = unique(t.as_str());
+        cleaned(&d, &[&queue], async {
+            d.create_queue(&queue, ONE).await.unwrap();
+            let sent = values(20);
+            publish(&d, &queue, &sent).await;
+            let mut c = d.queue_consumer(&queue, 64).await.unwrap();
+            let (got, acks) = deliveries(&mut *c, sent.len()).await;
+            assert_eq!(got, sent);
+            assert_eq!(c.ack(&acks[..10]).await.unwrap(), 10);
+            c.close().await.unwrap();
+            // Had the acks been lost, the first ten would come (again) first.
+            let mut c = d.queue_consumer(&queue, 64).await.unwrap();
+            let (mut got, acks) = deliveries(&mut *c, 10).await;
+            got.sort();
+            let mut rest = sent[10..].to_vec();
+            rest.sort();
+            assert_eq!(got, rest);
+            assert_eq!(c.ack(&acks).await.unwrap(), 10);
+            c.close().await.unwrap();
+        })
+        .await;
+    }
+
+    /// delete_topic deletes the exchange and every queue of a topic, and a queue.
+    async fn delete_leaves_nothing(t: QueueType) {
+        let Some(d) = live(t).await else { return };
+        let (topic, queue) = (unique(t.as_str()), unique(t.as_str()));
+        let own = format!("bench.{topic}");
+        let sub_b = format!("bench.{topic}.b");
+        let queue_q = format!("bench.{queue}");
+        cleaned(&d, &[&topic, &queue], async {
+            d.create_topic(&topic, ONE).await.unwrap();
+            d.create_subscription(&topic, "a").await.unwrap();
+            d.create_subscription(&topic, "b").await.unwrap();
+            d.create_queue(&queue, ONE).await.unwrap();
+            publish(&d, &topic, &values(5)).await;
+            publish(&d, &queue, &values(5)).await;
+            let all = [
+                (&own, false),
+                (&own, true),
+                (&sub_b, false),
+                (&queue_q, false),
+            ];
+            for (name, exchange) in all {
+                assert!(exists(&d, name, exchange).await, "{name} was not declared");
+            }
+            d.delete_topic(&topic).await.unwrap();
+            d.delete_topic(&queue).await.unwrap();
+            for (name, exchange) in all {
+                assert!(!exists(&d, name, exchange).await, "{name} is still there");
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn classic_published_then_drained_by_the_first_subscription() {
+        published_then_drained_by_the_first_subscription(QueueType::Classic).await;
+    }
+
+    #[tokio::test]
+    async fn quorum_published_then_drained_by_the_first_subscription() {
+        published_then_drained_by_the_first_subscription(QueueType::Quorum).await;
+    }
+
+    #[tokio::test]
+    async fn classic_every_subscription_receives_everything() {
+        every_subscription_receives_everything(QueueType::Classic).await;
+    }
+
+    #[tokio::test]
+    async fn quorum_every_subscription_receives_everything() {
+        every_subscription_receives_everything(QueueType::Quorum).await;
+    }
+
+    #[tokio::test]
+    async fn classic_queue_receive_and_ack() {
+        queue_receive_and_ack(QueueType::Classic).await;
+    }
+
+    #[tokio::test]
+    async fn quorum_queue_receive_and_ack() {
+        queue_receive_and_ack(QueueType::Quorum).await;
+    }
+
+    #[tokio::test]
+    async fn classic_delete_leaves_nothing() {
+        delete_leaves_nothing(QueueType::Classic).await;
+    }
+
+    #[tokio::test]
+    async fn quorum_delete_leaves_nothing() {
+        delete_leaves_nothing(QueueType::Quorum).await;
+    }
+
+    /// The stream mapping (of `connect`) is as before: a stream queue per topic, read from the
+    /// first message by every subscription; deleting it leaves nothing.
+    #[tokio::test]
+    async fn stream_topics_are_stream_queues() {
+        let d = match Amqp::connect_with(URL, 1, QueueType::Stream).await {
+            Ok(d) => d,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("no RabbitMQ at {URL}: {e}")
+            }
+            Err(e) => {
+                println!("skipped: no RabbitMQ at {URL}: {e}");
+                return;
+            }
+        };
+        assert!(d.describe().contains("topic = a durable stream queue"));
+        let topic = unique("stream");
+        let own = format!("bench.{topic}");
+        cleaned(&d, &[&topic], async {
+            d.create_topic(&topic, ONE).await.unwrap();
+            let sent = values(30);
+            publish(&d, &topic, &sent).await;
+            for s in ["a", "b"] {
+                d.create_subscription(&topic, s).await.unwrap();
+                let mut sub = d.subscribe(&topic, s, 8).await.unwrap();
+                assert_eq!(
+                    receive(&mut *sub, sent.len()).await,
+                    sent,
+                    "subscription {s}"
+                );
+                sub.close().await.unwrap();
+            }
+            assert!(exists(&d, &own, false).await);
+            assert!(
+                !exists(&d, &own, true).await,
+                "a stream topic has no exchange"
+            );
+            d.delete_topic(&topic).await.unwrap();
+            assert!(!exists(&d, &own, false).await);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn classic_and_quorum_topics_take_one_partition() {
+        for t in [QueueType::Classic, QueueType::Quorum] {
+            let Some(d) = live(t).await else { return };
+            let topic = unique(t.as_str());
+            let spec = TopicSpec {
+                partitions: 2,
+                durability: None,
+            };
+            let e = d.create_topic(&topic, spec).await.unwrap_err();
+            assert!(e.0.contains("--partitions 1"), "{e}");
+            assert!(d.describe().contains(&format!("{} mapping", t.as_str())));
+            // Nothing was declared: deleting what a topic would be finds nothing.
+            d.delete_topic(&topic).await.unwrap();
+            assert!(!exists(&d, &format!("bench.{topic}"), true).await);
+            d.close().await.unwrap();
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {

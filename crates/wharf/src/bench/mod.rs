@@ -18,9 +18,12 @@ use std::time::Duration;
 use crate::cli::CliError;
 
 mod amqp;
+mod chart;
+mod compare;
 mod driver;
 mod inproc;
 mod nats;
+mod redis;
 mod report;
 mod wharf_grpc;
 mod workloads;
@@ -37,6 +40,9 @@ Workloads:
             (StreamConsumer.Consume), --batch messages per batch at most
   queue     drain a queue pre-filled with --count messages: --in-flight consumers, each a
             SharedConsumer.Process stream holding --batch deliveries, acking each batch
+  fanout    --subscriptions stream subscriptions of one topic, a member each, consuming while
+            --in-flight publishers publish batches of --batch; msgs/s = deliveries of all
+            subscriptions together
   latency   a paced publisher at --rate msg/s (at most --in-flight publishes outstanding, each
             of the messages due, at most --batch) and a concurrent stream consumer;
             latency = delivery - intended send time (no coordinated omission)
@@ -48,8 +54,8 @@ Examples:
   wharf bench publish --target nats://127.0.0.1:4222   (NATS JetStream itself, no Wharf)")]
 pub(crate) struct BenchArgs {
     /// What to measure.
-    #[arg(value_enum)]
-    workload: Workload,
+    #[arg(value_enum, required = true)]
+    workload: Option<Workload>,
     /// The server (http://HOST:PORT or https://...), or `inproc`: the embedded engine in this
     /// process on a temporary directory (the same workload through the Engine trait, without
     /// network), or `nats://HOST:PORT`: NATS JetStream itself, without Wharf (streams and pull
@@ -80,6 +86,14 @@ pub(crate) struct BenchArgs {
     /// Messages per second (latency).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
+    /// With an `amqp://` target: what a topic is on RabbitMQ — `stream` queues (queues are
+    /// quorum queues), or durable `classic` or `quorum` queues behind a fanout exchange
+    /// (persistent messages; queues of the same type).
+    #[arg(long, value_enum, default_value = "stream")]
+    amqp_queues: amqp::QueueType,
+    /// Stream subscriptions of the topic (fanout).
+    #[arg(long, default_value_t = 4)]
+    subscriptions: usize,
     /// Partitions of the topic or queue.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
@@ -117,6 +131,32 @@ pub(crate) struct BenchArgs {
     /// A header (`NAME=VALUE`) on every published message; repeat for more [default: none].
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+}
+
+/// `wharf bench`: one workload (`wharf bench publish ...`) or a comparison (`wharf bench
+/// compare ...`).
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct BenchCmd {
+    #[command(subcommand)]
+    sub: Option<BenchSub>,
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchSub {
+    /// Runs one suite of workloads against Wharf, NATS JetStream, RabbitMQ and Redis Streams
+    /// (each in its durability modes) side by side; writes a markdown table, JSON and PNG
+    /// charts to --out.
+    Compare(compare::CompareArgs),
+}
+
+impl BenchArgs {
+    /// The workload (required by clap unless a subcommand is given).
+    fn workload(&self) -> Workload {
+        self.workload.unwrap_or(Workload::Publish)
+    }
 }
 
 /// `NAME=VALUE`.
@@ -202,7 +242,7 @@ fn command_line(a: &BenchArgs, topic_given: bool, topic: &str) -> String {
     let mut c = format!(
         "wharf bench {} --target {} --size {} --count {} --duration {} --in-flight {} \
          --batch {} --partitions {} --warmup {}",
-        a.workload.as_str(),
+        a.workload().as_str(),
         a.target,
         size_flag(a.size),
         a.count,
@@ -212,14 +252,23 @@ fn command_line(a: &BenchArgs, topic_given: bool, topic: &str) -> String {
         a.partitions,
         duration_flag(a.warmup),
     );
-    if a.workload == Workload::Latency {
+    if a.workload() == Workload::Latency {
         c.push_str(&format!(" --rate {}", a.rate));
+    }
+    if a.workload() == Workload::Fanout {
+        c.push_str(&format!(" --subscriptions {}", a.subscriptions));
     }
     if let Some(d) = a.durability {
         c.push_str(&format!(" --durability {}", d.as_str()));
     }
     if a.target != "inproc" {
         c.push_str(&format!(" --connections {}", a.connections));
+    }
+    if a.amqp_queues != amqp::QueueType::Stream
+        && a.target.starts_with("amqp")
+        && let Some(v) = clap::ValueEnum::to_possible_value(&a.amqp_queues)
+    {
+        c.push_str(&format!(" --amqp-queues {}", v.get_name()));
     }
     if topic_given {
         c.push_str(&format!(" --topic {topic}"));
@@ -265,13 +314,16 @@ fn check(a: &BenchArgs) -> Result<()> {
     if a.connections == 0 || a.connections > 64 {
         return bad("--connections must be within 1..=64");
     }
+    if !(1..=1000).contains(&a.subscriptions) {
+        return bad("--subscriptions must be within 1..=1000");
+    }
     if !(1..=1024).contains(&a.partitions) {
         return bad("--partitions must be within 1..=1024");
     }
-    if a.workload == Workload::Latency && a.rate == 0 {
+    if a.workload() == Workload::Latency && a.rate == 0 {
         return bad("--rate must be at least 1");
     }
-    if a.workload == Workload::Latency && a.size < workloads::STAMP_BYTES {
+    if a.workload() == Workload::Latency && a.size < workloads::STAMP_BYTES {
         return Err(BenchError(format!(
             "the latency workload needs --size of at least {} bytes (the send stamp)",
             workloads::STAMP_BYTES
@@ -281,7 +333,40 @@ fn check(a: &BenchArgs) -> Result<()> {
 }
 
 /// Runs `wharf bench`.
-pub(crate) fn run(args: BenchArgs) -> std::result::Result<(), CliError> {
+pub(crate) fn run(cmd: BenchCmd) -> std::result::Result<(), CliError> {
+    if let Some(BenchSub::Compare(c)) = cmd.sub {
+        // The command line, for the report, without a token's value.
+        let mut line = Vec::new();
+        let mut hide = false;
+        for arg in std::env::args() {
+            if hide {
+                line.push("<redacted>".to_owned());
+                hide = false;
+            } else if arg == "--token" {
+                hide = true;
+                line.push(arg);
+            } else if arg.starts_with("--token=") {
+                line.push("--token=<redacted>".to_owned());
+            } else {
+                line.push(arg);
+            }
+        }
+        let line = line.join(" ");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("wharf-bench")
+            .build()
+            .map_err(|e| CliError::Serve(format!("cannot start the runtime: {e}")))?;
+        return runtime
+            .block_on(compare::compare(c, line))
+            .map_err(|e| CliError::Serve(e.0));
+    }
+    let args = cmd.args;
+    if args.workload.is_none() {
+        return Err(CliError::Serve(
+            "give a workload or `compare` (see --help)".into(),
+        ));
+    }
     check(&args).map_err(|e| CliError::Serve(e.0))?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
@@ -297,20 +382,31 @@ pub(crate) fn run(args: BenchArgs) -> std::result::Result<(), CliError> {
         .map_err(|e| CliError::Serve(e.0))
 }
 
-async fn bench(a: BenchArgs) -> Result<()> {
-    let inproc = a.target == "inproc";
-    let driver: Arc<dyn Driver> = if inproc {
-        Arc::new(inproc::InProc::open(a.data_dir.clone()).await?)
-    } else if a.target.starts_with("nats://") {
-        Arc::new(nats::Nats::connect(&a.target, a.connections).await?)
-    } else if a.target.starts_with("amqp://") || a.target.starts_with("amqps://") {
-        Arc::new(amqp::Amqp::connect(&a.target, a.connections).await?)
+/// Opens the driver for `target` (see `--target`).
+pub(crate) async fn open_driver(
+    target: &str,
+    connections: usize,
+    token: Option<&str>,
+    data_dir: Option<PathBuf>,
+    amqp_queues: amqp::QueueType,
+) -> Result<Arc<dyn Driver>> {
+    Ok(if target == "inproc" {
+        Arc::new(inproc::InProc::open(data_dir).await?)
+    } else if target.starts_with("nats://") {
+        Arc::new(nats::Nats::connect(target, connections).await?)
+    } else if target.starts_with("amqp://") || target.starts_with("amqps://") {
+        Arc::new(amqp::Amqp::connect_with(target, connections, amqp_queues).await?)
+    } else if target.starts_with("redis://") || target.starts_with("rediss://") {
+        Arc::new(redis::Redis::connect(target, connections).await?)
     } else {
-        Arc::new(
-            wharf_grpc::WharfGrpc::connect(&a.target, a.connections, a.token.as_deref()).await?,
-        )
-    };
-    let (server_pid, server_note) = match (driver.server_side(), a.server_pid) {
+        Arc::new(wharf_grpc::WharfGrpc::connect(target, connections, token).await?)
+    })
+}
+
+/// The broker's process for the CPU columns: `explicit` (`--server-pid`), or the process
+/// listening on a loopback target's port; and how it was found or why there is none.
+pub(crate) fn server_process(driver: &dyn Driver, explicit: Option<u32>) -> (Option<u32>, String) {
+    match (driver.server_side(), explicit) {
         (ServerSide::InProcess, _) => (
             None,
             "this process (the in-process engine): its CPU is in the client's columns".to_owned(),
@@ -335,7 +431,20 @@ async fn bench(a: BenchArgs) -> Result<()> {
             None,
             format!("CPU not measured: {host} is not this machine (give --server-pid)"),
         ),
-    };
+    }
+}
+
+async fn bench(a: BenchArgs) -> Result<()> {
+    let inproc = a.target == "inproc";
+    let driver = open_driver(
+        &a.target,
+        a.connections,
+        a.token.as_deref(),
+        a.data_dir.clone(),
+        a.amqp_queues,
+    )
+    .await?;
+    let (server_pid, server_note) = server_process(&*driver, a.server_pid);
     let generated = a.topic.is_none();
     let topic = a.topic.clone().unwrap_or_else(|| {
         let ms = std::time::SystemTime::now()
@@ -343,12 +452,12 @@ async fn bench(a: BenchArgs) -> Result<()> {
             .map_or(0, |d| d.as_millis());
         format!(
             "bench-{}-{ms}-{:08x}",
-            a.workload.as_str(),
+            a.workload().as_str(),
             rand::random::<u32>()
         )
     });
     let plan = Plan {
-        workload: a.workload,
+        workload: a.workload(),
         size: a.size,
         count: a.count,
         duration: a.duration,
@@ -363,6 +472,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         topic: topic.clone(),
         server_pid,
         headers: a.headers.clone().into(),
+        subscriptions: a.subscriptions,
     };
     let info = report::RunInfo {
         target: a.target.clone(),

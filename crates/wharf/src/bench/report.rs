@@ -381,9 +381,10 @@ pub(crate) fn text(plan: &Plan, info: &RunInfo, o: &Outcome) -> String {
         "settings",
         &format!(
             "durability {}, {} partition{}, topic {}",
-            plan.spec
-                .durability
-                .map_or("default (always)", |d| d.as_str()),
+            plan.spec.durability.map_or(
+                "the system's default (Wharf: always; others: see the driver line)",
+                |d| d.as_str()
+            ),
             plan.spec.partitions,
             if plan.spec.partitions == 1 { "" } else { "s" },
             plan.topic

@@ -10,6 +10,11 @@
 //!   `in_flight` consumers, each holding at most `batch` unsettled deliveries and acking every
 //!   batch it receives in one request, waiting for the confirmation before it receives again.
 //!   Latency: per ack request.
+//! - **fanout**: a topic with `subscriptions` stream subscriptions, one member each, all
+//!   joined before the first publish; `in_flight` publishers publish batches of `batch` as in
+//!   **publish** while every member consumes concurrently. Throughput: deliveries (all
+//!   subscriptions together) per second, from the first publish to the last delivery; each
+//!   member stops once it has every acknowledged message or at the time limit plus a grace.
 //! - **latency**: a paced publisher at `rate` messages/s and one stream-subscription member
 //!   consuming concurrently. At most `in_flight` publishes are outstanding; each carries every
 //!   message whose send time has come (at most `batch`), as a batching client library does. Each message carries its sequence number and its *intended* send time (the
@@ -51,6 +56,8 @@ pub(crate) enum Workload {
     Queue,
     /// Fixed-rate publish → deliver latency.
     Latency,
+    /// Publish to a topic with several subscriptions consuming concurrently.
+    Fanout,
 }
 
 impl Workload {
@@ -61,6 +68,7 @@ impl Workload {
             Self::Consume => "consume",
             Self::Queue => "queue",
             Self::Latency => "latency",
+            Self::Fanout => "fanout",
         }
     }
 }
@@ -93,6 +101,8 @@ pub(crate) struct Plan {
     pub(crate) server_pid: Option<u32>,
     /// Headers of every published message (`--header`).
     pub(crate) headers: Headers,
+    /// Stream subscriptions of the topic (fanout).
+    pub(crate) subscriptions: usize,
 }
 
 /// What a run measured.
@@ -127,6 +137,7 @@ pub(crate) async fn run(
         Workload::Consume => consume(driver, plan, progress).await,
         Workload::Queue => queue(driver, plan, progress).await,
         Workload::Latency => latency(driver, plan, progress).await,
+        Workload::Fanout => fanout(driver, plan, progress).await,
     }
 }
 
@@ -437,6 +448,140 @@ async fn queue(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> Res
         },
         cpu: Some((before, after)),
         notes: vec![prefill_note(filled, plan.count)],
+        ack_latencies: Vec::new(),
+    })
+}
+
+/// The subscriptions of the fanout workload: `bench-0`, `bench-1`, ...
+fn fanout_subscription(i: usize) -> String {
+    format!("{SUBSCRIPTION}-{i}")
+}
+
+async fn fanout(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> Result<Outcome> {
+    let k = plan.subscriptions.max(1);
+    driver.create_topic(&plan.topic, plan.spec).await?;
+    for i in 0..k {
+        driver
+            .create_subscription(&plan.topic, &fanout_subscription(i))
+            .await?;
+    }
+    let mut members = Vec::with_capacity(k);
+    for i in 0..k {
+        members.push(
+            driver
+                .subscribe(&plan.topic, &fanout_subscription(i), plan.batch.max(1))
+                .await?,
+        );
+    }
+    let value = wharf_benchkit::payload(plan.size, 1);
+    let batch = Arc::new(Batch::new(
+        vec![value; plan.batch.max(1)],
+        plan.headers.clone(),
+    ));
+    let pubs = publishers(&*driver, &plan.topic, plan.in_flight).await?;
+    progress.phase("fanout");
+    let counter = progress.counter();
+    // What each member must receive: unknown (u64::MAX) until the publishers are done.
+    let expected = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = CpuSnap::take(plan.server_pid);
+    let t0 = Instant::now();
+    let deadline = t0 + plan.duration;
+    let hard_end = deadline + LATENCY_GRACE;
+    let mut tasks = Vec::with_capacity(k);
+    for mut m in members {
+        let (expected, stop, counter) = (expected.clone(), stop.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            let mut end = t0;
+            let mut out = Vec::new();
+            let result: Result<()> = async {
+                while got < expected.load(Ordering::Acquire) && !stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now >= hard_end {
+                        break;
+                    }
+                    let wait = (hard_end - now).min(Duration::from_millis(200));
+                    let n = m.next_batch(&mut out, wait).await? as u64;
+                    if n > 0 {
+                        got += n;
+                        end = Instant::now();
+                        counter.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                m.close().await
+            }
+            .await;
+            if result.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            (result, got, end)
+        }));
+    }
+    let published = run_publishers(pubs, batch, plan.count, deadline, None).await;
+    let published = match published {
+        Ok(run) => {
+            expected.store(run.acked, Ordering::Release);
+            Ok(run)
+        }
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            Err(e)
+        }
+    };
+    let mut delivered = Vec::with_capacity(k);
+    let mut end = t0;
+    let mut first_error = None;
+    for t in tasks {
+        let (result, got, e) = t
+            .await
+            .map_err(|e| BenchError(format!("a subscriber task failed: {e}")))?;
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+        delivered.push(got);
+        end = end.max(e);
+    }
+    let after = CpuSnap::take(plan.server_pid);
+    let run = published?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let total: u64 = delivered.iter().sum();
+    let fewest = delivered.iter().copied().min().unwrap_or(0);
+    let publish_secs = run.end.duration_since(t0).as_secs_f64().max(1e-9);
+    let mut latencies = run.latencies;
+    latencies.sort_unstable();
+    Ok(Outcome {
+        msgs: total,
+        elapsed: end.max(run.end).duration_since(t0),
+        latency_of: format!("publish → ack, per batch of {}", plan.batch),
+        latencies,
+        stopped_by: if fewest < run.acked {
+            "time"
+        } else if run.by_time {
+            "time (publishing)"
+        } else {
+            "count"
+        },
+        cpu: Some((before, after)),
+        notes: vec![
+            (
+                "published".into(),
+                format!(
+                    "{} messages acknowledged at {:.0} msg/s, to {k} subscriptions",
+                    run.acked,
+                    run.acked as f64 / publish_secs
+                ),
+            ),
+            (
+                "delivered".into(),
+                format!(
+                    "{total} deliveries in all; the member with fewest got {fewest} of {}",
+                    run.acked
+                ),
+            ),
+        ],
         ack_latencies: Vec::new(),
     })
 }

@@ -34,7 +34,12 @@ pub fn wharf() -> Command {
 /// Runs a `wharf` command that must end by itself (within [`GENEROUS`]) and returns its exit
 /// status, stdout and stderr. A command still running at the deadline is killed and the test
 /// fails.
-pub fn run_to_end(mut cmd: Command) -> (ExitStatus, String, String) {
+pub fn run_to_end(cmd: Command) -> (ExitStatus, String, String) {
+    run_to_end_within(cmd, GENEROUS)
+}
+
+/// [`run_to_end`] with a bound of `limit`.
+pub fn run_to_end_within(mut cmd: Command, limit: Duration) -> (ExitStatus, String, String) {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -45,8 +50,8 @@ pub fn run_to_end(mut cmd: Command) -> (ExitStatus, String, String) {
     let child = guard.0.as_mut().expect("child");
     let stdout = drain(child.stdout.take().expect("stdout"));
     let stderr = drain(child.stderr.take().expect("stderr"));
-    let status = wait_bounded(child, GENEROUS)
-        .unwrap_or_else(|| panic!("{cmd:?} still running after {GENEROUS:?}"));
+    let status = wait_bounded(child, limit)
+        .unwrap_or_else(|| panic!("{cmd:?} still running after {limit:?}"));
     guard.0 = None;
     let out = stdout.join().expect("stdout reader");
     let err = stderr.join().expect("stderr reader");
