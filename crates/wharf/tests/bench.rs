@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use common::{Server, run_to_end, wharf};
 
-const WORKLOADS: [&str; 4] = ["publish", "consume", "queue", "latency"];
+const WORKLOADS: [&str; 5] = ["publish", "consume", "queue", "latency", "fanout"];
+/// Subscriptions of the fanout workload: every one gets every message.
+const SUBSCRIPTIONS: u64 = 2;
 /// Messages per run: small enough for a debug build on a loaded machine.
 const COUNT: u64 = 300;
 
@@ -21,6 +23,7 @@ fn bench(workload: &str, target: &str, extra: &[&str]) -> Value {
         // Generous: the count ends every run long before.
         .args(["--duration", "40s", "--warmup", "0s"])
         .args(["--in-flight", "4", "--batch", "50", "--rate", "3000"])
+        .args(["--subscriptions", &SUBSCRIPTIONS.to_string()])
         .args(extra);
     let (status, out, err) = run_to_end(cmd);
     assert!(
@@ -37,7 +40,12 @@ fn bench(workload: &str, target: &str, extra: &[&str]) -> Value {
 fn check(v: &Value, workload: &str, target: &str) {
     assert_eq!(v["workload"], workload, "{v}");
     assert_eq!(v["target"], target, "{v}");
-    assert_eq!(v["msgs"], COUNT, "{v}");
+    let expected = if workload == "fanout" {
+        COUNT * SUBSCRIPTIONS
+    } else {
+        COUNT
+    };
+    assert_eq!(v["msgs"], expected, "{v}");
     assert_eq!(v["stopped_by"], "count", "{v}");
     assert!(v["msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{v}");
     assert!(
