@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wharf_benchkit::{Report, Table, Target, grouped, size_label};
 
+use super::chain::{self, ChainOutcome, Scenario, Style};
 use super::driver::{BenchError, Driver, Durability, Result, TopicSpec};
 use super::report::{self, Progress};
 use super::workloads::{self, Plan, Workload};
@@ -296,7 +297,8 @@ fn suite(mode: Mode) -> Vec<Case> {
         );
         // 16 KiB: 10 per request, so a request stays about as large as 100 of 1 KiB.
         c.batch = if size >= 16_384 { 10 } else { 100 };
-        c.count = pub_count;
+        // At most 1 GiB per run: an in-memory peer (Redis) keeps every message.
+        c.count = pub_count.min((1u64 << 30) / size as u64);
         c.duration = secs(pub_secs);
         c.warmup = secs(pub_warm);
         cases.push(c);
@@ -380,6 +382,25 @@ fn suite(mode: Mode) -> Vec<Case> {
         cases.push(c);
     }
     cases
+}
+
+/// The id of the sync-vs-async case (Wharf only; see [`chain`]).
+const CHAIN: &str = "chain";
+
+/// The settings of the chain case.
+fn chain_settings(mode: Mode) -> chain::Settings {
+    let (rate, secs_run) = match mode {
+        Mode::Tiny => (50, 1.0),
+        Mode::Quick => (200, 3.0),
+        Mode::Full => (200, 5.0),
+    };
+    chain::Settings {
+        rate,
+        duration: secs(secs_run),
+        slow: Duration::from_millis(200),
+        deadline: Duration::from_secs(1),
+        grace: Duration::from_secs(3),
+    }
 }
 
 /// A server this command started; stopped (killed) when dropped.
@@ -663,11 +684,6 @@ async fn prepare(
         System::RabbitmqClassic | System::RabbitmqQuorum => (a.amqp.clone(), None),
         System::Redis => (a.redis.clone(), None),
     };
-    if let Some(s) = &started
-        && !servers.started.iter().any(|x| Arc::ptr_eq(x, s))
-    {
-        servers.started.push(s.clone());
-    }
     const CONNECTIONS: usize = 2;
     let driver: Arc<dyn Driver> = match system {
         System::WharfAlways | System::WharfInterval => {
@@ -693,6 +709,12 @@ async fn prepare(
             Arc::new(redis::Redis::connect(&url, CONNECTIONS).await?)
         }
     };
+    // Kept to the end only once connected (a server that cannot be used stops here).
+    if let Some(s) = &started
+        && !servers.started.iter().any(|x| Arc::ptr_eq(x, s))
+    {
+        servers.started.push(s.clone());
+    }
     let pid = match &started {
         Some(s) => Some(s.pid()),
         None => server_process(&*driver, None).0,
@@ -714,7 +736,7 @@ struct Measured {
     latency: Option<[u64; 5]>,
     server_us_per_msg: Option<f64>,
     /// Why the numbers may not mean what they seem (e.g. a rate not sustained).
-    caveat: Option<String>,
+    caveats: Vec<String>,
 }
 
 /// The value at quantile `q` of sorted samples.
@@ -726,16 +748,58 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[i]
 }
 
-/// Runs `case` once on `p`.
-async fn run_case(p: &Prepared, case: &Case, run_no: usize) -> Result<Measured> {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let topic = format!(
-        "cmp-{}-{ms}-{run_no}-{:06x}",
-        case.id,
-        rand::random::<u32>() >> 8
-    );
+/// A latency that was never measured: the message was not delivered within the run.
+const UNDELIVERED: u64 = u64::MAX;
+
+/// A latency for a table cell.
+fn latency_cell(ns: u64) -> String {
+    if ns == UNDELIVERED {
+        "not delivered".into()
+    } else {
+        report::human_ns(ns)
+    }
+}
+
+/// Set once SIGINT or SIGTERM arrives: the current run stops (its topic is still deleted),
+/// the report covers what was done, and the started servers are stopped.
+fn watch_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(stop: &tokio::sync::watch::Receiver<bool>) {
+    let mut stop = stop.clone();
+    if stop.wait_for(|v| *v).await.is_err() {
+        // The signal watcher is gone: nothing will stop the run.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs `case` once on `p` (on `topic`, deleted at the end whatever happened).
+async fn run_case(
+    p: &Prepared,
+    case: &Case,
+    topic: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Measured> {
     let plan = Plan {
         workload: case.workload,
         size: case.size,
@@ -749,52 +813,73 @@ async fn run_case(p: &Prepared, case: &Case, run_no: usize) -> Result<Measured> 
             partitions: 1,
             durability: p.system.topic_durability(),
         },
-        topic: topic.clone(),
+        topic: topic.to_owned(),
         server_pid: p.pid,
         headers: Arc::from(Vec::new()),
         subscriptions: case.subscriptions,
     };
     let progress = Progress::start(true);
     let limit = case.duration + case.warmup + RUN_SLACK;
-    let outcome = tokio::time::timeout(limit, workloads::run(p.driver.clone(), &plan, &progress))
-        .await
-        .unwrap_or_else(|_| Err(BenchError(format!("did not finish within {limit:?}"))));
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(limit, workloads::run(p.driver.clone(), &plan, &progress)) => {
+            r.unwrap_or_else(|_| Err(BenchError(format!("did not finish within {limit:?}"))))
+        }
+        () = stopped(stop) => Err(BenchError::new("interrupted")),
+    };
     progress.finish();
-    let deleted = p.driver.delete_topic(&topic).await;
+    let deleted = p.driver.delete_topic(topic).await;
     let o = outcome?;
     deleted.map_err(|e| e.context(&format!("deleting {topic}")))?;
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let (_, server) = report::cpu_of(&o);
-    let mut caveat = None;
-    let latency = (case.workload == Workload::Latency).then(|| {
-        let l = &o.latencies;
-        [
-            quantile(l, 0.50),
-            quantile(l, 0.90),
-            quantile(l, 0.99),
-            quantile(l, 0.999),
-            l.last().copied().unwrap_or(0),
-        ]
-    });
+    let mut caveats = Vec::new();
+    let mut latency = None;
     if case.workload == Workload::Latency {
         let expected = case
             .count
             .min((case.duration.as_secs_f64() * case.rate as f64) as u64);
-        if (o.msgs as f64) < expected as f64 * 0.99 {
-            caveat = Some(format!(
+        // Percentiles over every message sent, the undelivered ones as the slowest: a
+        // system that loses or stalls part of its messages must not look fast.
+        let mut l = o.latencies.clone();
+        if (l.len() as u64) < expected {
+            caveats.push(format!(
                 "rate not sustained: {} of {expected} messages delivered",
-                o.msgs
+                l.len()
             ));
+            l.resize(usize::try_from(expected).unwrap_or(l.len()), UNDELIVERED);
+        }
+        if !o.latencies.is_empty() {
+            latency = Some([
+                quantile(&l, 0.50),
+                quantile(&l, 0.90),
+                quantile(&l, 0.99),
+                quantile(&l, 0.999),
+                l.last().copied().unwrap_or(UNDELIVERED),
+            ]);
         }
     }
-    if o.stopped_by.starts_with("time") && case.workload != Workload::Latency {
-        caveat.get_or_insert_with(|| format!("stopped by its time limit ({})", o.stopped_by));
+    // Runs that did not do all they were meant to (a publish case ends by time by design).
+    let short = match case.workload {
+        Workload::Consume | Workload::Queue => o.stopped_by.starts_with("time"),
+        Workload::Fanout => o.stopped_by == "time",
+        Workload::Publish | Workload::Latency => false,
+    };
+    if short {
+        caveats.push(format!(
+            "stopped by its time limit before all {} messages were done",
+            case.count
+        ));
+    }
+    for (k, v) in &o.notes {
+        if k == "prefill" && v.contains("stopped") {
+            caveats.push(format!("prefill: {v}"));
+        }
     }
     Ok(Measured {
         msgs_per_s: o.msgs as f64 / secs,
         latency,
         server_us_per_msg: server.map(|c| c.us_per_msg).filter(|x| x.is_finite()),
-        caveat,
+        caveats,
     })
 }
 
@@ -853,7 +938,7 @@ fn summarize(runs: &[std::result::Result<Measured, String>]) -> Summary {
             .iter()
             .filter_map(|r| r.as_ref().err().cloned())
             .collect(),
-        caveats: ok.iter().filter_map(|m| m.caveat.clone()).collect(),
+        caveats: ok.iter().flat_map(|m| m.caveats.iter().cloned()).collect(),
     }
 }
 
@@ -885,8 +970,10 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
         .unwrap_or(if mode == Mode::Full { 3 } else { 1 })
         .clamp(1, 20);
     let mut cases = suite(mode);
+    let mut run_chain = a.cases.is_empty() || a.cases.iter().any(|c| c == CHAIN);
     if !a.cases.is_empty() {
-        let known: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+        let mut known: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+        known.push(CHAIN.to_owned());
         if let Some(bad) = a.cases.iter().find(|c| !known.contains(c)) {
             return Err(BenchError(format!(
                 "no case {bad:?} in the {} suite (cases: {})",
@@ -932,8 +1019,19 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
             "no system could be prepared: nothing to compare",
         ));
     }
+    // The chain case needs Wharf (it is Wharf's invocation against Wharf's events).
+    let wharf_url = servers.wharf.as_ref().map(|w| w.0.clone());
+    run_chain &= wharf_url.is_some()
+        && prepared
+            .iter()
+            .any(|p| matches!(p.system, System::WharfAlways | System::WharfInterval));
+    let chain_runs = if run_chain {
+        Scenario::ALL.len() * Style::ALL.len()
+    } else {
+        0
+    };
 
-    let total = repeats * cases.len() * prepared.len();
+    let total = repeats * cases.len() * prepared.len() + chain_runs;
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -946,10 +1044,21 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
         BTreeMap::new();
     let mut raw = Vec::new();
     let mut n = 0usize;
-    for r in 0..repeats {
+    let stop = watch_signals();
+    // Every run as it finishes, so an interrupted comparison keeps what it measured.
+    let runs_path = a.out.join("runs.jsonl");
+    let mut runs_file = std::fs::File::create(&runs_path)
+        .map_err(|e| BenchError(format!("cannot write {}: {e}", runs_path.display())))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    'runs: for r in 0..repeats {
         for (ci, case) in cases.iter().enumerate() {
             let k = prepared.len();
             for j in 0..k {
+                if *stop.borrow() {
+                    break 'runs;
+                }
                 // Rotate the order per repeat and case so no system always goes first.
                 let p = &prepared[(j + r + ci) % k];
                 bar.set_message(format!(
@@ -958,7 +1067,12 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
                     p.system.id(),
                     r + 1
                 ));
-                let m = run_case(p, case, n).await.map_err(|e| e.0);
+                let topic = format!(
+                    "cmp-{}-{stamp}-{n}-{:06x}",
+                    case.id,
+                    rand::random::<u32>() >> 8
+                );
+                let m = run_case(p, case, &topic, &stop).await.map_err(|e| e.0);
                 n += 1;
                 bar.inc(1);
                 if let Err(e) = &m {
@@ -973,17 +1087,60 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
                         "p50": l[0], "p90": l[1], "p99": l[2], "p99_9": l[3], "max": l[4]
                     })),
                     "server_us_per_msg": m.as_ref().ok().and_then(|m| m.server_us_per_msg),
-                    "caveat": m.as_ref().ok().and_then(|m| m.caveat.clone()),
+                    "caveats": m.as_ref().ok().map(|m| m.caveats.clone()),
                     "error": m.as_ref().err(),
+                    "topic": topic,
                 }));
+                if let Some(line) = raw.last() {
+                    let _ =
+                        std::io::Write::write_all(&mut runs_file, format!("{line}\n").as_bytes());
+                }
                 results.entry((ci, p.system)).or_default().push(m);
+            }
+        }
+    }
+    let mut chained = Vec::new();
+    if let Some(url) = wharf_url.filter(|_| run_chain && !*stop.borrow()) {
+        let settings = chain_settings(mode);
+        for scenario in Scenario::ALL {
+            for style in Style::ALL {
+                bar.set_message(format!(
+                    "chain by {} with the last service {}",
+                    style.as_str(),
+                    scenario.as_str()
+                ));
+                if *stop.borrow() {
+                    break;
+                }
+                let r = tokio::select! {
+                    r = tokio::time::timeout(
+                        settings.duration + settings.grace + RUN_SLACK,
+                        chain::run(&url, scenario, style, settings),
+                    ) => r.unwrap_or_else(|_| Err(BenchError::new("did not finish in time"))),
+                    () = stopped(&stop) => Err(BenchError::new("interrupted")),
+                }
+                .map_err(|e| e.0);
+                bar.inc(1);
+                if let Err(e) = &r {
+                    bar.println(format!(
+                        "chain {} {}: {e}",
+                        style.as_str(),
+                        scenario.as_str()
+                    ));
+                }
+                chained.push((scenario, style, r));
             }
         }
     }
     bar.finish_and_clear();
     for p in &prepared {
-        if let Err(e) = p.driver.close().await {
-            eprintln!("wharf bench compare: closing {}: {e}", p.system.id());
+        match tokio::time::timeout(Duration::from_secs(10), p.driver.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("wharf bench compare: closing {}: {e}", p.system.id()),
+            Err(_) => eprintln!(
+                "wharf bench compare: closing {}: no answer within 10 s",
+                p.system.id()
+            ),
         }
     }
 
@@ -999,6 +1156,8 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
         command: &command,
         started_at,
         base: &base,
+        chain: &chained,
+        chain_settings: chain_settings(mode),
     };
     let charts = ctx.charts(&a.out)?;
     let md = ctx.markdown(&charts);
@@ -1021,7 +1180,14 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
         a.out.display()
     );
     drop(servers);
-    let failed: usize = summaries.values().map(|s| s.errors.len()).sum();
+    if *stop.borrow() {
+        return Err(BenchError(format!(
+            "interrupted: the report in {} covers the runs done before",
+            md_path.display()
+        )));
+    }
+    let failed: usize = summaries.values().map(|s| s.errors.len()).sum::<usize>()
+        + chained.iter().filter(|c| c.2.is_err()).count();
     if failed > 0 && a.require_all {
         return Err(BenchError(format!(
             "{failed} run(s) failed (--require-all); see {}",
@@ -1042,6 +1208,8 @@ struct Written<'a> {
     command: &'a str,
     started_at: Instant,
     base: &'a Path,
+    chain: &'a [(Scenario, Style, std::result::Result<ChainOutcome, String>)],
+    chain_settings: chain::Settings,
 }
 
 impl Written<'_> {
@@ -1072,9 +1240,10 @@ impl Written<'_> {
                 self.repeats
             ),
             "every system runs the same workload code (`wharf bench`'s drivers) with the same \
-             message size, messages per publish request, requests in flight, count and time \
-             limit; Wharf's client batches exactly as the other clients do (one request \
-             carries the case's batch)"
+             message size, messages per publish call, calls in flight, count and time limit; a \
+             publish call of N messages is one request with one acknowledgement on Wharf (its \
+             batch API, as its SDK batches by default), N pipelined publishes with N \
+             acknowledgements on NATS and RabbitMQ, and a pipeline of N XADDs on Redis"
                 .into(),
         ];
         for p in self.prepared {
@@ -1180,7 +1349,7 @@ impl Written<'_> {
                 if latency {
                     let l = sum.latency.unwrap_or_default();
                     let mut row = vec![s.label().to_owned(), class.to_owned()];
-                    row.extend(l.iter().map(|ns| report::human_ns(*ns)));
+                    row.extend(l.iter().map(|ns| latency_cell(*ns)));
                     row.push(format!("{}{spread}", short(sum.msgs_per_s)));
                     row.push(notes);
                     t.row(row);
@@ -1211,7 +1380,89 @@ impl Written<'_> {
             }
             out.push(t);
         }
+        if let Some(t) = self.chain_table() {
+            out.push(t);
+        }
         out
+    }
+
+    /// The sync-vs-async table.
+    fn chain_table(&self) -> Option<Table> {
+        if self.chain.is_empty() {
+            return None;
+        }
+        let c = self.chain_settings;
+        let mut t = Table::new(
+            &format!(
+                "sync vs async: a request through 3 services, by invocation or by events \
+                 (Wharf, default durability; {} req/s for {}; slow = {} ms; caller deadline \
+                 {} ms; done = reached service 3 within the run + {} s; `{CHAIN}`)",
+                c.rate,
+                super::duration_flag(c.duration),
+                c.slow.as_millis(),
+                c.deadline.as_millis(),
+                c.grace.as_secs()
+            ),
+            &[
+                "service 3",
+                "chain by",
+                "caller p50",
+                "caller p99",
+                "caller ok",
+                "caller errors",
+                "done",
+                "done p50",
+                "done p99",
+            ],
+            3,
+        );
+        for (scenario, style, r) in self.chain {
+            let mut row = vec![scenario.as_str().to_owned(), style.as_str().to_owned()];
+            match r {
+                Ok(o) => {
+                    let pct = |n: u64| {
+                        if o.sent == 0 {
+                            "-".to_owned()
+                        } else {
+                            format!("{:.0}%", 100.0 * n as f64 / o.sent as f64)
+                        }
+                    };
+                    let ns = |v: &[u64], q: f64| {
+                        if v.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            report::human_ns(quantile(v, q))
+                        }
+                    };
+                    let errors = o
+                        .caller_errors
+                        .iter()
+                        .map(|(k, n)| format!("{n} × {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    row.extend([
+                        ns(&o.caller_latency, 0.5),
+                        ns(&o.caller_latency, 0.99),
+                        pct(o.caller_ok),
+                        if errors.is_empty() {
+                            "-".into()
+                        } else {
+                            errors
+                        },
+                        pct(o.done),
+                        ns(&o.end_to_end, 0.5),
+                        ns(&o.end_to_end, 0.99),
+                    ]);
+                }
+                Err(e) => {
+                    row.extend(std::iter::repeat_n("-".to_owned(), 3));
+                    row.push(format!("error: {e}"));
+                    row.extend(std::iter::repeat_n("-".to_owned(), 3));
+                }
+            }
+            t.row(row);
+        }
+        Some(t)
     }
 
     /// The targets of issue #8 that this run's cases and systems can judge.
@@ -1257,8 +1508,14 @@ impl Written<'_> {
             (System::WharfAlways, System::NatsStrict),
             (System::WharfInterval, System::Nats),
         ] {
+            // Only runs that kept the rate are judged.
             let p99 = |s| {
                 self.summary("latency-10k", s)
+                    .filter(|x| {
+                        !x.caveats
+                            .iter()
+                            .any(|c| c.starts_with("rate not sustained"))
+                    })
                     .and_then(|x| x.latency)
                     .map(|l| l[2])
             };
@@ -1268,9 +1525,9 @@ impl Written<'_> {
                     text: format!(
                         "latency-10k p99: {} {} vs {} {} (target: no worse)",
                         w.label(),
-                        report::human_ns(a),
+                        latency_cell(a),
                         peer.label(),
-                        report::human_ns(b)
+                        latency_cell(b)
                     ),
                 });
             }
@@ -1282,31 +1539,41 @@ impl Written<'_> {
     fn charts(&self, out: &Path) -> Result<Vec<(String, String)>> {
         let labels = self.labels();
         let mut made = Vec::new();
-        for (group, file, title, y) in [
-            (
-                Group::Publish,
-                "publish.png",
-                "Publish throughput",
-                "messages/s acknowledged",
-            ),
-            (
-                Group::Drain,
-                "drain.png",
-                "Drain and queue receive + ack",
-                "messages/s",
-            ),
-            (
-                Group::Fanout,
-                "fanout.png",
-                "Fan-out",
-                "deliveries/s, all subscriptions",
-            ),
-        ] {
-            let groups: Vec<chart::BarGroup> = self
-                .cases
+        // One chart per publish size (their rates differ by an order of magnitude), one for
+        // drain and queue, one for the fan-outs.
+        let of = |g: Group| -> Vec<usize> {
+            (0..self.cases.len())
+                .filter(|&i| self.cases[i].group == g)
+                .collect()
+        };
+        let mut specs: Vec<(String, String, &str, Vec<usize>)> = of(Group::Publish)
+            .into_iter()
+            .map(|i| {
+                let c = &self.cases[i];
+                (
+                    format!("{}.png", c.id),
+                    format!("Publish throughput, {}", size_label(c.size)),
+                    "messages/s acknowledged",
+                    vec![i],
+                )
+            })
+            .collect();
+        specs.push((
+            "drain.png".into(),
+            "Drain and queue receive + ack".into(),
+            "messages/s",
+            of(Group::Drain),
+        ));
+        specs.push((
+            "fanout.png".into(),
+            "Fan-out".into(),
+            "deliveries/s, all subscriptions",
+            of(Group::Fanout),
+        ));
+        for (file, title, y, indices) in specs {
+            let groups: Vec<chart::BarGroup> = indices
                 .iter()
-                .enumerate()
-                .filter(|(_, c)| c.group == group)
+                .map(|&ci| (ci, &self.cases[ci]))
                 .map(|(ci, c)| chart::BarGroup {
                     label: c.title.clone(),
                     bars: self
@@ -1327,10 +1594,10 @@ impl Written<'_> {
             if groups.is_empty() {
                 continue;
             }
-            let path = out.join(file);
-            chart::bars(&path, title, y, &labels, &groups, CHART_SIZE)
+            let path = out.join(&file);
+            chart::bars(&path, &title, y, &labels, &groups, CHART_SIZE)
                 .map_err(|e| BenchError(format!("chart {}: {e}", path.display())))?;
-            made.push((file.to_owned(), title.to_owned()));
+            made.push((file, title));
         }
         for (ci, c) in self.cases.iter().enumerate() {
             if c.group != Group::Latency {
@@ -1343,13 +1610,12 @@ impl Written<'_> {
                     let l = self.summaries.get(&(ci, s))?.latency?;
                     Some(chart::Curve {
                         system: s.label().to_owned(),
-                        points: vec![
-                            (50.0, l[0]),
-                            (90.0, l[1]),
-                            (99.0, l[2]),
-                            (99.9, l[3]),
-                            (100.0, l[4]),
-                        ],
+                        // Undelivered messages have no latency to draw: the curve stops.
+                        points: [50.0, 90.0, 99.0, 99.9, 100.0]
+                            .into_iter()
+                            .zip(l)
+                            .filter(|(_, ns)| *ns != UNDELIVERED)
+                            .collect(),
                     })
                 })
                 .collect();
@@ -1475,6 +1741,25 @@ impl Written<'_> {
                 "warmup_s": c.warmup.as_secs_f64(),
             })).collect::<Vec<_>>(),
             "summaries": summaries,
+            "chain": self.chain.iter().map(|(scenario, style, r)| match r {
+                Ok(o) => json!({
+                    "scenario": scenario.as_str(),
+                    "style": style.as_str(),
+                    "sent": o.sent,
+                    "caller_ok": o.caller_ok,
+                    "caller_errors": o.caller_errors,
+                    "caller_p50_ns": quantile(&o.caller_latency, 0.5),
+                    "caller_p99_ns": quantile(&o.caller_latency, 0.99),
+                    "done": o.done,
+                    "done_p50_ns": quantile(&o.end_to_end, 0.5),
+                    "done_p99_ns": quantile(&o.end_to_end, 0.99),
+                }),
+                Err(e) => json!({
+                    "scenario": scenario.as_str(),
+                    "style": style.as_str(),
+                    "error": e,
+                }),
+            }).collect::<Vec<_>>(),
             "targets": self.targets().iter().map(|t| json!({
                 "pass": t.pass, "text": t.text
             })).collect::<Vec<_>>(),

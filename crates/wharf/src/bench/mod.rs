@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::cli::CliError;
 
 mod amqp;
+mod chain;
 mod chart;
 mod compare;
 mod driver;

@@ -272,8 +272,9 @@ impl Driver for Nats {
         format!(
             "NATS JetStream {} directly (no Wharf): async-nats 0.51, {} connection{} to {}; \
              topic = a file-storage stream (R1; --partitions N = N subjects of one stream); \
-             --durability ignored (NATS 2.9 has no per-stream fsync: acks once written, syncs \
-             on the server's timer); publish = js.publish of each message pipelined, every ack \
+             --durability ignored (no per-stream fsync setting: the server's sync_interval \
+             decides; by default acks once written and syncs on a timer, with \
+             `sync_interval: always` (2.10+) fsyncs before the ack); publish = js.publish of each message pipelined, every ack \
              awaited; subscribe = durable pull consumer, ack_policy none, 2 pulls of --batch \
              outstanding; queue = work-queue stream + durable pull consumer, explicit +ACK per \
              message, confirmed",

@@ -5,8 +5,9 @@
 //!
 //! - **topic** = one stream key `bench.{topic}`. `--partitions N` gives N stream keys
 //!   `bench.{topic}.{p}`, and each publisher spreads its messages over them round-robin, as
-//!   Wharf does without keys. Nothing has to exist before the first `XADD` (it creates the key):
-//!   creating a topic checks that its keys are unused or streams already (`TYPE`) and remembers
+//!   Wharf does without keys. `create_topic` makes the empty streams, and publishes use
+//!   `XADD … NOMKSTREAM`, so a publish after the topic was deleted fails rather than making
+//!   the key again. Creating a topic checks that its keys are unused or streams already (`TYPE`) and remembers
 //!   them, so that deleting the topic can `DEL` every one. Streams are not trimmed (no `MAXLEN`):
 //!   every message stays in the server's memory until the topic is deleted.
 //! - **durability**: a server setting in Redis, not a stream's. `appendonly no`: a reply once
@@ -71,6 +72,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The consumer group of a queue.
 const QUEUE_GROUP: &str = "q";
+/// A consumer group that exists only while [`Redis::create_keys`] makes an empty stream.
+const CREATE_GROUP: &str = "wharf-bench-create";
 /// The field of a stream entry that holds the message's value.
 const VALUE_FIELD: &[u8] = b"v";
 /// What the field of a header starts with (`h:{name}`).
@@ -553,6 +556,33 @@ impl Redis {
                 )));
             }
         }
+        // The streams exist from here on (an empty stream is made by a group created with
+        // MKSTREAM, then dropped), and publishes use NOMKSTREAM: a publish that outlives
+        // the topic's deletion (a cancelled run) fails instead of leaving a key behind.
+        let mut pipe = ::redis::pipe();
+        for (k, t) in keys.iter().zip(&types) {
+            if text_of(t).is_some_and(|t| t == b"none") {
+                pipe.cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(k.as_str())
+                    .arg(CREATE_GROUP)
+                    .arg("$")
+                    .arg("MKSTREAM")
+                    .ignore();
+                pipe.cmd("XGROUP")
+                    .arg("DESTROY")
+                    .arg(k.as_str())
+                    .arg(CREATE_GROUP)
+                    .ignore();
+            }
+        }
+        let what = format!("creating the streams {}", listed(&keys));
+        timed(
+            ANSWER_TIMEOUT,
+            &what,
+            pipe.query_async::<()>(&mut self.pick()?),
+        )
+        .await?;
         self.made()?.insert(name.to_owned(), keys.clone());
         Ok(keys)
     }
@@ -763,6 +793,7 @@ impl Publisher for RedisPublisher {
                 let key = &self.keys[(start + i) % self.keys.len()];
                 pipe.cmd("XADD")
                     .arg(key.as_str())
+                    .arg("NOMKSTREAM")
                     .arg("*")
                     .arg(VALUE_FIELD)
                     .arg(v.as_ref());
