@@ -824,13 +824,16 @@ pub(crate) fn read_limited(
 ) -> wharf_log::Result<Vec<wharf_log::Record>> {
     let mut out = Vec::new();
     let mut used = 0usize;
+    let corrupt = |source| wharf_log::Error::Corrupt {
+        path: log.dir().to_path_buf(),
+        position: 0,
+        source,
+    };
     for batch in log.read(from, max_bytes.max(1))? {
-        for record in batch.records() {
-            let record = record.map_err(|source| wharf_log::Error::Corrupt {
-                path: log.dir().to_path_buf(),
-                position: 0,
-                source,
-            })?;
+        let mut records = batch.records();
+        records.skip_to(from).map_err(corrupt)?;
+        for record in records {
+            let record = record.map_err(corrupt)?;
             if record.offset < from {
                 continue;
             }
@@ -841,6 +844,42 @@ pub(crate) fn read_limited(
             used += size;
             out.push(record);
         }
+    }
+    Ok(out)
+}
+
+/// Up to `max_messages` records from offset `from`: from `cached` when one of its batches
+/// holds `from` (what a previous call read), else from the log (up to 256 KiB of batches,
+/// kept in `cached`). Returns fewer records than asked at the end of a batch; the caller
+/// asks again.
+pub(crate) fn read_cached(
+    log: &Log,
+    cached: &mut Vec<wharf_log::Batch>,
+    from: u64,
+    max_messages: usize,
+) -> wharf_log::Result<Vec<wharf_log::Record>> {
+    let corrupt = |source| wharf_log::Error::Corrupt {
+        path: log.dir().to_path_buf(),
+        position: 0,
+        source,
+    };
+    let holds = |b: &wharf_log::Batch| b.base_offset() <= from && from < b.next_offset();
+    if !cached.iter().any(holds) {
+        *cached = log.read(from, 256 * 1024)?;
+    }
+    let Some(batch) = cached.iter().find(|b| holds(b)) else {
+        // `from` is in none of the batches read (a gap in the log): the general path.
+        cached.clear();
+        return read_limited(log, from, max_messages, 256 * 1024);
+    };
+    let mut records = batch.records();
+    records.skip_to(from).map_err(corrupt)?;
+    let mut out = Vec::with_capacity(max_messages.min(1024));
+    for record in records {
+        if out.len() >= max_messages {
+            break;
+        }
+        out.push(record.map_err(corrupt)?);
     }
     Ok(out)
 }

@@ -126,6 +126,9 @@ struct Queue {
     /// Delayed records taken out of a full window; reloaded from the log when due.
     parked: BTreeMap<u64, Parked>,
     persisted: BTreeMap<u64, Persisted>,
+    /// The batch the last refill read from the log: the next refill usually continues in it
+    /// (a publish batch can hold thousands of records), so it is not read and checked again.
+    cached: Vec<wharf_log::Batch>,
 }
 
 struct State {
@@ -133,6 +136,9 @@ struct State {
     redrive_cursor: u64,
     records_since_snapshot: u64,
     rng: u64,
+    /// No lease expires before this (ms): `expire_leases` skips its scan of the windows
+    /// until then. Lowered by every new or shortened lease; `i64::MIN` = unknown.
+    lease_check_at: i64,
 }
 
 /// A record to move to the dead-letter topic.
@@ -157,6 +163,8 @@ pub(crate) struct SharedSub {
     changed: Notify,
     /// Part of every ack_id: ack_ids from before a restart are stale.
     incarnation: u64,
+    /// `{incarnation:x}.`, the start of every ack id.
+    ack_prefix: String,
     /// One redrive at a time (two would copy the same dead letters twice).
     redriving: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
@@ -344,6 +352,7 @@ impl SharedSub {
                 end: start,
                 window: BTreeMap::new(),
                 persisted: p,
+                cached: Vec::new(),
             });
         }
         let incarnation = super::nonce();
@@ -359,10 +368,12 @@ impl SharedSub {
                 redrive_cursor,
                 records_since_snapshot,
                 rng: incarnation | 1,
+                lease_check_at: i64::MIN,
             }),
             changed: Notify::new(),
             redriving: tokio::sync::Mutex::new(()),
             incarnation: incarnation & 0xffff_ffff,
+            ack_prefix: format!("{:x}.", incarnation & 0xffff_ffff),
             clock: engine.clock.clone(),
         };
         if init || !seen_snapshot {
@@ -579,7 +590,7 @@ impl SharedSub {
                 {
                     break;
                 }
-                let records = match super::read_limited(log, queue.end, room, 256 * 1024) {
+                let records = match super::read_cached(log, &mut queue.cached, queue.end, room) {
                     Ok(r) => r,
                     Err(wharf_log::Error::OffsetOutOfRange { start, .. }) => {
                         queue.end = start;
@@ -653,27 +664,41 @@ impl SharedSub {
     }
 
     fn expire_leases(&self, st: &mut State, now: i64, dead: &mut Vec<DeadLetter>) {
+        if now < st.lease_check_at {
+            return;
+        }
+        let mut next = i64::MAX;
         for q in 0..st.queues.len() {
-            let expired: Vec<(u64, i64)> = st.queues[q]
-                .window
-                .iter()
-                .filter_map(|(o, r)| match &r.state {
-                    RecState::Acquired { deadline, .. } if *deadline <= now => {
-                        Some((*o, *deadline))
+            let mut expired: Vec<(u64, i64)> = Vec::new();
+            for (o, r) in &st.queues[q].window {
+                if let RecState::Acquired { deadline, .. } = &r.state {
+                    if *deadline <= now {
+                        expired.push((*o, *deadline));
+                    } else {
+                        next = next.min(*deadline);
                     }
-                    _ => None,
-                })
-                .collect();
+                }
+            }
             for (o, deadline) in expired {
                 // The backoff counts from the deadline, not from when the expiry is noticed.
                 // Not persisted: after a restart the record is available at once anyway.
                 let _ = self.fail(st, (q, o), None, "lease_expired", deadline, dead);
             }
         }
+        st.lease_check_at = next;
     }
 
+    /// `{incarnation:x}.{q}.{offset}.{deliveries}` (one per delivery: written without the
+    /// formatting machinery).
     fn ack_id(&self, q: usize, offset: u64, deliveries: u32) -> String {
-        format!("{:x}.{q}.{offset}.{deliveries}", self.incarnation)
+        let mut s = String::with_capacity(self.ack_prefix.len() + 32);
+        s.push_str(&self.ack_prefix);
+        push_decimal(&mut s, q as u64);
+        s.push('.');
+        push_decimal(&mut s, offset);
+        s.push('.');
+        push_decimal(&mut s, u64::from(deliveries));
+        s
     }
 
     fn parse_ack_id(&self, id: &str) -> std::result::Result<(usize, u64, u32), BrokerError> {
@@ -853,6 +878,7 @@ impl SharedSub {
                 let mut out = Vec::new();
                 let mut records = Vec::new();
                 let mut wake_at: Option<i64> = None;
+                let mut earliest_lease = i64::MAX;
                 // The retry log (redriven messages, older than anything still in the
                 // partitions) is read first; per-key order holds across all queues.
                 let n = st.queues.len();
@@ -885,8 +911,13 @@ impl SharedSub {
                     let parked_keys: Vec<Bytes> =
                         parked_first.keys().map(|k| (*k).clone()).collect();
                     for (o, rec) in queue.window.iter_mut() {
-                        let key = rec.msg.key.clone();
-                        let ordered = self.config.ordered_by_key && key.is_some();
+                        if !out.is_empty() && out.len() >= room {
+                            // Nothing more will be taken, and something was: this receive
+                            // returns now (the wake-up time only matters when nothing was).
+                            break;
+                        }
+                        let ordered = self.config.ordered_by_key && rec.msg.key.is_some();
+                        let key = if ordered { rec.msg.key.clone() } else { None };
                         if ordered
                             && key.as_ref().is_some_and(|k| {
                                 blocked.contains(k) || parked_first.get(k).is_some_and(|p| *p < *o)
@@ -898,6 +929,7 @@ impl SharedSub {
                             RecState::Available { at } if *at <= now && out.len() < room => {
                                 rec.deliveries += 1;
                                 let lease_deadline = now + lease_ms as i64;
+                                earliest_lease = earliest_lease.min(lease_deadline);
                                 rec.state = RecState::Acquired {
                                     member: member.clone(),
                                     deadline: lease_deadline,
@@ -936,6 +968,7 @@ impl SharedSub {
                         });
                     }
                 }
+                st.lease_check_at = st.lease_check_at.min(earliest_lease);
                 // Parked records coming due wake a waiting receive too.
                 for queue in &st.queues {
                     if let Some(at) = queue.parked.values().map(|p| p.at).min() {
@@ -1075,6 +1108,9 @@ impl SharedSub {
                 &mut st.queues[q].window.get_mut(&offset)?.state
             {
                 *deadline = now + lease_ms as i64;
+                // A shorter lease may expire before any other.
+                let at = *deadline;
+                st.lease_check_at = st.lease_check_at.min(at);
             }
             None
         })
@@ -1222,6 +1258,37 @@ impl SharedSub {
             in_flight,
             delayed,
             dead_lettered,
+        }
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_decimal;
+
+    #[test]
+    fn decimals_are_written_like_display() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
         }
     }
 }

@@ -841,6 +841,15 @@ async fn run_case(
         // Percentiles over every message sent, the undelivered ones as the slowest: a
         // system that loses or stalls part of its messages must not look fast.
         let mut l = o.latencies.clone();
+        // Delivered, but far behind the schedule: the rate was not kept.
+        let delivered_rate = o.msgs as f64 / secs;
+        if (l.len() as u64) >= expected && delivered_rate < case.rate as f64 * 0.9 {
+            caveats.push(format!(
+                "fell behind: {} msg/s delivered of {} asked (latencies grow with the backlog)",
+                short(delivered_rate),
+                short(case.rate as f64)
+            ));
+        }
         if (l.len() as u64) < expected {
             caveats.push(format!(
                 "rate not sustained: {} of {expected} messages delivered",
@@ -946,9 +955,9 @@ fn summarize(runs: &[std::result::Result<Measured, String>]) -> Summary {
 fn short(x: f64) -> String {
     if !x.is_finite() {
         "-".into()
-    } else if x >= 1e6 {
+    } else if x >= 999_500.0 {
         format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
+    } else if x >= 999.5 {
         format!("{:.1}k", x / 1e3)
     } else {
         format!("{x:.0}")
@@ -1820,6 +1829,8 @@ mod tests {
         assert_eq!(quantile(&xs, 1.0), 1000);
         assert_eq!(quantile(&[], 0.5), 0);
         assert_eq!(short(1_234.0), "1.2k");
+        assert_eq!(short(999.7), "1.0k");
+        assert_eq!(short(999.2), "999");
         assert_eq!(short(2_500_000.0), "2.50M");
         assert_eq!(short(f64::NAN), "-");
     }
