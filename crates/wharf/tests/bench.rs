@@ -7,7 +7,7 @@ mod common;
 
 use serde_json::Value;
 
-use common::{Server, run_to_end, wharf};
+use common::{Server, amqp_queues_left, run_to_end, wharf};
 
 const WORKLOADS: [&str; 5] = ["publish", "consume", "queue", "latency", "fanout"];
 /// Subscriptions of the fanout workload: every one gets every message.
@@ -194,53 +194,6 @@ fn every_workload_against_nats_jetstream() {
 fn amqp_url() -> String {
     std::env::var("WHARF_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-/// Which of `queues` RabbitMQ at `url` still has (a passive declare of each).
-fn amqp_queues_left(url: &str, queues: &[String]) -> Vec<String> {
-    use lapin::options::QueueDeclareOptions;
-    use lapin::types::FieldTable;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let limit = std::time::Duration::from_secs(30);
-        let conn = tokio::time::timeout(
-            limit,
-            lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
-        )
-        .await
-        .expect("connecting in time")
-        .expect("connect to RabbitMQ");
-        let mut left = Vec::new();
-        for q in queues {
-            // A channel each: a passive declare of a missing queue closes the channel.
-            let ch = tokio::time::timeout(limit, conn.create_channel())
-                .await
-                .expect("a channel in time")
-                .expect("channel");
-            let r = tokio::time::timeout(
-                limit,
-                ch.queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )
-            .await
-            .expect("an answer in time");
-            match r {
-                Ok(_) => left.push(q.clone()),
-                Err(e) => assert!(e.to_string().contains("NOT_FOUND"), "{q}: {e}"),
-            }
-        }
-        let _ = conn.close(200, "done".into()).await;
-        left
-    })
 }
 
 /// The queues the amqp driver declares for the run summarised in `v`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{run_to_end_within, wharf};
+use common::{amqp_queues_left, run_to_end_within, wharf};
 
 /// The whole tiny suite on eight systems, debug build, loaded machine.
 const LIMIT: Duration = Duration::from_secs(900);
@@ -98,7 +98,7 @@ fn tiny_comparison_of_every_system() {
         let label = s["label"].as_str().expect("label");
         assert!(md.contains(label), "{label} missing from the report:\n{md}");
     }
-    for chart in ["publish.png", "drain.png", "fanout.png"] {
+    for chart in ["publish-100.png", "drain.png", "fanout.png"] {
         assert!(is_png(&out.path().join(chart)), "{chart}");
         assert!(
             md.contains(&format!("]({chart})")),
@@ -113,6 +113,59 @@ fn tiny_comparison_of_every_system() {
             .expect("latency case")
     );
     assert!(is_png(&out.path().join(&latency_chart)), "{latency_chart}");
+    // The strict peers are what the report says they are.
+    for s in v["systems"].as_array().expect("systems") {
+        let describe = s["describe"].as_str().unwrap_or_default();
+        match s["id"].as_str() {
+            Some("redis-strict") => assert!(describe.contains("appendfsync always"), "{s}"),
+            Some("wharf-always") => assert_eq!(s["fsync_before_ack"], true, "{s}"),
+            Some("wharf-interval") => assert_eq!(s["fsync_before_ack"], false, "{s}"),
+            _ => {}
+        }
+    }
+    // Nothing is left on the shared servers: every run's RabbitMQ queues and Redis keys
+    // were deleted.
+    let subscriptions = |case: &str| {
+        v["cases"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["id"] == case))
+            .and_then(|c| c["subscriptions"].as_u64())
+            .unwrap_or(1)
+    };
+    let (mut queues, mut keys) = (Vec::new(), Vec::new());
+    for r in v["runs"].as_array().expect("runs") {
+        let topic = r["topic"].as_str().expect("topic");
+        let case = r["case"].as_str().expect("case");
+        match r["system"].as_str() {
+            Some("rabbitmq-classic" | "rabbitmq-quorum") => {
+                queues.push(format!("bench.{topic}"));
+                if case.starts_with("fanout") {
+                    // The first subscription takes the topic's queue; the others have their own.
+                    for i in 1..subscriptions(case) {
+                        queues.push(format!("bench.{topic}.bench-{i}"));
+                    }
+                }
+            }
+            Some("redis") => keys.push(format!("bench.{topic}")),
+            _ => {}
+        }
+    }
+    if !queues.is_empty() {
+        let url = std::env::var("WHARF_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        assert_eq!(amqp_queues_left(&url, &queues), Vec::<String>::new());
+    }
+    if !keys.is_empty() {
+        let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(10))
+            .expect("connect to Redis");
+        let left: usize = redis::cmd("EXISTS")
+            .arg(&keys)
+            .query(&mut con)
+            .expect("EXISTS");
+        assert_eq!(left, 0, "Redis keys left behind among {keys:?}");
+    }
     // The started servers are gone with the command: their data directories too.
     let left: Vec<_> = std::fs::read_dir(data.path())
         .expect("data dir")

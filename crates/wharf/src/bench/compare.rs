@@ -951,6 +951,30 @@ fn summarize(runs: &[std::result::Result<Measured, String>]) -> Summary {
     }
 }
 
+/// Notes of several repeats in one cell: the same kind of note (the text before its first
+/// `:`) once, with the first repeat's detail and how many repeats had it.
+fn collapse(notes: &[String], runs: usize) -> String {
+    let mut kinds: Vec<(&str, &str, usize)> = Vec::new();
+    for n in notes {
+        let kind = n.split(':').next().unwrap_or(n);
+        match kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some(entry) => entry.2 += 1,
+            None => kinds.push((kind, n, 1)),
+        }
+    }
+    kinds
+        .iter()
+        .map(|(_, first, count)| {
+            if runs > 1 {
+                format!("{first} ({count} of {runs} runs)")
+            } else {
+                (*first).to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `12.3k`, `1.2M`: a rate for a table cell.
 fn short(x: f64) -> String {
     if !x.is_finite() {
@@ -1341,8 +1365,7 @@ impl Written<'_> {
                 let mut notes: Vec<String> =
                     sum.errors.iter().map(|e| format!("error: {e}")).collect();
                 notes.extend(sum.caveats.iter().cloned());
-                notes.dedup();
-                let notes = notes.join("; ");
+                let notes = collapse(&notes, sum.runs + sum.errors.len());
                 if sum.runs == 0 {
                     let mut row = vec![s.label().to_owned(), class.to_owned()];
                     row.extend(std::iter::repeat_n("-".to_owned(), head.len() - 3));
@@ -1356,7 +1379,8 @@ impl Written<'_> {
                     String::new()
                 };
                 if latency {
-                    let l = sum.latency.unwrap_or_default();
+                    // No run delivered anything: every percentile is "not delivered".
+                    let l = sum.latency.unwrap_or([UNDELIVERED; 5]);
                     let mut row = vec![s.label().to_owned(), class.to_owned()];
                     row.extend(l.iter().map(|ns| latency_cell(*ns)));
                     row.push(format!("{}{spread}", short(sum.msgs_per_s)));
@@ -1517,29 +1541,49 @@ impl Written<'_> {
             (System::WharfAlways, System::NatsStrict),
             (System::WharfInterval, System::Nats),
         ] {
-            // Only runs that kept the rate are judged.
-            let p99 = |s| {
-                self.summary("latency-10k", s)
-                    .filter(|x| {
-                        !x.caveats
-                            .iter()
-                            .any(|c| c.starts_with("rate not sustained"))
-                    })
-                    .and_then(|x| x.latency)
-                    .map(|l| l[2])
+            // A run that did not deliver everything has no p99 to compare: if only the peer
+            // could not keep the rate, Wharf is no worse; if Wharf could not, it misses.
+            let judged = |s: System| {
+                self.summary("latency-10k", s).map(|x| {
+                    let kept = !x
+                        .caveats
+                        .iter()
+                        .any(|c| c.starts_with("rate not sustained"));
+                    (kept, x.latency.map(|l| l[2]))
+                })
             };
-            if let (Some(a), Some(b)) = (p99(w), p99(peer)) {
-                out.push(Target {
-                    pass: a <= b,
-                    text: format!(
-                        "latency-10k p99: {} {} vs {} {} (target: no worse)",
+            let (Some((w_kept, w_p99)), Some((p_kept, p_p99))) = (judged(w), judged(peer)) else {
+                continue;
+            };
+            let (pass, detail) = match (w_kept, p_kept, w_p99, p_p99) {
+                (true, true, Some(a), Some(b)) => (
+                    a <= b,
+                    format!(
+                        "{} {} vs {} {}",
                         w.label(),
                         latency_cell(a),
                         peer.label(),
                         latency_cell(b)
                     ),
-                });
-            }
+                ),
+                (true, false, Some(a), _) => (
+                    true,
+                    format!(
+                        "{} {} vs {}: did not deliver every message at 10k msg/s",
+                        w.label(),
+                        latency_cell(a),
+                        peer.label()
+                    ),
+                ),
+                _ => (
+                    false,
+                    format!("{} did not deliver every message at 10k msg/s", w.label()),
+                ),
+            };
+            out.push(Target {
+                pass,
+                text: format!("latency-10k p99: {detail} (target: no worse)"),
+            });
         }
         out
     }
@@ -1833,6 +1877,16 @@ mod tests {
         assert_eq!(short(999.2), "999");
         assert_eq!(short(2_500_000.0), "2.50M");
         assert_eq!(short(f64::NAN), "-");
+        let notes = [
+            "rate not sustained: 1 of 9".to_owned(),
+            "rate not sustained: 2 of 9".to_owned(),
+            "fell behind: x".to_owned(),
+        ];
+        assert_eq!(
+            collapse(&notes, 3),
+            "rate not sustained: 1 of 9 (2 of 3 runs); fell behind: x (1 of 3 runs)"
+        );
+        assert_eq!(collapse(&notes[2..], 1), "fell behind: x");
     }
 
     #[test]

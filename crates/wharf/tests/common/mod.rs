@@ -224,3 +224,50 @@ pub fn client() -> wharf_test::reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Which of `queues` RabbitMQ at `url` still has (a passive declare of each).
+pub fn amqp_queues_left(url: &str, queues: &[String]) -> Vec<String> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let limit = std::time::Duration::from_secs(30);
+        let conn = tokio::time::timeout(
+            limit,
+            lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
+        )
+        .await
+        .expect("connecting in time")
+        .expect("connect to RabbitMQ");
+        let mut left = Vec::new();
+        for q in queues {
+            // A channel each: a passive declare of a missing queue closes the channel.
+            let ch = tokio::time::timeout(limit, conn.create_channel())
+                .await
+                .expect("a channel in time")
+                .expect("channel");
+            let r = tokio::time::timeout(
+                limit,
+                ch.queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .expect("an answer in time");
+            match r {
+                Ok(_) => left.push(q.clone()),
+                Err(e) => assert!(e.to_string().contains("NOT_FOUND"), "{q}: {e}"),
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        left
+    })
+}
