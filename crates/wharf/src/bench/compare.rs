@@ -991,6 +991,8 @@ fn short(x: f64) -> String {
 /// Runs `wharf bench compare`.
 pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
     let started_at = Instant::now();
+    let started_utc = wharf_benchkit::utc_now();
+    let load_at_start = wharf_benchkit::loadavg();
     let mode = if a.tiny {
         Mode::Tiny
     } else if a.quick {
@@ -1191,6 +1193,8 @@ pub(crate) async fn compare(a: CompareArgs, command: String) -> Result<()> {
         base: &base,
         chain: &chained,
         chain_settings: chain_settings(mode),
+        started_utc,
+        load_at_start,
     };
     let charts = ctx.charts(&a.out)?;
     let md = ctx.markdown(&charts);
@@ -1243,6 +1247,8 @@ struct Written<'a> {
     base: &'a Path,
     chain: &'a [(Scenario, Style, std::result::Result<ChainOutcome, String>)],
     chain_settings: chain::Settings,
+    started_utc: String,
+    load_at_start: String,
 }
 
 impl Written<'_> {
@@ -1292,6 +1298,26 @@ impl Written<'_> {
             lines.push(format!("{} ({}): SKIPPED — {why}", s.label(), s.id()));
         }
         let mut h = wharf_benchkit::run_header(self.command, Path::new("."), self.base, lines);
+        // The header is written at the end: its date and first load average are the start's.
+        for line in &mut h {
+            if let Some(rest) = line.strip_prefix("date: ") {
+                let commit = rest
+                    .split_once(", commit")
+                    .map(|(_, c)| c)
+                    .unwrap_or_default();
+                *line = format!(
+                    "date: {} (start){}",
+                    self.started_utc,
+                    if commit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", commit{commit}")
+                    }
+                );
+            } else if line.starts_with("load average at start: ") {
+                *line = format!("load average at start: {}", self.load_at_start);
+            }
+        }
         h.extend(wharf_benchkit::end_lines(self.started_at));
         h
     }
