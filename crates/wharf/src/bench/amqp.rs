@@ -1,8 +1,8 @@
 //! [`Amqp`]: RabbitMQ itself, without Wharf (`--target amqp://[USER:PASS@]HOST[:PORT][/VHOST]`,
 //! e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`), over AMQP 0-9-1 with the `lapin` client —
 //! the baseline Wharf-on-RabbitMQ (`wharf serve --engine rabbitmq`) is judged against. It maps
-//! RabbitMQ one of three ways ([`QueueType`], given to [`Amqp::connect_with`]; [`Amqp::connect`]
-//! is [`QueueType::Stream`]), each said in [`Driver::describe`]. [`QueueType::Stream`]:
+//! RabbitMQ one of three ways ([`QueueType`], given to [`Amqp::connect_with`]; `--amqp-queues`
+//! defaults to [`QueueType::Stream`]), each said in [`Driver::describe`]. [`QueueType::Stream`]:
 //!
 //! - **topic** = one durable stream queue (`x-queue-type: stream`) named `bench.{topic}`.
 //!   `--partitions N` gives N stream queues `bench.{topic}.{p}`, and each publisher spreads its
