@@ -2845,6 +2845,65 @@ async fn process_streams_deliveries_and_settles_within_max_in_flight() {
     s.stop().await;
 }
 
+/// Settles sent back to back, without waiting for answers, then the request half closed:
+/// every settle takes effect and is answered, in the order sent, before the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_answers_pipelined_settles_in_order_before_the_stream_ends() {
+    let s = TestServer::start().await;
+    let mut api = api(&s).await;
+    create_topic(&mut api, "pp", None).await;
+    ok(api
+        .subs
+        .create_subscription(shared_sub("pp", "w", no_backoff()))
+        .await);
+    publish(
+        &mut api,
+        "pp",
+        (0..4).map(|i| msg(&format!("p{i}"))).collect(),
+    )
+    .await;
+    let mut p = Processor::open(&mut api, start("pp", "w", 4, None), 4).await;
+    p.until_unsettled(4).await;
+    let mut ds: Vec<Delivery> = p.unsettled.values().cloned().collect();
+    ds.sort_by_key(|d| d.message.as_ref().map(|m| m.offset));
+    let id = |i: usize| ds[i].ack_id.as_str();
+    let sent = [
+        (SettleAction::Ack, vec![id(0)]),
+        (SettleAction::Extend, vec![id(1)]),
+        (SettleAction::Terminate, vec![id(2)]),
+        (SettleAction::Ack, vec![id(1), id(3)]),
+    ];
+    for (action, ids) in &sent {
+        p.tx.send(settle(*action, ids))
+            .await
+            .expect("the stream is open");
+    }
+    let Processor { tx, mut rx, .. } = p;
+    drop(tx);
+    let mut answers = Vec::new();
+    loop {
+        match within("the answers, then the end", rx.message()).await {
+            Ok(Some(ProcessResponse {
+                response: Some(process_response::Response::Settled(r)),
+            })) => answers.push(r),
+            Ok(Some(other)) => panic!("only settle answers were due, got {other:?}"),
+            Ok(None) => break,
+            Err(e) => panic!("the stream failed: {e:?}"),
+        }
+    }
+    assert_eq!(answers.len(), sent.len(), "{answers:?}");
+    for (r, (action, ids)) in answers.iter().zip(&sent) {
+        assert_eq!(r.action, *action as i32, "{answers:?}");
+        let want: Vec<(&str, Option<&str>)> = ids.iter().map(|i| (*i, None)).collect();
+        assert_eq!(outcomes(&r.outcomes), want);
+    }
+    let d = get_sub(&mut api, "pp", "w").await;
+    assert_eq!(d.in_flight, 0);
+    assert_eq!(committed(&d), [(4, 0)]);
+    assert_eq!(d.dead_lettered, 1);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_deliveries_left_unsettled_come_back_after_their_lease() {
     let s = TestServer::start().await;

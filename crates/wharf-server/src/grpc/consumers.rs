@@ -4,8 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -613,9 +616,25 @@ struct ProcessTask {
 
 type Receiving = Pin<Box<dyn Future<Output = Result<Vec<Delivery>, BrokerError>> + Send>>;
 
+/// A settle in progress: its answer, and the lease an `extend` asked for.
+type Settling = Pin<Box<dyn Future<Output = (v1::Settled, Option<u64>)> + Send>>;
+
+/// Most settles one `Process` stream has in progress at once; while that many are, the
+/// stream reads no more requests (backpressure on the client).
+const MAX_SETTLING: usize = 16;
+
+/// How long the end of a `Process` stream waits to hand each last answer to the client.
+const LAST_ANSWER: Duration = Duration::from_secs(5);
+
 /// One `Process` stream: receives while fewer than `max_in_flight` deliveries are unsettled,
 /// settles what the client sends (answering in order), and when the stream ends gives back
 /// what was left unsettled (nack without delay) so another member gets it at once.
+///
+/// Settles run concurrently with the receive they make room for: an acked, nacked or
+/// terminated delivery frees its slot when the request arrives, and the settle is polled
+/// before the receive, so the broker sees the slot free and the next receive's lease record
+/// joins the settle's record in one group commit instead of waiting for its fsync. Answers
+/// to settles still go out in the order the settles came.
 async fn process_loop(
     c: Ctx,
     t: ProcessTask,
@@ -623,11 +642,16 @@ async fn process_loop(
     tx: mpsc::Sender<Result<v1::ProcessResponse, Status>>,
 ) {
     let s = c.s.clone();
+    let (c, t) = (Arc::new(c), Arc::new(t));
     // Unsettled deliveries and their lease deadlines (ms since the Unix epoch). A delivery
     // whose lease ended is no longer the client's (the broker delivers it again), so it frees
     // its slot even if the client never settles it.
     let mut unsettled: HashMap<String, i64> = HashMap::new();
     let mut receiving: Option<Receiving> = None;
+    let mut settling: FuturesOrdered<Settling> = FuturesOrdered::new();
+    // Why the stream ends, if it is an error the client should see (after the answers to
+    // the settles in progress).
+    let mut end: Option<Status> = None;
     loop {
         let now = now_ms();
         unsettled.retain(|_, deadline| *deadline > now);
@@ -650,6 +674,40 @@ async fn process_loop(
             }));
         }
         tokio::select! {
+            // In this order: settles are polled before the receive (above), and a busy
+            // stream still notices a shutdown.
+            biased;
+            () = s.shutdown.cancelled() => {
+                end = Some(shutting_down());
+                break;
+            }
+            Some((settled, extend_ms)) = settling.next(), if !settling.is_empty() => {
+                if settled.action == v1::SettleAction::Extend as i32 {
+                    for o in &settled.outcomes {
+                        match &o.error {
+                            None => {
+                                let lease = i64::try_from(extend_ms.unwrap_or(0)).unwrap_or(i64::MAX);
+                                if let Some(d) = unsettled.get_mut(&o.ack_id) {
+                                    *d = now_ms().saturating_add(lease);
+                                }
+                            }
+                            // Extending a delivery that is not ours any more (`lease_expired`,
+                            // `bad_ack_id`) frees its slot; a refused extend of bad input does
+                            // not.
+                            Some(code) if code == "invalid_argument" => {}
+                            Some(_) => {
+                                unsettled.remove(&o.ack_id);
+                            }
+                        }
+                    }
+                }
+                let out = v1::ProcessResponse {
+                    response: Some(v1::process_response::Response::Settled(settled)),
+                };
+                if tx.send(Ok(out)).await.is_err() {
+                    break;
+                }
+            }
             // A pending receive is never dropped while the stream lives: what it leases is
             // always handed to the client.
             r = async { match receiving.as_mut() {
@@ -671,89 +729,93 @@ async fn process_loop(
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(status(e.into()))).await;
+                        end = Some(status(e.into()));
                         break;
                     }
                 }
             }
-            m = inbound.message() => {
+            m = inbound.message(), if settling.len() < MAX_SETTLING => {
                 let settle = match m {
                     Ok(Some(v1::ProcessRequest {
                         request: Some(v1::process_request::Request::Settle(settle)),
                     })) => settle,
                     Ok(None) => break,
                     Ok(Some(_)) => {
-                        let e = ApiError::invalid("settle", "only the first message may be `start`");
-                        let _ = tx.send(Err(status(e))).await;
+                        end = Some(status(ApiError::invalid(
+                            "settle",
+                            "only the first message may be `start`",
+                        )));
                         break;
                     }
                     Err(e) => {
                         // A malformed message is the client's error: say so. (A reset stream
                         // has no one left to tell; the send fails quietly.)
-                        let _ = tx.send(Err(status(status_to_api(&e)))).await;
+                        end = Some(status(status_to_api(&e)));
                         break;
                     }
                 };
                 // An unknown action is a broken client: end the stream. Bad values within a
                 // known action are answered per id below, and the stream goes on.
+                let action = v1::SettleAction::try_from(settle.action);
                 if !matches!(
-                    v1::SettleAction::try_from(settle.action),
+                    action,
                     Ok(v1::SettleAction::Ack
                         | v1::SettleAction::Nack
                         | v1::SettleAction::Extend
                         | v1::SettleAction::Terminate)
                 ) {
-                    let e = ApiError::invalid("action", "must be ack, nack, extend or terminate");
-                    let _ = tx.send(Err(status(e))).await;
+                    end = Some(status(ApiError::invalid(
+                        "action",
+                        "must be ack, nack, extend or terminate",
+                    )));
                     break;
                 }
-                let (action, ids, extend_ms) = (settle.action, settle.ack_ids.clone(), settle.lease_ms);
-                let settled = match process_settle(&c, &t, settle).await {
-                    Ok(settled) => settled,
-                    // A settle the broker refused as a whole (bad input: an empty list, a
-                    // lease out of range): every id gets the error, the stream goes on, and
-                    // nothing the client holds is given away.
-                    Err(e) => v1::Settled {
-                        action,
-                        outcomes: ids
-                            .into_iter()
-                            .map(|ack_id| v1::AckOutcome { ack_id, error: Some(e.code.to_owned()) })
-                            .collect(),
-                    },
-                };
-                let extended = settled.action == v1::SettleAction::Extend as i32;
-                for o in &settled.outcomes {
-                    match (extended, &o.error) {
-                        (true, None) => {
-                            let lease = i64::try_from(extend_ms.unwrap_or(0)).unwrap_or(i64::MAX);
-                            if let Some(d) = unsettled.get_mut(&o.ack_id) {
-                                *d = now_ms().saturating_add(lease);
-                            }
-                        }
-                        // Extending a delivery that is not ours any more (`lease_expired`,
-                        // `bad_ack_id`) frees its slot; a refused extend of bad input does not.
-                        (true, Some(code)) if code == "invalid_argument" => {}
-                        _ => {
-                            unsettled.remove(&o.ack_id);
-                        }
+                if action != Ok(v1::SettleAction::Extend) {
+                    // Whatever the outcome (done, not ours any more, refused), these are no
+                    // longer the client's to hold: their slots are free now.
+                    for id in &settle.ack_ids {
+                        unsettled.remove(id);
                     }
                 }
-                let out = v1::ProcessResponse {
-                    response: Some(v1::process_response::Response::Settled(settled)),
-                };
-                if tx.send(Ok(out)).await.is_err() {
-                    break;
-                }
+                let (c, t) = (Arc::clone(&c), Arc::clone(&t));
+                settling.push_back(Box::pin(async move {
+                    let (action, ids, extend_ms) =
+                        (settle.action, settle.ack_ids.clone(), settle.lease_ms);
+                    let settled = match process_settle(&c, &t, settle).await {
+                        Ok(settled) => settled,
+                        // A settle the broker refused as a whole (bad input: an empty list, a
+                        // lease out of range): every id gets the error, the stream goes on,
+                        // and nothing the client holds is given away.
+                        Err(e) => v1::Settled {
+                            action,
+                            outcomes: ids
+                                .into_iter()
+                                .map(|ack_id| v1::AckOutcome {
+                                    ack_id,
+                                    error: Some(e.code.to_owned()),
+                                })
+                                .collect(),
+                        },
+                    };
+                    (settled, extend_ms)
+                }));
             }
             () = async { match next_expiry {
                 Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             } } => {}
-            () = s.shutdown.cancelled() => {
-                let _ = tx.send(Err(shutting_down())).await;
-                break;
-            }
         }
+    }
+    // The settles in progress finish (their records are already in the journal's queue) and
+    // are answered, in order, before the stream ends.
+    while let Some((settled, _)) = settling.next().await {
+        let out = v1::ProcessResponse {
+            response: Some(v1::process_response::Response::Settled(settled)),
+        };
+        let _ = tokio::time::timeout(LAST_ANSWER, tx.send(Ok(out))).await;
+    }
+    if let Some(e) = end {
+        let _ = tokio::time::timeout(LAST_ANSWER, tx.send(Err(e))).await;
     }
     // Deliveries a pending receive leased are given back too.
     if let Some(f) = receiving.take() {
