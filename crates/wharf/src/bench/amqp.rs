@@ -97,8 +97,8 @@ use lapin::{
 use tokio::time::Instant;
 
 use super::driver::{
-    AckHandle, Batch, BenchError, Driver, Publisher, QueueConsumer, Result, ServerSide, Subscriber,
-    TopicSpec,
+    self, AckHandle, Batch, BenchError, Driver, Publisher, QueueConsumer, Result, ServerSide,
+    Subscriber, TopicSpec, redact,
 };
 
 /// How long connecting may take.
@@ -118,29 +118,7 @@ async fn timed<T>(
     what: &str,
     f: impl Future<Output = lapin::Result<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(amqp_error(what, e)),
-        Err(_) => Err(BenchError(format!(
-            "{what}: no answer from RabbitMQ within {limit:?}"
-        ))),
-    }
-}
-
-/// `url` with its password (if any) replaced by `***`, for messages and the report.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        _ => url.to_owned(),
-    }
+    driver::timed(limit, what, "RabbitMQ", f, amqp_error).await
 }
 
 /// The queue names of a topic (or queue) with `partitions` partitions: `bench.{name}` for

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use wharf_benchkit::{Report, Table, Target, grouped, size_label};
 
 use super::chain::{self, ChainOutcome, Scenario, Style};
-use super::driver::{BenchError, Driver, Durability, Result, TopicSpec};
+use super::driver::{BenchError, Driver, Durability, Result, TopicSpec, redact};
 use super::report::{self, Progress};
 use super::workloads::{self, Plan, Workload};
 use super::{amqp, chart, nats, redis, server_process};
@@ -559,21 +559,6 @@ struct Servers {
 }
 
 /// `url` with its password replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Starts `wharf serve` (this program) on a fresh data directory under `base`.
 fn start_wharf(base: &Path) -> Result<(String, Arc<Started>)> {
     let dir = wharf_benchkit::temp_data_dir(base, "wharf-compare-wharf-").map_err(|e| {

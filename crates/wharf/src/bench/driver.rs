@@ -31,6 +31,7 @@
 //!   publisher or consumer, so those need not be `Sync` and may keep buffers between calls.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -65,6 +66,40 @@ impl BenchError {
 
 /// The result of a benchmark step.
 pub(crate) type Result<T> = std::result::Result<T, BenchError>;
+
+/// `f`'s answer, its error turned into ours by `error(what, e)`, or an error saying that
+/// `system` did not answer within `limit` (every call of a driver to its system is bounded).
+pub(crate) async fn timed<T, E>(
+    limit: Duration,
+    what: &str,
+    system: &str,
+    f: impl Future<Output = std::result::Result<T, E>>,
+    error: impl FnOnce(&str, E) -> BenchError,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(what, e)),
+        Err(_) => Err(BenchError(format!(
+            "{what}: no answer from {system} within {limit:?}"
+        ))),
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages and the report.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
+}
 
 /// When the system acknowledges a publish (Wharf's three modes; other systems map them as
 /// closely as they can and say so in [`Driver::describe`]).

@@ -62,8 +62,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::driver::{
-    AckHandle, Batch, BenchError, Driver, Publisher, QueueConsumer, Result, ServerSide, Subscriber,
-    TopicSpec,
+    self, AckHandle, Batch, BenchError, Driver, Publisher, QueueConsumer, Result, ServerSide,
+    Subscriber, TopicSpec, redact,
 };
 
 /// How long connecting may take.
@@ -89,29 +89,7 @@ async fn timed<T>(
     what: &str,
     f: impl Future<Output = RedisResult<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(redis_error(what, e)),
-        Err(_) => Err(BenchError(format!(
-            "{what}: no answer from Redis within {limit:?}"
-        ))),
-    }
-}
-
-/// `url` with its password (if any) replaced by `***`, for messages and the report.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        _ => url.to_owned(),
-    }
+    driver::timed(limit, what, "Redis", f, redis_error).await
 }
 
 /// The stream keys of a topic (or queue) with `partitions` partitions: `bench.{name}` for
