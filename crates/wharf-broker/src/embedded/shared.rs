@@ -94,8 +94,14 @@ struct Persisted {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RecState {
-    Available { at: i64 },
-    Acquired { member: String, deadline: i64 },
+    Available {
+        at: i64,
+    },
+    /// The member is shared by every delivery of one receive (a reference count, not a copy).
+    Acquired {
+        member: Arc<str>,
+        deadline: i64,
+    },
     Finishing,
     Done,
 }
@@ -129,6 +135,20 @@ struct Queue {
     /// The batch the last refill read from the log: the next refill usually continues in it
     /// (a publish batch can hold thousands of records), so it is not read and checked again.
     cached: Vec<wharf_log::Batch>,
+    /// No `Available` record in the window is due later than this (an upper bound, raised
+    /// wherever a record becomes available and made exact by the parking scan): a full window
+    /// is scanned for records to park only when one may be due far enough ahead.
+    latest_at: i64,
+}
+
+impl Queue {
+    /// Puts `rec` in the window at `offset`.
+    fn insert(&mut self, offset: u64, rec: Rec) {
+        if let RecState::Available { at } = rec.state {
+            self.latest_at = self.latest_at.max(at);
+        }
+        self.window.insert(offset, rec);
+    }
 }
 
 struct State {
@@ -220,6 +240,7 @@ impl Drop for FinishingGuard<'_> {
                 && rec.state == RecState::Finishing
             {
                 rec.state = RecState::Available { at };
+                st.queues[q].latest_at = st.queues[q].latest_at.max(at);
             }
         }
     }
@@ -353,6 +374,7 @@ impl SharedSub {
                 window: BTreeMap::new(),
                 persisted: p,
                 cached: Vec::new(),
+                latest_at: i64::MIN,
             });
         }
         let incarnation = super::nonce();
@@ -533,7 +555,7 @@ impl SharedSub {
                                 done: false,
                             };
                             let rec = self.rec_from(q, r, p);
-                            queue.window.insert(o, rec);
+                            queue.insert(o, rec);
                         } else {
                             queue.lost += 1;
                         }
@@ -551,12 +573,20 @@ impl SharedSub {
                     if queue.parked.len() >= MAX_PARKED {
                         break;
                     }
-                    let far: Vec<u64> = queue
-                        .window
-                        .iter()
-                        .filter(|(_, r)| matches!(r.state, RecState::Available { at } if at > now + PARK_AHEAD_MS))
-                        .map(|(o, _)| *o)
-                        .collect();
+                    if queue.latest_at <= now + PARK_AHEAD_MS {
+                        break;
+                    }
+                    let mut far = Vec::new();
+                    let mut latest = i64::MIN;
+                    for (o, r) in &queue.window {
+                        match r.state {
+                            RecState::Available { at } if at > now + PARK_AHEAD_MS => far.push(*o),
+                            RecState::Available { at } => latest = latest.max(at),
+                            _ => {}
+                        }
+                    }
+                    // What stays is due within PARK_AHEAD_MS.
+                    queue.latest_at = latest;
                     if far.is_empty() {
                         break;
                     }
@@ -607,7 +637,7 @@ impl SharedSub {
                     queue.end = offset + 1;
                     let p = queue.persisted.remove(&offset).unwrap_or_default();
                     let rec = self.rec_from(q, r, p);
-                    queue.window.insert(offset, rec);
+                    queue.insert(offset, rec);
                 }
                 // Finished records (acked before a restart) must not hold window places.
                 Self::advance(queue);
@@ -659,7 +689,9 @@ impl SharedSub {
             return None;
         }
         let at = now.saturating_add(delay.unwrap_or_else(|| self.backoff(st, deliveries)));
-        st.queues[q].window.get_mut(&offset)?.state = RecState::Available { at };
+        let queue = &mut st.queues[q];
+        queue.window.get_mut(&offset)?.state = RecState::Available { at };
+        queue.latest_at = queue.latest_at.max(at);
         Some((offset, at))
     }
 
@@ -856,7 +888,7 @@ impl SharedSub {
                 "must be within 100..=43200000",
             ));
         }
-        let member = request.member.clone().unwrap_or_default();
+        let member: Arc<str> = Arc::from(request.member.as_deref().unwrap_or_default());
         let deadline = tokio::time::Instant::now() + request.wait.min(super::MAX_WAIT);
         loop {
             let notified = self.changed.notified();
@@ -870,7 +902,7 @@ impl SharedSub {
                     .queues
                     .iter()
                     .flat_map(|q| q.window.values())
-                    .filter(|r| matches!(&r.state, RecState::Acquired { member: m, .. } if *m == member))
+                    .filter(|r| matches!(&r.state, RecState::Acquired { member: m, .. } if **m == *member))
                     .count();
                 let room = request
                     .max
@@ -931,7 +963,7 @@ impl SharedSub {
                                 let lease_deadline = now + lease_ms as i64;
                                 earliest_lease = earliest_lease.min(lease_deadline);
                                 rec.state = RecState::Acquired {
-                                    member: member.clone(),
+                                    member: Arc::clone(&member),
                                     deadline: lease_deadline,
                                 };
                                 acquired.push((*o, rec.deliveries));
@@ -1244,7 +1276,7 @@ impl SharedSub {
                     .flat_map(|q| q.window.values())
                     .filter_map(|r| match &r.state {
                         RecState::Acquired { member, deadline } if *deadline > now => {
-                            Some(member.clone())
+                            Some(member.to_string())
                         }
                         _ => None,
                     })

@@ -361,7 +361,7 @@ async fn consume_loop(t: ConsumeTask) {
 }
 
 async fn settle(c: &Ctx, topic: &str, sub: &str, how: Settle) -> ApiResult<v1::SettleResponse> {
-    let outcomes = settle_outcomes(&c.s, &c.caller, topic, sub, how).await?;
+    let outcomes = settle_outcomes(&c.s, &c.caller, topic, sub, &how).await?;
     Ok(v1::SettleResponse {
         outcomes: convert::outcomes_out(outcomes),
     })
@@ -779,25 +779,8 @@ async fn process_loop(
                 }
                 let (c, t) = (Arc::clone(&c), Arc::clone(&t));
                 settling.push_back(Box::pin(async move {
-                    let (action, ids, extend_ms) =
-                        (settle.action, settle.ack_ids.clone(), settle.lease_ms);
-                    let settled = match process_settle(&c, &t, settle).await {
-                        Ok(settled) => settled,
-                        // A settle the broker refused as a whole (bad input: an empty list, a
-                        // lease out of range): every id gets the error, the stream goes on,
-                        // and nothing the client holds is given away.
-                        Err(e) => v1::Settled {
-                            action,
-                            outcomes: ids
-                                .into_iter()
-                                .map(|ack_id| v1::AckOutcome {
-                                    ack_id,
-                                    error: Some(e.code.to_owned()),
-                                })
-                                .collect(),
-                        },
-                    };
-                    (settled, extend_ms)
+                    let extend_ms = settle.lease_ms;
+                    (process_settle(&c, &t, settle).await, extend_ms)
                 }));
             }
             () = async { match next_expiry {
@@ -832,34 +815,66 @@ async fn process_loop(
     }
 }
 
-async fn process_settle(c: &Ctx, t: &ProcessTask, settle: v1::Settle) -> ApiResult<v1::Settled> {
+/// Settles what a `Process` stream sent. A settle refused as a whole (bad input: an empty
+/// list, a lease out of range) is answered with the error for every id; the stream goes on,
+/// and nothing the client holds is given away.
+async fn process_settle(c: &Ctx, t: &ProcessTask, settle: v1::Settle) -> v1::Settled {
+    let action = settle.action;
+    let (error, ids) = match settle_request(settle) {
+        Ok(how) => match settle_outcomes(&c.s, &c.caller, &t.topic, &t.sub, &how).await {
+            Ok(outcomes) => {
+                return v1::Settled {
+                    action,
+                    outcomes: convert::outcomes_out(outcomes),
+                };
+            }
+            Err(e) => (e, how.into_ack_ids()),
+        },
+        Err(refused) => refused,
+    };
+    v1::Settled {
+        action,
+        outcomes: ids
+            .into_iter()
+            .map(|ack_id| v1::AckOutcome {
+                ack_id,
+                error: Some(error.code.to_owned()),
+            })
+            .collect(),
+    }
+}
+
+/// The broker request a `Process` stream's settle asks for, or why it cannot be one (with
+/// the ids it named).
+fn settle_request(settle: v1::Settle) -> Result<Settle, (ApiError, Vec<String>)> {
     let ids = settle.ack_ids;
-    let how = match v1::SettleAction::try_from(settle.action) {
+    Ok(match v1::SettleAction::try_from(settle.action) {
         Ok(v1::SettleAction::Ack) => Settle::Ack(AckRequest { ack_ids: ids }),
         Ok(v1::SettleAction::Nack) => Settle::Nack(NackRequest {
             ack_ids: ids,
             delay_ms: settle.delay_ms,
         }),
-        Ok(v1::SettleAction::Extend) => Settle::Extend(ExtendRequest {
-            ack_ids: ids,
-            lease_ms: settle
-                .lease_ms
-                .ok_or_else(|| ApiError::invalid("lease_ms", "extend needs the new lease"))?,
-        }),
+        Ok(v1::SettleAction::Extend) => match settle.lease_ms {
+            Some(lease_ms) => Settle::Extend(ExtendRequest {
+                ack_ids: ids,
+                lease_ms,
+            }),
+            None => {
+                return Err((
+                    ApiError::invalid("lease_ms", "extend needs the new lease"),
+                    ids,
+                ));
+            }
+        },
         Ok(v1::SettleAction::Terminate) => Settle::Terminate(TerminateRequest {
             ack_ids: ids,
             reason: terminate_reason(settle.reason),
         }),
         Ok(v1::SettleAction::Unspecified) | Err(_) => {
-            return Err(ApiError::invalid(
-                "action",
-                "must be ack, nack, extend or terminate",
+            return Err((
+                ApiError::invalid("action", "must be ack, nack, extend or terminate"),
+                ids,
             ));
         }
-    };
-    let outcomes = settle_outcomes(&c.s, &c.caller, &t.topic, &t.sub, how).await?;
-    Ok(v1::Settled {
-        action: settle.action,
-        outcomes: convert::outcomes_out(outcomes),
     })
 }

@@ -306,6 +306,18 @@ pub(crate) enum Settle {
     Terminate(TerminateRequest),
 }
 
+impl Settle {
+    /// The ack ids it names.
+    pub(crate) fn into_ack_ids(self) -> Vec<String> {
+        match self {
+            Self::Ack(b) => b.ack_ids,
+            Self::Nack(b) => b.ack_ids,
+            Self::Extend(b) => b.ack_ids,
+            Self::Terminate(b) => b.ack_ids,
+        }
+    }
+}
+
 pub(crate) async fn do_settle(
     s: &AppState,
     caller: &Caller,
@@ -314,7 +326,7 @@ pub(crate) async fn do_settle(
     settle: Settle,
 ) -> ApiResult<AckResponse> {
     Ok(AckResponse::new(
-        settle_outcomes(s, caller, topic, sub, settle).await?,
+        settle_outcomes(s, caller, topic, sub, &settle).await?,
     ))
 }
 
@@ -324,7 +336,7 @@ pub(crate) async fn settle_outcomes(
     caller: &Caller,
     topic: &str,
     sub: &str,
-    settle: Settle,
+    settle: &Settle,
 ) -> ApiResult<Vec<wharf_broker::AckOutcome>> {
     caller.require(Scope::Consume, topic)?;
     let e = &s.engine;
@@ -343,13 +355,11 @@ pub(crate) async fn settle_outcomes(
         }
         Settle::Terminate(b) => {
             check_ack_ids(&b.ack_ids)?;
-            let reason = b
-                .reason
-                .unwrap_or_else(|| "terminated by the consumer".into());
+            let reason = b.reason.as_deref().unwrap_or("terminated by the consumer");
             if reason.len() > 1024 {
                 return Err(ApiError::invalid("reason", "at most 1024 bytes"));
             }
-            e.terminate(topic, sub, &b.ack_ids, &reason).await?
+            e.terminate(topic, sub, &b.ack_ids, reason).await?
         }
     };
     Ok(outcomes)
