@@ -2,10 +2,13 @@
 //! the server (not the process-global one, so several servers in one process keep their own);
 //! the state of topics, subscriptions and storage is read from the engine at scrape time.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::RwLock;
 use std::time::Duration;
 
-use metrics::{Key, Label, Recorder};
+use metrics::{Counter, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use wharf_broker::Engine;
 
@@ -18,6 +21,19 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The server's metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
+    /// The request counter and histogram of each (method, route, status) seen, by a hash of
+    /// the three: a request looks its handles up instead of building label strings and
+    /// registry keys (a few allocations and hashes per request otherwise).
+    requests: RwLock<HashMap<u64, Vec<RequestHandles>>>,
+}
+
+/// The handles of one (method, route, status).
+struct RequestHandles {
+    method: Box<str>,
+    route: Box<str>,
+    status: u16,
+    count: Counter,
+    duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -49,7 +65,10 @@ impl Metrics {
             .set_buckets(LATENCY_BUCKETS)
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        let this = Self { recorder };
+        let this = Self {
+            recorder,
+            requests: RwLock::new(HashMap::new()),
+        };
         this.describe();
         this
     }
@@ -89,14 +108,36 @@ impl Metrics {
 
     /// One finished request.
     pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let status = status.to_string();
-        let l = labels(&[("method", method), ("route", route), ("status", &status)]);
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((method, route, status));
+        let matches =
+            |h: &RequestHandles| h.status == status && *h.method == *method && *h.route == *route;
+        {
+            let known = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = known.get(&hash).and_then(|v| v.iter().find(|h| matches(h))) {
+                h.count.increment(1);
+                h.duration.record(took.as_secs_f64());
+                return;
+            }
+        }
+        let code = status.to_string();
+        let l = labels(&[("method", method), ("route", route), ("status", &code)]);
         let key = Key::from_parts("wharf_http_requests_total", l.clone());
-        self.recorder.register_counter(&key, &METADATA).increment(1);
+        let count = self.recorder.register_counter(&key, &METADATA);
         let key = Key::from_parts("wharf_http_request_duration_seconds", l);
-        self.recorder
-            .register_histogram(&key, &METADATA)
-            .record(took.as_secs_f64());
+        let duration = self.recorder.register_histogram(&key, &METADATA);
+        count.increment(1);
+        duration.record(took.as_secs_f64());
+        let mut known = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        let same = known.entry(hash).or_default();
+        if !same.iter().any(|h| matches(h)) {
+            same.push(RequestHandles {
+                method: method.into(),
+                route: route.into(),
+                status,
+                count,
+                duration,
+            });
+        }
     }
 
     /// Messages stored by a publish.
@@ -337,4 +378,47 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series of `name` whose labels include all of `labels`.
+    fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn requests_count_per_method_route_and_status() {
+        let m = Metrics::new();
+        let took = Duration::from_millis(1);
+        m.request("GRPC", "/wharf.v1.Messages/Publish", 200, took);
+        m.request("GRPC", "/wharf.v1.Messages/Publish", 200, took);
+        m.request("GRPC", "/wharf.v1.Messages/Publish", 404, took);
+        m.request("POST", "/v1/topics/{topic}/messages", 200, took);
+        let text = m.recorder.handle().render();
+        let count = |labels: &[&str]| value(&text, "wharf_http_requests_total", labels);
+        let publish = r#"route="/wharf.v1.Messages/Publish""#;
+        assert_eq!(count(&[publish, r#"status="200""#]), Some(2.0), "{text}");
+        assert_eq!(count(&[publish, r#"status="404""#]), Some(1.0), "{text}");
+        assert_eq!(
+            count(&[r#"method="POST""#, r#"status="200""#]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "wharf_http_request_duration_seconds_count",
+                &[publish, r#"status="200""#]
+            ),
+            Some(2.0),
+            "{text}"
+        );
+    }
 }

@@ -71,13 +71,60 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_hex(&self) -> Hex<32> {
+        Hex::of(self.trace_id)
+    }
+
+    /// The span id as 16 lowercase hex digits.
+    pub fn span_hex(&self) -> Hex<16> {
+        Hex::of(u128::from(self.span_id))
+    }
+
+    /// The `traceparent` header value, `00-{trace}-{span}-{flags}`, built without the
+    /// formatting machinery (it is written on every request and every publish).
+    pub fn header(&self) -> Hex<55> {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        put_hex(&mut out[3..35], self.trace_id);
+        put_hex(&mut out[36..52], u128::from(self.span_id));
+        put_hex(&mut out[53..55], u128::from(self.flags));
+        Hex(out)
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        f.write_str(self.header().as_str())
+    }
+}
+
+/// Text of a fixed length made of ASCII characters (lowercase hex digits and dashes), on the
+/// stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    fn of(v: u128) -> Self {
+        let mut out = [0; N];
+        put_hex(&mut out, v);
+        Self(out)
+    }
+
+    /// As a string.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Writes the low `4 * out.len()` bits of `v` into `out` as lowercase hex, most significant
+/// digit first.
+fn put_hex(out: &mut [u8], v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().rev().enumerate() {
+        *b = DIGITS[((v >> (4 * i)) & 0xf) as usize];
     }
 }
 
@@ -111,6 +158,30 @@ impl RequestTrace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prints_like_the_formatting_machinery() {
+        for (trace_id, span_id, flags) in [
+            (1u128, 1u64, 0u8),
+            (u128::MAX, u64::MAX, 0xff),
+            (
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                0x00f0_67aa_0ba9_02b7,
+                1,
+            ),
+        ] {
+            let t = TraceParent {
+                trace_id,
+                span_id,
+                flags,
+            };
+            let want = format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}");
+            assert_eq!(t.header().as_str(), want);
+            assert_eq!(t.to_string(), want);
+            assert_eq!(t.trace_hex().as_str(), format!("{trace_id:032x}"));
+            assert_eq!(t.span_hex().as_str(), format!("{span_id:016x}"));
+        }
+    }
 
     #[test]
     fn parses_and_prints() {

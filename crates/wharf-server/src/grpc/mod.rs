@@ -64,13 +64,14 @@ impl Grpc {
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok()),
         );
+        let parent_hex = trace.parent.map(|p| p.span_hex());
         let span = tracing::info_span!(
             "request",
             method = "GRPC",
             route = route,
-            trace_id = %format_args!("{:032x}", trace.span.trace_id),
-            span_id = %format_args!("{:016x}", trace.span.span_id),
-            parent_span_id = %trace.parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
+            trace_id = %trace.span.trace_hex().as_str(),
+            span_id = %trace.span.span_hex().as_str(),
+            parent_span_id = %parent_hex.as_ref().map_or("", |h| h.as_str()),
             status = tracing::field::Empty,
         );
         let authorization = request
@@ -92,7 +93,7 @@ impl Grpc {
         self.state
             .metrics
             .request("GRPC", route, http_status, start.elapsed());
-        let traceparent = MetadataValue::try_from(trace.span.to_string()).ok();
+        let traceparent = MetadataValue::try_from(trace.span.header().as_str()).ok();
         match result {
             Ok(body) => {
                 let mut response = Response::new(body);

@@ -239,7 +239,7 @@ async fn forward(
         parts.headers.remove(header::AUTHORIZATION);
     }
     parts.headers.remove(APP_METADATA);
-    if let Ok(v) = HeaderValue::from_str(&trace.span.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(trace.span.header().as_str()) {
         parts.headers.insert("traceparent", v);
     }
     let body = body.map_err(Into::into).boxed_unsync();

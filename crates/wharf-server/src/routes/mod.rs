@@ -234,13 +234,14 @@ async fn observe(State(s): State<AppState>, mut req: Request, next: Next) -> Res
             .and_then(|v| v.to_str().ok()),
     );
     req.extensions_mut().insert(trace);
+    let parent_hex = trace.parent.map(|p| p.span_hex());
     let span = tracing::info_span!(
         "request",
         method = %method,
         route = %route,
-        trace_id = %format_args!("{:032x}", trace.span.trace_id),
-        span_id = %format_args!("{:016x}", trace.span.span_id),
-        parent_span_id = %trace.parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
+        trace_id = %trace.span.trace_hex().as_str(),
+        span_id = %trace.span.span_hex().as_str(),
+        parent_span_id = %parent_hex.as_ref().map_or("", |h| h.as_str()),
         status = tracing::field::Empty,
     );
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -248,7 +249,7 @@ async fn observe(State(s): State<AppState>, mut req: Request, next: Next) -> Res
     span.record("status", status);
     s.metrics
         .request(method.as_str(), &route, status, start.elapsed());
-    if let Ok(v) = HeaderValue::from_str(&trace.span.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(trace.span.header().as_str()) {
         response.headers_mut().insert("traceparent", v);
     }
     response
