@@ -129,7 +129,7 @@ impl Metrics {
         duration.record(took.as_secs_f64());
         let mut known = self.requests.write().unwrap_or_else(|p| p.into_inner());
         let same = known.entry(hash).or_default();
-        if !same.iter().any(|h| matches(h)) {
+        if !same.iter().any(matches) {
             same.push(RequestHandles {
                 method: method.into(),
                 route: route.into(),

@@ -85,11 +85,19 @@ impl TraceParent {
     /// The `traceparent` header value, `00-{trace}-{span}-{flags}`, built without the
     /// formatting machinery (it is written on every request and every publish).
     pub fn header(&self) -> Hex<55> {
-        let mut out = [b'-'; 55];
-        out[..2].copy_from_slice(b"00");
-        put_hex(&mut out[3..35], self.trace_id);
-        put_hex(&mut out[36..52], u128::from(self.span_id));
-        put_hex(&mut out[53..55], u128::from(self.flags));
+        let (trace, span) = (self.trace_hex(), self.span_hex());
+        let flags = Hex::<2>::of(u128::from(self.flags));
+        let parts = b"00-"
+            .iter()
+            .chain(&trace.0)
+            .chain(b"-")
+            .chain(&span.0)
+            .chain(b"-")
+            .chain(&flags.0);
+        let mut out = [0; 55];
+        for (dst, src) in out.iter_mut().zip(parts) {
+            *dst = *src;
+        }
         Hex(out)
     }
 }
@@ -122,9 +130,13 @@ impl<const N: usize> Hex<N> {
 /// Writes the low `4 * out.len()` bits of `v` into `out` as lowercase hex, most significant
 /// digit first.
 fn put_hex(out: &mut [u8], v: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in out.iter_mut().rev().enumerate() {
-        *b = DIGITS[((v >> (4 * i)) & 0xf) as usize];
+        let digit = (v.checked_shr(4 * i as u32).unwrap_or(0) & 0xf) as u8;
+        *b = if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        };
     }
 }
 
