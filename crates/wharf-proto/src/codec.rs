@@ -31,7 +31,7 @@ where
     type Decoder = WharfDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(buffers())
+        ProstEncoder::new(BufferSettings::default())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -72,14 +72,11 @@ impl<U: prost::Message + Default> Decoder for WharfDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        buffers()
+        // tonic's decode buffer per call (request or stream). Its default, 8 KiB, is smaller
+        // than a publish of 100 small messages, and a message larger than the buffer costs
+        // two copies of what was received so far (the buffer grows as frames arrive, then
+        // again when the message's length is read). 32 KiB holds those whole. (Encoding
+        // keeps tonic's default: a long-lived stream holds both buffers.)
+        BufferSettings::new(32 * 1024, 32 * 1024)
     }
-}
-
-/// tonic's buffers per call (for decoding: per request or stream). Its default, 8 KiB, is
-/// smaller than a publish of 100 small messages or a batch of 100 deliveries, and a message
-/// larger than the buffer costs two copies of what was received so far (the buffer grows as
-/// frames arrive, then again when the message's length is read). 32 KiB holds those whole.
-fn buffers() -> BufferSettings {
-    BufferSettings::new(32 * 1024, 32 * 1024)
 }

@@ -147,12 +147,13 @@ fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ServeError> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
-/// Largest HTTP/2 frame this server accepts (SETTINGS_MAX_FRAME_SIZE).
-const HTTP2_MAX_FRAME: u32 = 1 << 20;
-/// HTTP/2 receive window of a whole connection.
-const HTTP2_CONN_WINDOW: u32 = 4 << 20;
-/// Most response bytes buffered per HTTP/2 stream before the handler waits.
-const HTTP2_SEND_BUF: usize = 1 << 20;
+/// Largest HTTP/2 frame this server accepts (SETTINGS_MAX_FRAME_SIZE). h2 reserves a
+/// frame's announced length as soon as its 9-byte header arrives (for every frame type), so
+/// this is also what a client that stalls mid-frame makes a connection hold: 64 KiB, four
+/// times the default, not more.
+const HTTP2_MAX_FRAME: u32 = 64 << 10;
+/// HTTP/2 receive window of a whole connection: sixteen 100 KiB publishes in flight fit.
+const HTTP2_CONN_WINDOW: u32 = 2 << 20;
 
 async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
     let limits = state.config.limits.clone();
@@ -177,10 +178,9 @@ async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState) {
         // Large messages and batches move in few frames: with 16 KiB frames (the default)
         // a 160 KiB publish is ten DATA frames, each read, parsed and copied on its own.
         .max_frame_size(HTTP2_MAX_FRAME)
-        // Sixteen 160 KiB publishes in flight on one connection should not wait for window
-        // updates (hyper's default is 1 MiB for the whole connection).
-        .initial_connection_window_size(HTTP2_CONN_WINDOW)
-        .max_send_buf_size(HTTP2_SEND_BUF);
+        // Publishes in flight on one connection should not wait for window updates
+        // (hyper's default is 1 MiB for the whole connection).
+        .initial_connection_window_size(HTTP2_CONN_WINDOW);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));

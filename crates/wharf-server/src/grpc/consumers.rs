@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -616,14 +617,19 @@ struct ProcessTask {
 
 type Receiving = Pin<Box<dyn Future<Output = Result<Vec<Delivery>, BrokerError>> + Send>>;
 
-/// A settle in progress: its answer, and the lease an `extend` asked for.
-type Settling = Pin<Box<dyn Future<Output = (v1::Settled, Option<u64>)> + Send>>;
+/// A settle in progress (a task of its own, so it finishes and wakes other members' receives
+/// even while this stream waits on a slow client): its answer, and the lease an `extend`
+/// asked for.
+type Settling = tokio::task::JoinHandle<(v1::Settled, Option<u64>)>;
 
 /// Most settles one `Process` stream has in progress at once; while that many are, the
-/// stream reads no more requests (backpressure on the client).
-const MAX_SETTLING: usize = 16;
+/// stream reads no more requests (backpressure on the client). One: settles are applied in
+/// the order they were sent (an extend, then an ack of the same delivery, must not race on
+/// any engine); what runs beside a settle is the receive it made room for.
+const MAX_SETTLING: usize = 1;
 
-/// How long the end of a `Process` stream waits to hand each last answer to the client.
+/// How long the end of a `Process` stream waits, in all, for the settles in progress and to
+/// hand their answers to the client.
 const LAST_ANSWER: Duration = Duration::from_secs(5);
 
 /// One `Process` stream: receives while fewer than `max_in_flight` deliveries are unsettled,
@@ -631,10 +637,10 @@ const LAST_ANSWER: Duration = Duration::from_secs(5);
 /// what was left unsettled (nack without delay) so another member gets it at once.
 ///
 /// Settles run concurrently with the receive they make room for: an acked, nacked or
-/// terminated delivery frees its slot when the request arrives, and the settle is polled
-/// before the receive, so the broker sees the slot free and the next receive's lease record
-/// joins the settle's record in one group commit instead of waiting for its fsync. Answers
-/// to settles still go out in the order the settles came.
+/// terminated delivery frees its slot when the request arrives, so the next receive starts
+/// at once and its lease record joins the settle's record in one group commit instead of
+/// waiting for the settle's fsync. Answers to settles still go out in the order the settles
+/// came.
 async fn process_loop(
     c: Ctx,
     t: ProcessTask,
@@ -647,7 +653,9 @@ async fn process_loop(
     // whose lease ended is no longer the client's (the broker delivers it again), so it frees
     // its slot even if the client never settles it.
     let mut unsettled: HashMap<String, i64> = HashMap::new();
-    let mut receiving: Option<Receiving> = None;
+    // The pending receive, and whether it has been polled yet (one never polled has leased
+    // nothing and is dropped as it is when the stream ends).
+    let mut receiving: Option<(Receiving, Arc<AtomicBool>)> = None;
     let mut settling: FuturesOrdered<Settling> = FuturesOrdered::new();
     // Why the stream ends, if it is an error the client should see (after the answers to
     // the settles in progress).
@@ -669,19 +677,27 @@ async fn process_loop(
                 lease: t.lease,
                 wait: POLL,
             };
-            receiving = Some(Box::pin(async move {
+            let polled = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&polled);
+            let f: Receiving = Box::pin(async move {
+                flag.store(true, Ordering::Relaxed);
                 engine.receive(&topic, &sub, request).await
-            }));
+            });
+            receiving = Some((f, polled));
         }
         tokio::select! {
-            // In this order: settles are polled before the receive (above), and a busy
-            // stream still notices a shutdown.
+            // In this order: a busy stream still notices a shutdown, and settle answers go
+            // out before more deliveries.
             biased;
             () = s.shutdown.cancelled() => {
                 end = Some(shutting_down());
                 break;
             }
-            Some((settled, extend_ms)) = settling.next(), if !settling.is_empty() => {
+            Some(joined) = settling.next(), if !settling.is_empty() => {
+                let Ok((settled, extend_ms)) = joined else {
+                    end = Some(Status::internal("a settle failed inside the server"));
+                    break;
+                };
                 if settled.action == v1::SettleAction::Extend as i32 {
                     for o in &settled.outcomes {
                         match &o.error {
@@ -711,7 +727,7 @@ async fn process_loop(
             // A pending receive is never dropped while the stream lives: what it leases is
             // always handed to the client.
             r = async { match receiving.as_mut() {
-                Some(f) => f.await,
+                Some((f, _)) => f.await,
                 None => std::future::pending().await,
             } } => {
                 receiving = None;
@@ -770,15 +786,20 @@ async fn process_loop(
                     )));
                     break;
                 }
-                if action != Ok(v1::SettleAction::Extend) {
-                    // Whatever the outcome (done, not ours any more, refused), these are no
-                    // longer the client's to hold: their slots are free now.
+                // An ack, nack or terminate the broker will take frees its slots now: done, or
+                // not ours any more, the deliveries are no longer the client's to hold. One it
+                // refuses as bad input (too few or many ids, a reason too long) frees nothing:
+                // the broker still leases those to this member.
+                let refused = settle.ack_ids.is_empty()
+                    || settle.ack_ids.len() > 1000
+                    || settle.reason.len() > 1024;
+                if action != Ok(v1::SettleAction::Extend) && !refused {
                     for id in &settle.ack_ids {
                         unsettled.remove(id);
                     }
                 }
                 let (c, t) = (Arc::clone(&c), Arc::clone(&t));
-                settling.push_back(Box::pin(async move {
+                settling.push_back(tokio::spawn(async move {
                     let extend_ms = settle.lease_ms;
                     (process_settle(&c, &t, settle).await, extend_ms)
                 }));
@@ -789,19 +810,28 @@ async fn process_loop(
             } } => {}
         }
     }
-    // The settles in progress finish (their records are already in the journal's queue) and
-    // are answered, in order, before the stream ends.
-    while let Some((settled, _)) = settling.next().await {
+    // The settles in progress are answered, in order, before the stream ends (within
+    // LAST_ANSWER in all; they finish on their own tasks either way).
+    let until = tokio::time::Instant::now() + LAST_ANSWER;
+    while let Ok(Some(Ok((settled, _)))) = tokio::time::timeout_at(until, settling.next()).await {
         let out = v1::ProcessResponse {
             response: Some(v1::process_response::Response::Settled(settled)),
         };
-        let _ = tokio::time::timeout(LAST_ANSWER, tx.send(Ok(out))).await;
+        if !matches!(
+            tokio::time::timeout_at(until, tx.send(Ok(out))).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
     }
     if let Some(e) = end {
-        let _ = tokio::time::timeout(LAST_ANSWER, tx.send(Err(e))).await;
+        let within = until.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(within, tx.send(Err(e))).await;
     }
     // Deliveries a pending receive leased are given back too.
-    if let Some(f) = receiving.take() {
+    if let Some((f, polled)) = receiving.take()
+        && polled.load(Ordering::Relaxed)
+    {
         let leftover = tokio::time::timeout(Duration::from_millis(1), f).await;
         if let Ok(Ok(d)) = leftover {
             unsettled.extend(d.into_iter().map(|d| (d.ack_id, 0)));

@@ -248,7 +248,7 @@ async fn observe(State(s): State<AppState>, mut req: Request, next: Next) -> Res
     let status = response.status().as_u16();
     span.record("status", status);
     s.metrics
-        .request(method.as_str(), &route, status, start.elapsed());
+        .request(method_label(&method), &route, status, start.elapsed());
     if let Ok(v) = HeaderValue::from_str(trace.span.header().as_str()) {
         response.headers_mut().insert("traceparent", v);
     }
@@ -449,5 +449,23 @@ fn set_maximum(schema: &mut Value, max: u64) {
         }
     } else if schema.is_object() {
         *field(schema, &["maximum"]) = json!(max);
+    }
+}
+
+/// The method label of request metrics: the standard methods by name, any other (a client
+/// may send any token) as `OTHER`, so clients cannot create series without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
     }
 }

@@ -558,7 +558,6 @@ struct Servers {
     started: Vec<Arc<Started>>,
 }
 
-/// `url` with its password replaced by `***`.
 /// Starts `wharf serve` (this program) on a fresh data directory under `base`.
 fn start_wharf(base: &Path) -> Result<(String, Arc<Started>)> {
     let dir = wharf_benchkit::temp_data_dir(base, "wharf-compare-wharf-").map_err(|e| {
