@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -622,12 +620,6 @@ type Receiving = Pin<Box<dyn Future<Output = Result<Vec<Delivery>, BrokerError>>
 /// asked for.
 type Settling = tokio::task::JoinHandle<(v1::Settled, Option<u64>)>;
 
-/// Most settles one `Process` stream has in progress at once; while that many are, the
-/// stream reads no more requests (backpressure on the client). One: settles are applied in
-/// the order they were sent (an extend, then an ack of the same delivery, must not race on
-/// any engine); what runs beside a settle is the receive it made room for.
-const MAX_SETTLING: usize = 1;
-
 /// How long the end of a `Process` stream waits, in all, for the settles in progress and to
 /// hand their answers to the client.
 const LAST_ANSWER: Duration = Duration::from_secs(5);
@@ -639,8 +631,10 @@ const LAST_ANSWER: Duration = Duration::from_secs(5);
 /// Settles run concurrently with the receive they make room for: an acked, nacked or
 /// terminated delivery frees its slot when the request arrives, so the next receive starts
 /// at once and its lease record joins the settle's record in one group commit instead of
-/// waiting for the settle's fsync. Answers to settles still go out in the order the settles
-/// came.
+/// waiting for the settle's fsync. Settles themselves run one at a time (the stream reads
+/// its next request when the last settle is answered): they apply in the order sent (an
+/// extend, then an ack of the same delivery, must not race on any engine) and are answered
+/// in that order.
 async fn process_loop(
     c: Ctx,
     t: ProcessTask,
@@ -656,7 +650,7 @@ async fn process_loop(
     // The pending receive, and whether it has been polled yet (one never polled has leased
     // nothing and is dropped as it is when the stream ends).
     let mut receiving: Option<(Receiving, Arc<AtomicBool>)> = None;
-    let mut settling: FuturesOrdered<Settling> = FuturesOrdered::new();
+    let mut settling: Option<Settling> = None;
     // Why the stream ends, if it is an error the client should see (after the answers to
     // the settles in progress).
     let mut end: Option<Status> = None;
@@ -693,7 +687,11 @@ async fn process_loop(
                 end = Some(shutting_down());
                 break;
             }
-            Some(joined) = settling.next(), if !settling.is_empty() => {
+            joined = async { match settling.as_mut() {
+                Some(h) => h.await,
+                None => std::future::pending().await,
+            } } => {
+                settling = None;
                 let Ok((settled, extend_ms)) = joined else {
                     end = Some(Status::internal("a settle failed inside the server"));
                     break;
@@ -750,7 +748,7 @@ async fn process_loop(
                     }
                 }
             }
-            m = inbound.message(), if settling.len() < MAX_SETTLING => {
+            m = inbound.message(), if settling.is_none() => {
                 let settle = match m {
                     Ok(Some(v1::ProcessRequest {
                         request: Some(v1::process_request::Request::Settle(settle)),
@@ -786,22 +784,23 @@ async fn process_loop(
                     )));
                     break;
                 }
+                let (action, extend_ms) = (settle.action, settle.lease_ms);
+                let how = settle_request(settle);
                 // An ack, nack or terminate the broker will take frees its slots now: done, or
                 // not ours any more, the deliveries are no longer the client's to hold. One it
-                // refuses as bad input (too few or many ids, a reason too long) frees nothing:
-                // the broker still leases those to this member.
-                let refused = settle.ack_ids.is_empty()
-                    || settle.ack_ids.len() > 1000
-                    || settle.reason.len() > 1024;
-                if action != Ok(v1::SettleAction::Extend) && !refused {
-                    for id in &settle.ack_ids {
+                // refuses as bad input frees nothing: the broker still leases those to this
+                // member.
+                if let Ok(how) = &how
+                    && !matches!(how, Settle::Extend(_))
+                    && how.check().is_ok()
+                {
+                    for id in how.ack_ids() {
                         unsettled.remove(id);
                     }
                 }
                 let (c, t) = (Arc::clone(&c), Arc::clone(&t));
-                settling.push_back(tokio::spawn(async move {
-                    let extend_ms = settle.lease_ms;
-                    (process_settle(&c, &t, settle).await, extend_ms)
+                settling = Some(tokio::spawn(async move {
+                    (process_settle(&c, &t, action, how).await, extend_ms)
                 }));
             }
             () = async { match next_expiry {
@@ -813,16 +812,13 @@ async fn process_loop(
     // The settles in progress are answered, in order, before the stream ends (within
     // LAST_ANSWER in all; they finish on their own tasks either way).
     let until = tokio::time::Instant::now() + LAST_ANSWER;
-    while let Ok(Some(Ok((settled, _)))) = tokio::time::timeout_at(until, settling.next()).await {
+    if let Some(h) = settling.take()
+        && let Ok(Ok((settled, _))) = tokio::time::timeout_at(until, h).await
+    {
         let out = v1::ProcessResponse {
             response: Some(v1::process_response::Response::Settled(settled)),
         };
-        if !matches!(
-            tokio::time::timeout_at(until, tx.send(Ok(out))).await,
-            Ok(Ok(()))
-        ) {
-            break;
-        }
+        let _ = tokio::time::timeout_at(until, tx.send(Ok(out))).await;
     }
     if let Some(e) = end {
         let within = until.max(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -848,9 +844,13 @@ async fn process_loop(
 /// Settles what a `Process` stream sent. A settle refused as a whole (bad input: an empty
 /// list, a lease out of range) is answered with the error for every id; the stream goes on,
 /// and nothing the client holds is given away.
-async fn process_settle(c: &Ctx, t: &ProcessTask, settle: v1::Settle) -> v1::Settled {
-    let action = settle.action;
-    let (error, ids) = match settle_request(settle) {
+async fn process_settle(
+    c: &Ctx,
+    t: &ProcessTask,
+    action: i32,
+    how: Result<Settle, (ApiError, Vec<String>)>,
+) -> v1::Settled {
+    let (error, ids) = match how {
         Ok(how) => match settle_outcomes(&c.s, &c.caller, &t.topic, &t.sub, &how).await {
             Ok(outcomes) => {
                 return v1::Settled {

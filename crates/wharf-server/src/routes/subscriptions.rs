@@ -307,7 +307,34 @@ pub(crate) enum Settle {
 }
 
 impl Settle {
+    /// What the broker would refuse as bad input before touching any delivery: 1..=1000 ack
+    /// ids, a terminate reason of at most 1024 bytes.
+    pub(crate) fn check(&self) -> ApiResult<()> {
+        match self {
+            Self::Ack(b) => check_ack_ids(&b.ack_ids),
+            Self::Nack(b) => check_ack_ids(&b.ack_ids),
+            Self::Extend(b) => check_ack_ids(&b.ack_ids),
+            Self::Terminate(b) => {
+                check_ack_ids(&b.ack_ids)?;
+                if b.reason.as_ref().is_some_and(|r| r.len() > 1024) {
+                    return Err(ApiError::invalid("reason", "at most 1024 bytes"));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The ack ids it names.
+    pub(crate) fn ack_ids(&self) -> &[String] {
+        match self {
+            Self::Ack(b) => &b.ack_ids,
+            Self::Nack(b) => &b.ack_ids,
+            Self::Extend(b) => &b.ack_ids,
+            Self::Terminate(b) => &b.ack_ids,
+        }
+    }
+
+    /// The ack ids it names, owned.
     pub(crate) fn into_ack_ids(self) -> Vec<String> {
         match self {
             Self::Ack(b) => b.ack_ids,
@@ -339,26 +366,14 @@ pub(crate) async fn settle_outcomes(
     settle: &Settle,
 ) -> ApiResult<Vec<wharf_broker::AckOutcome>> {
     caller.require(Scope::Consume, topic)?;
+    settle.check()?;
     let e = &s.engine;
     let outcomes = match settle {
-        Settle::Ack(b) => {
-            check_ack_ids(&b.ack_ids)?;
-            e.ack(topic, sub, &b.ack_ids).await?
-        }
-        Settle::Nack(b) => {
-            check_ack_ids(&b.ack_ids)?;
-            e.nack(topic, sub, &b.ack_ids, b.delay_ms).await?
-        }
-        Settle::Extend(b) => {
-            check_ack_ids(&b.ack_ids)?;
-            e.extend(topic, sub, &b.ack_ids, b.lease_ms).await?
-        }
+        Settle::Ack(b) => e.ack(topic, sub, &b.ack_ids).await?,
+        Settle::Nack(b) => e.nack(topic, sub, &b.ack_ids, b.delay_ms).await?,
+        Settle::Extend(b) => e.extend(topic, sub, &b.ack_ids, b.lease_ms).await?,
         Settle::Terminate(b) => {
-            check_ack_ids(&b.ack_ids)?;
             let reason = b.reason.as_deref().unwrap_or("terminated by the consumer");
-            if reason.len() > 1024 {
-                return Err(ApiError::invalid("reason", "at most 1024 bytes"));
-            }
             e.terminate(topic, sub, &b.ack_ids, reason).await?
         }
     };
