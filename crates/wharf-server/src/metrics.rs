@@ -25,6 +25,17 @@ pub struct Metrics {
     /// the three: a request looks its handles up instead of building label strings and
     /// registry keys (a few allocations and hashes per request otherwise).
     requests: RwLock<HashMap<u64, Vec<RequestHandles>>>,
+    /// The message and byte counters of each (topic, subscription) that published (subscription
+    /// `None`) or delivered messages, looked up the same way.
+    flows: RwLock<HashMap<u64, Vec<FlowHandles>>>,
+}
+
+/// The counters of one topic's publishes, or of one (topic, subscription)'s deliveries.
+struct FlowHandles {
+    topic: Box<str>,
+    subscription: Option<Box<str>>,
+    messages: Counter,
+    bytes: Counter,
 }
 
 /// The handles of one (method, route, status).
@@ -68,6 +79,7 @@ impl Metrics {
         let this = Self {
             recorder,
             requests: RwLock::new(HashMap::new()),
+            flows: RwLock::new(HashMap::new()),
         };
         this.describe();
         this
@@ -142,9 +154,7 @@ impl Metrics {
 
     /// Messages stored by a publish.
     pub fn published(&self, topic: &str, messages: u64, bytes: u64) {
-        let l = labels(&[("topic", topic)]);
-        self.counter("wharf_messages_published_total", l.clone(), messages);
-        self.counter("wharf_published_bytes_total", l, bytes);
+        self.flow(topic, None, messages, bytes);
     }
 
     /// Messages handed to a consumer.
@@ -152,9 +162,55 @@ impl Metrics {
         if messages == 0 {
             return;
         }
-        let l = labels(&[("topic", topic), ("subscription", subscription)]);
-        self.counter("wharf_messages_delivered_total", l.clone(), messages);
-        self.counter("wharf_delivered_bytes_total", l, bytes);
+        self.flow(topic, Some(subscription), messages, bytes);
+    }
+
+    /// Adds to the message and byte counters of a publish (`subscription` `None`) or a
+    /// delivery, registering them the first time the pair is seen.
+    fn flow(&self, topic: &str, subscription: Option<&str>, messages: u64, bytes: u64) {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((topic, subscription));
+        let matches =
+            |h: &FlowHandles| *h.topic == *topic && h.subscription.as_deref() == subscription;
+        {
+            let known = self.flows.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = known.get(&hash).and_then(|v| v.iter().find(|h| matches(h))) {
+                h.messages.increment(messages);
+                h.bytes.increment(bytes);
+                return;
+            }
+        }
+        let (l, names) = match subscription {
+            None => (
+                labels(&[("topic", topic)]),
+                (
+                    "wharf_messages_published_total",
+                    "wharf_published_bytes_total",
+                ),
+            ),
+            Some(sub) => (
+                labels(&[("topic", topic), ("subscription", sub)]),
+                (
+                    "wharf_messages_delivered_total",
+                    "wharf_delivered_bytes_total",
+                ),
+            ),
+        };
+        let key = Key::from_parts(names.0, l.clone());
+        let message_counter = self.recorder.register_counter(&key, &METADATA);
+        let key = Key::from_parts(names.1, l);
+        let byte_counter = self.recorder.register_counter(&key, &METADATA);
+        message_counter.increment(messages);
+        byte_counter.increment(bytes);
+        let mut known = self.flows.write().unwrap_or_else(|p| p.into_inner());
+        let same = known.entry(hash).or_default();
+        if !same.iter().any(matches) {
+            same.push(FlowHandles {
+                topic: topic.into(),
+                subscription: subscription.map(Into::into),
+                messages: message_counter,
+                bytes: byte_counter,
+            });
+        }
     }
 
     /// The outcome label of an app's HTTP answer: its status class.
@@ -418,6 +474,40 @@ mod tests {
                 &[publish, r#"status="200""#]
             ),
             Some(2.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn published_and_delivered_count_per_topic_and_subscription() {
+        let m = Metrics::new();
+        m.published("orders", 3, 300);
+        m.published("orders", 2, 200);
+        m.published("audit", 1, 10);
+        m.delivered("orders", "billing", 4, 400);
+        m.delivered("orders", "billing", 0, 0);
+        m.delivered("orders", "", 1, 100);
+        let text = m.recorder.handle().render();
+        let get = |name: &str, labels: &[&str]| value(&text, name, labels);
+        let published = "wharf_messages_published_total";
+        assert_eq!(get(published, &[r#"topic="orders""#]), Some(5.0), "{text}");
+        assert_eq!(get(published, &[r#"topic="audit""#]), Some(1.0), "{text}");
+        assert_eq!(
+            get("wharf_published_bytes_total", &[r#"topic="orders""#]),
+            Some(500.0),
+            "{text}"
+        );
+        let delivered = "wharf_messages_delivered_total";
+        let billing = [r#"topic="orders""#, r#"subscription="billing""#];
+        assert_eq!(get(delivered, &billing), Some(4.0), "{text}");
+        assert_eq!(
+            get("wharf_delivered_bytes_total", &billing),
+            Some(400.0),
+            "{text}"
+        );
+        assert_eq!(
+            get(delivered, &[r#"topic="orders""#, r#"subscription="""#]),
+            Some(1.0),
             "{text}"
         );
     }

@@ -312,8 +312,10 @@ fn build_request(
         .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
         .and_then(|(_, v)| TraceParent::parse(v))
         .map_or_else(TraceParent::new_root, |p| p.child());
+    if let Some(v) = trace.header_value() {
+        headers.insert("traceparent", v);
+    }
     let facts = [
-        ("traceparent", trace.to_string()),
         ("wharf-topic", topic.to_owned()),
         ("wharf-subscription", sub.to_owned()),
         ("wharf-partition", m.partition.to_string()),

@@ -85,20 +85,25 @@ impl TraceParent {
     /// The `traceparent` header value, `00-{trace}-{span}-{flags}`, built without the
     /// formatting machinery (it is written on every request and every publish).
     pub fn header(&self) -> Hex<55> {
-        let (trace, span) = (self.trace_hex(), self.span_hex());
-        let flags = Hex::<2>::of(u128::from(self.flags));
-        let parts = b"00-"
-            .iter()
-            .chain(&trace.0)
-            .chain(b"-")
-            .chain(&span.0)
-            .chain(b"-")
-            .chain(&flags.0);
-        let mut out = [0; 55];
-        for (dst, src) in out.iter_mut().zip(parts) {
-            *dst = *src;
-        }
+        let mut out = *b"00-________________________________-________________-__";
+        let (trace, rest) = out.split_at_mut(3).1.split_at_mut(32);
+        put_hex(trace, self.trace_id);
+        let (span, rest) = rest.split_at_mut(1).1.split_at_mut(16);
+        put_hex(span, u128::from(self.span_id));
+        put_hex(rest.split_at_mut(1).1, u128::from(self.flags));
         Hex(out)
+    }
+}
+
+impl TraceParent {
+    /// The `traceparent` header value as an HTTP header value, marked never-indexed: every span
+    /// id is new, so letting HPACK index it only fills HTTP/2's dynamic table with values that
+    /// never repeat (and h2 compares a new value with every indexed one of the same name, ~4k
+    /// instructions per response when the table is full of them).
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        let mut v = http::HeaderValue::from_str(self.header().as_str()).ok()?;
+        v.set_sensitive(true);
+        Some(v)
     }
 }
 
@@ -129,14 +134,15 @@ impl<const N: usize> Hex<N> {
 
 /// Writes the low `4 * out.len()` bits of `v` into `out` as lowercase hex, most significant
 /// digit first.
-fn put_hex(out: &mut [u8], v: u128) {
-    for (i, b) in out.iter_mut().rev().enumerate() {
-        let digit = (v.checked_shr(4 * i as u32).unwrap_or(0) & 0xf) as u8;
+fn put_hex(out: &mut [u8], mut v: u128) {
+    for b in out.iter_mut().rev() {
+        let digit = (v & 0xf) as u8;
         *b = if digit < 10 {
             b'0' + digit
         } else {
             b'a' + digit - 10
         };
+        v >>= 4;
     }
 }
 

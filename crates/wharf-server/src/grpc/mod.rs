@@ -93,7 +93,13 @@ impl Grpc {
         self.state
             .metrics
             .request("GRPC", route, http_status, start.elapsed());
-        let traceparent = MetadataValue::try_from(trace.span.header().as_str()).ok();
+        // Never indexed by HPACK, like the REST header (`TraceParent::header_value`).
+        let traceparent = MetadataValue::try_from(trace.span.header().as_str())
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         match result {
             Ok(body) => {
                 let mut response = Response::new(body);

@@ -4,7 +4,7 @@
 
 use axum::body::Body as AxumBody;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -239,7 +239,7 @@ async fn forward(
         parts.headers.remove(header::AUTHORIZATION);
     }
     parts.headers.remove(APP_METADATA);
-    if let Ok(v) = HeaderValue::from_str(trace.span.header().as_str()) {
+    if let Some(v) = trace.span.header_value() {
         parts.headers.insert("traceparent", v);
     }
     let body = body.map_err(Into::into).boxed_unsync();

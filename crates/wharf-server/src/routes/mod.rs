@@ -249,7 +249,7 @@ async fn observe(State(s): State<AppState>, mut req: Request, next: Next) -> Res
     span.record("status", status);
     s.metrics
         .request(method_label(&method), &route, status, start.elapsed());
-    if let Ok(v) = HeaderValue::from_str(trace.span.header().as_str()) {
+    if let Some(v) = trace.span.header_value() {
         response.headers_mut().insert("traceparent", v);
     }
     response
