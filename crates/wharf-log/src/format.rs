@@ -354,15 +354,24 @@ impl EncodedBatch {
         if count == 0 {
             return Err(FormatError::invalid("record count", "0"));
         }
-        let total = encoded_batch_len_shared(records, shared);
+        // Each record's length is computed once (it heads the record and sizes the buffer).
+        let bodies: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| record_body_len(r, i as u64, shared_for(shared, i)))
+            .collect();
+        let total = BATCH_HEADER_LEN as u64
+            + bodies
+                .iter()
+                .map(|&b| (varint_len(b as u64) + b) as u64)
+                .sum::<u64>();
         if total > u64::from(MAX_BATCH_LEN) {
             return Err(FormatError::invalid("batch length", total.to_string()));
         }
         let mut out = Vec::with_capacity(total as usize);
         out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
-        for (i, r) in records.iter().enumerate() {
+        for (i, (r, &body)) in records.iter().zip(&bodies).enumerate() {
             let extra = shared_for(shared, i);
-            let body = record_body_len(r, i as u64, extra);
             put_varint(&mut out, body as u64);
             put_varint(&mut out, i as u64);
             put_varint(&mut out, 0); // every record of a batch gets the batch's append time

@@ -491,15 +491,19 @@ impl Log {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let size = format::encoded_batch_len_shared(records, shared);
+        // Encoded first, measured after: the size check costs no second pass over the records
+        // (a batch over the format's own limit is refused before its bytes are copied).
         let limit = self.shared.config.max_batch_bytes;
-        if size > limit {
-            return Err(Error::BatchTooLarge { size, limit });
-        }
-        let mut batch = EncodedBatch::encode_shared(records, shared)
-            .map_err(|_| Error::BatchTooLarge { size, limit })?;
-        let count = u64::from(batch.record_count());
+        let too_large = || Error::BatchTooLarge {
+            size: format::encoded_batch_len_shared(records, shared),
+            limit,
+        };
+        let mut batch = EncodedBatch::encode_shared(records, shared).map_err(|_| too_large())?;
         let len = batch.len() as u64;
+        if len > limit {
+            return Err(too_large());
+        }
+        let count = u64::from(batch.record_count());
         let config = &self.shared.config;
         let appended = {
             let mut st = self.shared.lock();

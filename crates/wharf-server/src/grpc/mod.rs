@@ -64,16 +64,7 @@ impl Grpc {
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok()),
         );
-        let parent_hex = trace.parent.map(|p| p.span_hex());
-        let span = tracing::info_span!(
-            "request",
-            method = "GRPC",
-            route = route,
-            trace_id = %trace.span.trace_hex().as_str(),
-            span_id = %trace.span.span_hex().as_str(),
-            parent_span_id = %parent_hex.as_ref().map_or("", |h| h.as_str()),
-            status = tracing::field::Empty,
-        );
+        let span = crate::trace::request_span("GRPC", route, &trace);
         let authorization = request
             .metadata()
             .get("authorization")
@@ -83,13 +74,12 @@ impl Grpc {
             let caller = s.tokens.authenticate(authorization.as_deref())?;
             handler(Ctx { s, caller, trace }, request.into_inner()).await
         }
-        .instrument(span.clone())
+        .instrument(span)
         .await;
         let http_status = match &result {
             Ok(_) => 200,
             Err(e) => e.status.as_u16(),
         };
-        span.record("status", http_status);
         self.state
             .metrics
             .request("GRPC", route, http_status, start.elapsed());

@@ -234,19 +234,9 @@ async fn observe(State(s): State<AppState>, mut req: Request, next: Next) -> Res
             .and_then(|v| v.to_str().ok()),
     );
     req.extensions_mut().insert(trace);
-    let parent_hex = trace.parent.map(|p| p.span_hex());
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        route = %route,
-        trace_id = %trace.span.trace_hex().as_str(),
-        span_id = %trace.span.span_hex().as_str(),
-        parent_span_id = %parent_hex.as_ref().map_or("", |h| h.as_str()),
-        status = tracing::field::Empty,
-    );
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let span = crate::trace::request_span(method.as_str(), &route, &trace);
+    let mut response = next.run(req).instrument(span).await;
     let status = response.status().as_u16();
-    span.record("status", status);
     s.metrics
         .request(method_label(&method), &route, status, start.elapsed());
     if let Some(v) = trace.span.header_value() {
