@@ -30,6 +30,7 @@
 //! Targets (issue 6): Wharf adds at most 150 µs at p50 and 1 ms at p99 over direct, and is no
 //! slower than nginx for HTTP.
 
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -382,7 +383,22 @@ struct Row {
     p999: Vec<f64>,
 }
 
+/// The allocator `wharf serve` runs with (crates/wharf/src/main.rs), so the server measured here
+/// is the one users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    // Like `wharf serve`: its allocator (above) and a log subscriber at `info` (without one,
+    // every span of the HTTP/2 stack would fall back to the `log` crate, a cost the server
+    // does not have).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     exit_on_error("wharf-server invoke bench", run());
 }
 

@@ -40,6 +40,7 @@
 //! same as `WHARF_BENCH_QUICK=1`; others (such as the `--bench` that `cargo bench` passes) are
 //! ignored.
 
+
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -835,7 +836,22 @@ fn ratio_cells(records: &[Record], spec: Spec) -> (String, String) {
 // ---------------------------------------------------------------------------------------------
 // Main
 
+/// The allocator `wharf serve` runs with (crates/wharf/src/main.rs), so the server measured here
+/// is the one users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    // Like `wharf serve`: its allocator (above) and a log subscriber at `info` (without one,
+    // every span of the HTTP/2 stack would fall back to the `log` crate, a cost the server
+    // does not have).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     exit_on_error("wharf-server rest bench", run());
 }
 

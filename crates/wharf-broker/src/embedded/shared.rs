@@ -149,6 +149,14 @@ impl Queue {
         }
         self.window.insert(offset, rec);
     }
+
+    /// Makes the record at `offset` available again at `at` (after a failed delivery, or a
+    /// dead-lettering that did not happen); `None` if it is not in the window.
+    fn make_available(&mut self, offset: u64, at: i64) -> Option<()> {
+        self.window.get_mut(&offset)?.state = RecState::Available { at };
+        self.latest_at = self.latest_at.max(at);
+        Some(())
+    }
 }
 
 struct State {
@@ -233,14 +241,13 @@ impl Drop for FinishingGuard<'_> {
             .saturating_add(i64::try_from(self.sub.config.backoff_max_ms).unwrap_or(0));
         let mut st = self.sub.lock();
         for &(q, offset) in &self.items {
-            if let Some(rec) = st
-                .queues
-                .get_mut(q)
-                .and_then(|queue| queue.window.get_mut(&offset))
-                && rec.state == RecState::Finishing
+            if let Some(queue) = st.queues.get_mut(q)
+                && queue
+                    .window
+                    .get(&offset)
+                    .is_some_and(|rec| rec.state == RecState::Finishing)
             {
-                rec.state = RecState::Available { at };
-                st.queues[q].latest_at = st.queues[q].latest_at.max(at);
+                queue.make_available(offset, at);
             }
         }
     }
@@ -689,9 +696,7 @@ impl SharedSub {
             return None;
         }
         let at = now.saturating_add(delay.unwrap_or_else(|| self.backoff(st, deliveries)));
-        let queue = &mut st.queues[q];
-        queue.window.get_mut(&offset)?.state = RecState::Available { at };
-        queue.latest_at = queue.latest_at.max(at);
+        st.queues[q].make_available(offset, at)?;
         Some((offset, at))
     }
 

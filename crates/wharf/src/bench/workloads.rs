@@ -29,9 +29,21 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::driver::{AckHandle, Batch, BenchError, Driver, Headers, Publisher, Result, TopicSpec};
 use super::report::{CpuSnap, Progress};
+
+/// Spawns a task of a workload, aborted if its handle is dropped before it finishes: a
+/// workload abandoned at its time limit (`wharf bench compare` drops it) must not keep loading
+/// the system the next case measures.
+fn spawn<F>(task: F) -> AbortOnDropHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    AbortOnDropHandle::new(tokio::spawn(task))
+}
 
 /// The subscription the consume and latency workloads create.
 const SUBSCRIPTION: &str = "bench";
@@ -175,7 +187,7 @@ async fn run_publishers(
             stop.clone(),
             counter.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawn(async move {
             let mut latencies = Vec::new();
             let mut acked = 0u64;
             let mut by_time = false;
@@ -380,7 +392,7 @@ async fn queue(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> Res
         let (driver, acked, stop, counter) =
             (driver.clone(), acked.clone(), stop.clone(), counter.clone());
         let (topic, window) = (plan.topic.clone(), plan.batch.max(1));
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawn(async move {
             let mut latencies = Vec::new();
             let mut end = None;
             let mut by_time = false;
@@ -491,7 +503,7 @@ async fn fanout(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> Re
     let mut tasks = Vec::with_capacity(k);
     for mut m in members {
         let (expected, stop, counter) = (expected.clone(), stop.clone(), counter.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawn(async move {
             let mut got = 0u64;
             let mut end = t0;
             let mut out = Vec::new();
@@ -650,7 +662,7 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
     // The consumer: one member, concurrently.
     let counter = progress.counter();
     let schedule_end = epoch + Duration::from_nanos(intended(total));
-    let consumer = tokio::spawn(async move {
+    let consumer = spawn(async move {
         let mut latencies = Vec::with_capacity(usize::try_from(measured).unwrap_or(0));
         let mut out = Vec::new();
         let mut seen = 0u64;
@@ -697,7 +709,7 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
             failed.clone(),
         );
         let (headers, max) = (plan.headers.clone(), plan.batch.max(1));
-        pub_tasks.push(tokio::spawn(async move {
+        pub_tasks.push(spawn(async move {
             let mut acks = Vec::new();
             let mut take = Vec::with_capacity(max);
             loop {
