@@ -329,6 +329,15 @@ pub fn encoded_batch_len_shared(records: &[NewRecord], shared: &SharedHeaders<'_
     n
 }
 
+/// Why [`EncodedBatch::encode_within`] encoded nothing.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The records cannot form a batch (none, or too many).
+    Invalid(FormatError),
+    /// The batch would be this many bytes, over the limit.
+    TooLarge(u64),
+}
+
 /// A batch encoded before its offset and timestamp are known (so that the copying part of
 /// encoding happens outside the log's lock). [`EncodedBatch::stamp`] then fills in the header
 /// and the checksum (hardware CRC32C: ~30 GB/s, so a 100 KB batch takes a few microseconds —
@@ -349,10 +358,27 @@ impl EncodedBatch {
         records: &[NewRecord],
         shared: &SharedHeaders<'_>,
     ) -> Result<Self, FormatError> {
-        let count = u32::try_from(records.len())
-            .map_err(|_| FormatError::invalid("record count", records.len().to_string()))?;
+        Self::encode_within(records, shared, u64::from(MAX_BATCH_LEN)).map_err(|e| match e {
+            Refused::Invalid(e) => e,
+            Refused::TooLarge(size) => FormatError::invalid("batch length", size.to_string()),
+        })
+    }
+
+    /// [`EncodedBatch::encode_shared`], refusing a batch over `max_len` bytes (or the format's
+    /// own limit) before anything is copied.
+    pub(crate) fn encode_within(
+        records: &[NewRecord],
+        shared: &SharedHeaders<'_>,
+        max_len: u64,
+    ) -> Result<Self, Refused> {
+        let count = u32::try_from(records.len()).map_err(|_| {
+            Refused::Invalid(FormatError::invalid(
+                "record count",
+                records.len().to_string(),
+            ))
+        })?;
         if count == 0 {
-            return Err(FormatError::invalid("record count", "0"));
+            return Err(Refused::Invalid(FormatError::invalid("record count", "0")));
         }
         // Each record's length is computed once (it heads the record and sizes the buffer).
         let bodies: Vec<usize> = records
@@ -365,8 +391,8 @@ impl EncodedBatch {
                 .iter()
                 .map(|&b| (varint_len(b as u64) + b) as u64)
                 .sum::<u64>();
-        if total > u64::from(MAX_BATCH_LEN) {
-            return Err(FormatError::invalid("batch length", total.to_string()));
+        if total > max_len.min(u64::from(MAX_BATCH_LEN)) {
+            return Err(Refused::TooLarge(total));
         }
         let mut out = Vec::with_capacity(total as usize);
         out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);

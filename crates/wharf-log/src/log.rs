@@ -491,18 +491,17 @@ impl Log {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        // Encoded first, measured after: the size check costs no second pass over the records
-        // (a batch over the format's own limit is refused before its bytes are copied).
+        // Measured once, while encoding: a batch over the limit is refused before its bytes
+        // are copied.
         let limit = self.shared.config.max_batch_bytes;
-        let too_large = || Error::BatchTooLarge {
-            size: format::encoded_batch_len_shared(records, shared),
-            limit,
-        };
-        let mut batch = EncodedBatch::encode_shared(records, shared).map_err(|_| too_large())?;
+        let mut batch = EncodedBatch::encode_within(records, shared, limit).map_err(|e| {
+            let size = match e {
+                format::Refused::TooLarge(size) => size,
+                format::Refused::Invalid(_) => format::encoded_batch_len_shared(records, shared),
+            };
+            Error::BatchTooLarge { size, limit }
+        })?;
         let len = batch.len() as u64;
-        if len > limit {
-            return Err(too_large());
-        }
         let count = u64::from(batch.record_count());
         let config = &self.shared.config;
         let appended = {

@@ -30,7 +30,6 @@
 //! Targets (issue 6): Wharf adds at most 150 µs at p50 and 1 ms at p99 over direct, and is no
 //! slower than nginx for HTTP.
 
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -40,7 +40,6 @@
 //! same as `WHARF_BENCH_QUICK=1`; others (such as the `--bench` that `cargo bench` passes) are
 //! ignored.
 
-
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};

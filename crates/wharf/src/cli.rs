@@ -77,14 +77,16 @@ pub(crate) enum CliError {
     Serve(String),
 }
 
-/// Warnings of the libraries under the client verbs and `wharf bench` go to stderr (`RUST_LOG`
-/// overrides the `warn` filter). Installing a subscriber also matters for speed: with none, every
-/// span the HTTP/2 stack opens falls back to the `log` crate (~80 such calls per request, 7% of
-/// the client's instructions in the latency benchmark); with one, a span below its level costs one
-/// comparison.
+/// Warnings of the libraries under the client verbs and `wharf bench` go to stderr (`WHARF_LOG`
+/// overrides the `warn` filter; not `RUST_LOG`, which a shell may have set for something else).
+/// Installing a subscriber also matters for speed: with none, every span the HTTP/2 stack opens
+/// falls back to the `log` crate (~80 such calls per request, 17% of the client's instructions
+/// in the latency benchmark); with one, a span below its level costs one comparison.
 fn init_client_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = std::env::var("WHARF_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

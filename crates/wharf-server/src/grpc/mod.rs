@@ -70,15 +70,21 @@ impl Grpc {
             .get("authorization")
             .map(|v| v.as_bytes().to_vec());
         let s = self.state.clone();
+        // The error becomes a `Status` inside the span, so the warning `status` logs for a
+        // server-side failure carries the request's fields like every other log line.
         let result = async move {
-            let caller = s.tokens.authenticate(authorization.as_deref())?;
-            handler(Ctx { s, caller, trace }, request.into_inner()).await
+            let result = async {
+                let caller = s.tokens.authenticate(authorization.as_deref())?;
+                handler(Ctx { s, caller, trace }, request.into_inner()).await
+            }
+            .await;
+            result.map_err(|e| (e.status.as_u16(), status(e)))
         }
         .instrument(span)
         .await;
         let http_status = match &result {
             Ok(_) => 200,
-            Err(e) => e.status.as_u16(),
+            Err((code, _)) => *code,
         };
         self.state
             .metrics
@@ -98,8 +104,7 @@ impl Grpc {
                 }
                 Ok(response)
             }
-            Err(e) => {
-                let mut status = status(e);
+            Err((_, mut status)) => {
                 if let Some(v) = traceparent {
                     status.metadata_mut().insert("traceparent", v);
                 }

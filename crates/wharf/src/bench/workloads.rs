@@ -45,6 +45,17 @@ where
     AbortOnDropHandle::new(tokio::spawn(task))
 }
 
+/// Marks the latency workload failed when dropped (see its use).
+struct StopPacer(Arc<Mutex<Option<BenchError>>>);
+
+impl Drop for StopPacer {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.0.lock() {
+            f.get_or_insert_with(|| BenchError::new("the workload was abandoned"));
+        }
+    }
+}
+
 /// The subscription the consume and latency workloads create.
 const SUBSCRIPTION: &str = "bench";
 /// How long the prefill of the consume and queue workloads may take at most (on top of
@@ -651,6 +662,9 @@ async fn latency(driver: Arc<dyn Driver>, plan: &Plan, progress: &Progress) -> R
     let wake = Arc::new(Notify::new());
     let paced_out = Arc::new(AtomicBool::new(false));
     let failed: Arc<Mutex<Option<BenchError>>> = Arc::new(Mutex::new(None));
+    // The pacer is a thread (it cannot be aborted like the tasks): if this workload is
+    // abandoned at its time limit, the failure this guard records stops it at its next message.
+    let _stop_pacer = StopPacer(failed.clone());
     let epoch = Instant::now();
     // The schedule starts a little later, once the pacer thread runs.
     let start_ns = nanos(Duration::from_millis(20));
