@@ -12,6 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Malformed requests must be INVALID_ARGUMENT (tonic's prost codec says INTERNAL).
         .codec_path("crate::codec::WharfCodec")
         .bytes(".wharf.v1")
+        // The publish path's messages are written by hand (src/publish.rs).
+        .extern_path(".wharf.v1.PublishRequest", "crate::publish::PublishRequest")
+        .extern_path(".wharf.v1.PublishMessage", "crate::publish::PublishMessage")
+        .extern_path(
+            ".wharf.v1.PublishResponse",
+            "crate::publish::PublishResponse",
+        )
         .compile_fds(fds)?;
     // The test service, with tonic's own codec.
     let echo = "proto/wharf/testing/v1/echo.proto";

@@ -5,11 +5,15 @@
 //! crate directly for the raw generated API, e.g. `v1::topics_client::TopicsClient`.
 
 pub mod codec;
+mod publish;
 
 /// The `wharf.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("wharf.v1");
+    // Written by hand for speed (the build maps them with `extern_path`); the same types and
+    // wire format as generated ones.
+    pub use crate::publish::{PublishMessage, PublishRequest, PublishResponse};
 }
 
 /// A small service for tests and benchmarks of gRPC invocation (one RPC of each kind); not

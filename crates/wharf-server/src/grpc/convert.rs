@@ -231,9 +231,14 @@ fn shared_config_out(s: &broker::SharedConfig) -> v1::SharedConfig {
 
 /// A message to publish.
 pub(crate) fn message_in(m: v1::PublishMessage) -> broker::Message {
-    let mut headers: Vec<(String, String)> = m.headers.into_iter().collect();
-    // A map has no order; keep the stored order stable.
-    headers.sort_unstable();
+    let headers = if m.headers.is_empty() {
+        Vec::new()
+    } else {
+        let mut headers: Vec<(String, String)> = m.headers.into_iter().collect();
+        // A map has no order; keep the stored order stable.
+        headers.sort_unstable();
+        headers
+    };
     broker::Message {
         key: m.key,
         value: m.value,
