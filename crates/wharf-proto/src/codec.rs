@@ -1,6 +1,7 @@
 //! The codec of every `wharf.v1` method: prost encoding, but a message that does not decode
 //! is `INVALID_ARGUMENT` (the client sent bad input), not tonic's default `INTERNAL`.
 
+use std::any::TypeId;
 use std::marker::PhantomData;
 
 use tonic::Status;
@@ -31,7 +32,11 @@ where
     type Decoder = WharfDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
+        ProstEncoder::new(if is_publish::<T>() {
+            publish_buffer()
+        } else {
+            BufferSettings::default()
+        })
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -45,7 +50,21 @@ pub struct WharfDecoder<U> {
     _pd: PhantomData<U>,
 }
 
-impl<U: prost::Message + Default> Decoder for WharfDecoder<U> {
+/// The buffer of a call that carries `PublishRequest`s (encoding them in the client, decoding
+/// them in the server): a request of up to 256 KiB is received (or encoded) into it without a
+/// reallocation. A buffer grows by `realloc`, which copies all of it: with tonic's 32 KiB, a
+/// 100 KiB publish arriving in 64 KiB HTTP/2 frames was copied twice more on its way in (the
+/// buffer grows for the first frame, then again when the message's length is read), and a
+/// client's 8 KiB encode buffer four times.
+fn publish_buffer() -> BufferSettings {
+    BufferSettings::new(256 * 1024, 32 * 1024)
+}
+
+fn is_publish<M: 'static>() -> bool {
+    TypeId::of::<M>() == TypeId::of::<crate::v1::PublishRequest>()
+}
+
+impl<U: prost::Message + Default + 'static> Decoder for WharfDecoder<U> {
     type Item = U;
     type Error = Status;
 
@@ -72,11 +91,12 @@ impl<U: prost::Message + Default> Decoder for WharfDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        // tonic's decode buffer per call (request or stream). Its default, 8 KiB, is smaller
-        // than a publish of 100 small messages, and a message larger than the buffer costs
-        // two copies of what was received so far (the buffer grows as frames arrive, then
-        // again when the message's length is read). 32 KiB holds those whole. (Encoding
-        // keeps tonic's default: a long-lived stream holds both buffers.)
+        if is_publish::<U>() {
+            return publish_buffer();
+        }
+        // Every other call's decode buffer (request or stream): tonic's default, 8 KiB, is
+        // smaller than many answers (a read, a batch of deliveries), and a long-lived stream
+        // holds its buffer, so not the publish size. (Encoding keeps tonic's default.)
         BufferSettings::new(32 * 1024, 32 * 1024)
     }
 }
