@@ -72,6 +72,8 @@ pub(crate) struct StreamGroup {
     state: Mutex<GroupState>,
     /// Woken on every rebalance and reset, so a waiting fetch sees its new assignment.
     changed: tokio::sync::Notify,
+    /// Per partition, the batch the last fetch stopped inside (`read_limited_cached`).
+    batches: Mutex<Vec<Option<wharf_log::Batch>>>,
 }
 
 fn resolve(log: &Log, position: &Position) -> Result<u64> {
@@ -92,6 +94,17 @@ fn encode(record: &StateRecord) -> Result<NewRecord> {
 }
 
 impl StreamGroup {
+    /// The cached batch slot of partition `p`.
+    fn batch_slot(&self, p: u32, f: impl FnOnce(&mut Option<wharf_log::Batch>)) {
+        let mut slots = self
+            .batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = slots.get_mut(p as usize) {
+            f(slot);
+        }
+    }
+
     /// Opens the group's state in `dir`; `init` (on creation) says where partitions start.
     pub(crate) fn open(
         name: &str,
@@ -148,6 +161,7 @@ impl StreamGroup {
             partitions,
             state_log,
             changed: tokio::sync::Notify::new(),
+            batches: Mutex::new(vec![None; n]),
             state: Mutex::new(GroupState {
                 queued: committed.clone(),
                 committed,
@@ -334,7 +348,13 @@ impl StreamGroup {
                     continue;
                 }
                 let room = request.max_messages.max(1) - out.len();
-                let records = match super::read_limited(log, from, room, budget) {
+                // Taken out of the shared slot for the read (another fetch of the partition
+                // meanwhile reads from the log).
+                let mut cache = None;
+                self.batch_slot(p, |slot| cache = slot.take());
+                let read = super::read_limited_cached(log, &mut cache, from, room, budget);
+                self.batch_slot(p, |slot| *slot = cache);
+                let records = match read {
                     Ok(r) => r,
                     Err(wharf_log::Error::OffsetOutOfRange { .. }) => continue,
                     Err(e) => return Err(e.into()),
