@@ -495,6 +495,16 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The same batch in a buffer of its own: a batch read from the log is a slice of the
+    /// whole read buffer, which it keeps alive; keep a detached copy when holding one for
+    /// long. (Already verified: not checked again.)
+    pub fn detached(&self) -> Batch {
+        Batch {
+            header: self.header,
+            bytes: Bytes::copy_from_slice(&self.bytes),
+        }
+    }
+
     /// Verifies `bytes` as exactly one batch: header, length and checksum. Record contents
     /// are decoded lazily by [`Batch::records`]; [`Batch::decode`] checks them all.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, FormatError> {

@@ -51,8 +51,9 @@ pub struct WharfDecoder<U> {
 }
 
 /// The buffer of a call that carries `PublishRequest`s (encoding them in the client, decoding
-/// them in the server): a request of up to 256 KiB is received (or encoded) into it without a
-/// reallocation. A buffer grows by `realloc`, which copies all of it: with tonic's 32 KiB, a
+/// them in the server): a request of up to 256 KiB (less the 5-byte gRPC prefix) is received
+/// (or encoded) into it without a reallocation. A `PublishStream` holds it for its life, on
+/// each side: 256 KiB per open publish stream. A buffer grows by `realloc`, which copies all of it: with tonic's 32 KiB, a
 /// 100 KiB publish arriving in 64 KiB HTTP/2 frames was copied twice more on its way in (the
 /// buffer grows for the first frame, then again when the message's length is read), and a
 /// client's 8 KiB encode buffer four times.
@@ -95,8 +96,8 @@ impl<U: prost::Message + Default + 'static> Decoder for WharfDecoder<U> {
             return publish_buffer();
         }
         // Every other call's decode buffer (request or stream): tonic's default, 8 KiB, is
-        // smaller than many answers (a read, a batch of deliveries), and a long-lived stream
-        // holds its buffer, so not the publish size. (Encoding keeps tonic's default.)
+        // smaller than many answers (a read, a batch of deliveries); not the publish size,
+        // because consuming streams are many and long-lived. (Encoding keeps tonic's default.)
         BufferSettings::new(32 * 1024, 32 * 1024)
     }
 }

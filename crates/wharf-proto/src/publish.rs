@@ -197,6 +197,11 @@ mod fast {
     const VARINT_3: u64 = 3 << 3;
     const VARINT_4: u64 = 4 << 3;
 
+    /// What the message vector's first reservation assumes a message takes at least, and
+    /// how many messages it reserves for at most (it grows as usual past that).
+    const MIN_RESERVE_PER_MESSAGE: usize = 32;
+    const MAX_RESERVE_MESSAGES: usize = 1024;
+
     /// The longest encoded `PublishResult` with its key and length: key 1 + length 1 +
     /// (1 + 5) + (1 + 10) + (1 + 10) + (1 + 1) = 32, plus room for a 10-byte varint written
     /// from the last byte (`put_varint` writes into a fixed window).
@@ -291,9 +296,11 @@ mod fast {
                     let m = c.within()?;
                     if r.messages.is_empty() {
                         // The messages of a batch are mostly alike: size the vector once,
-                        // from the first one's length.
-                        let per = m.end - m.at + 2;
-                        r.messages.reserve((all.len() - m.at) / per + 1);
+                        // from the first one's length (bounded: the input is untrusted,
+                        // and a tiny first message must not reserve for millions).
+                        let per = (m.end - m.at + 2).max(MIN_RESERVE_PER_MESSAGE);
+                        r.messages
+                            .reserve(((all.len() - m.at) / per + 1).min(MAX_RESERVE_MESSAGES));
                     }
                     r.messages.push(publish_message(m)?);
                 }
@@ -381,7 +388,7 @@ mod fast {
     pub(super) fn result(r: &PublishResult, out: &mut [u8; MAX_RESULT_LEN]) -> usize {
         let mut at = 0;
         put_varint(out, &mut at, LEN_1);
-        // At most 29 bytes: the length is one byte.
+        // At most 30 bytes: the length is one byte.
         put_varint(out, &mut at, result_body_len(r) as u64);
         if r.partition != 0 {
             put_varint(out, &mut at, 1 << 3);

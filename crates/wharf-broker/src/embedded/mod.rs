@@ -828,8 +828,8 @@ pub(crate) fn read_limited(
 /// [`read_limited`] with a one-batch cache: a read that stops inside a batch keeps it in
 /// `cache`, and the next read from an offset within it starts there instead of reading (and
 /// checking) the whole batch from the log again. A consumer fetching 100 messages at a time
-/// from batches of 1,000 read each batch once instead of ten times. (The cached batch holds
-/// offsets the log still holds if the caller reads from no lower than the log's start.)
+/// from batches of 1,000 reads each batch once instead of ten times. The cache is used only
+/// for offsets the log still holds (at or above its start).
 pub(crate) fn read_limited_cached(
     log: &Log,
     cache: &mut Option<wharf_log::Batch>,
@@ -838,7 +838,12 @@ pub(crate) fn read_limited_cached(
     max_bytes: usize,
 ) -> wharf_log::Result<Vec<wharf_log::Record>> {
     let holds = |b: &wharf_log::Batch, o: u64| b.base_offset() <= o && o < b.next_offset();
-    let mut cached = cache.take().filter(|b| holds(b, from));
+    // Never below the log's start (retention may have moved it since the caller looked):
+    // then the log answers, as without a cache.
+    let mut cached = cache
+        .take()
+        .filter(|b| holds(b, from) && from >= log.start_offset());
+    let mut from_cache = cached.is_some();
     let mut out = Vec::new();
     let mut used = 0usize;
     let corrupt = |source| wharf_log::Error::Corrupt {
@@ -859,7 +864,7 @@ pub(crate) fn read_limited_cached(
     loop {
         let batches = match cached.take() {
             Some(batch) => vec![batch],
-            None => match log.read(next, step) {
+            None => match log.read(next, step).inspect(|_| from_cache = false) {
                 Ok(batches) => batches,
                 // A later step found its offset gone (retention): what was read stands.
                 Err(wharf_log::Error::OffsetOutOfRange { .. }) if next > from => {
@@ -882,7 +887,13 @@ pub(crate) fn read_limited_cached(
                 }
                 let size = record_size(&record);
                 if !out.is_empty() && (out.len() >= max_messages || used + size > max_bytes) {
-                    *cache = Some(batch.clone());
+                    // A batch read now is a slice of the whole read buffer (up to
+                    // `max_bytes`): keep a copy of just the batch.
+                    *cache = Some(if from_cache {
+                        batch.clone()
+                    } else {
+                        batch.detached()
+                    });
                     return Ok(out);
                 }
                 used += size;
@@ -1393,5 +1404,74 @@ impl Engine for EmbeddedEngine {
     async fn redrive(&self, topic: &str, sub: &str, max: usize) -> Result<u64> {
         let (_, s) = self.stream_group(topic, sub)?;
         s.shared(sub)?.redrive(max).await
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use bytes::Bytes;
+    use wharf_log::{Log, LogConfig, NewRecord};
+
+    use super::{read_limited, read_limited_cached};
+
+    /// 5 batches of 10 records, values "0".."49".
+    async fn log_of_batches() -> (tempfile::TempDir, Log) {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path().join("p0"), LogConfig::default()).unwrap();
+        for b in 0..5 {
+            let records: Vec<NewRecord> = (0..10)
+                .map(|i| NewRecord::new(Bytes::from((b * 10 + i).to_string())))
+                .collect();
+            log.append(&records).unwrap().await.unwrap();
+        }
+        (dir, log)
+    }
+
+    fn values(records: &[wharf_log::Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn cached_reads_return_every_record_once_in_order() {
+        let (_dir, log) = log_of_batches().await;
+        let mut cache = None;
+        let mut from = 0;
+        let mut seen = Vec::new();
+        while from < 50 {
+            let records = read_limited_cached(&log, &mut cache, from, 3, 1 << 20).unwrap();
+            assert!(!records.is_empty() && records.len() <= 3);
+            assert_eq!(records[0].offset, from);
+            // A read that stopped inside a batch keeps exactly that batch.
+            let last = records.last().unwrap().offset;
+            match &cache {
+                Some(b) => assert!(b.base_offset() <= last + 1 && last + 1 < b.next_offset()),
+                None => assert_eq!((last + 1) % 10, 0),
+            }
+            from = last + 1;
+            seen.extend(values(&records));
+        }
+        let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+        assert_eq!(seen, expected);
+        // Reading again from an earlier offset (a reset) gives the log's records, whatever
+        // the cache holds.
+        let again = read_limited_cached(&log, &mut cache, 4, 8, 1 << 20).unwrap();
+        assert_eq!(values(&again), (4..12).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn stepped_reads_cross_batches_up_to_the_limits() {
+        let (_dir, log) = log_of_batches().await;
+        // More messages than one step reads: the steps go on until max_messages.
+        let all = read_limited(&log, 5, 40, 1 << 20).unwrap();
+        assert_eq!(values(&all), (5..45).map(|i| i.to_string()).collect::<Vec<_>>());
+        // The byte limit counts values: "10".."19" are 2 bytes each.
+        let few = read_limited(&log, 10, 100, 7).unwrap();
+        assert_eq!(values(&few), vec!["10", "11", "12"]);
+        // Always at least one record, even over the byte limit.
+        let one = read_limited(&log, 20, 100, 1).unwrap();
+        assert_eq!(values(&one), vec!["20"]);
     }
 }

@@ -94,6 +94,15 @@ fn encode(record: &StateRecord) -> Result<NewRecord> {
 }
 
 impl StreamGroup {
+    /// Forgets every partition's cached batch (positions moved: a rebalance or a reset).
+    fn drop_batches(&self) {
+        let mut slots = self
+            .batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.iter_mut().for_each(|slot| *slot = None);
+    }
+
     /// The cached batch slot of partition `p`.
     fn batch_slot(&self, p: u32, f: impl FnOnce(&mut Option<wharf_log::Batch>)) {
         let mut slots = self
@@ -208,6 +217,8 @@ impl StreamGroup {
     /// fetch position on partitions they keep; new owners start at the committed offset.
     fn rebalance(&self, st: &mut GroupState) {
         st.generation += 1;
+        // A partition may change owner: its next fetch may start anywhere.
+        self.drop_batches();
         self.changed.notify_waiters();
         let ids: Vec<String> = st.members.keys().cloned().collect();
         for (p, owner) in st.owner.iter_mut().enumerate() {
@@ -557,6 +568,7 @@ impl StreamGroup {
                 }
             }
             st.generation += 1;
+            self.drop_batches();
             self.changed.notify_waiters();
             ticket
         };
