@@ -1458,7 +1458,10 @@ mod read_tests {
         // Reading again from an earlier offset (a reset) gives the log's records, whatever
         // the cache holds.
         let again = read_limited_cached(&log, &mut cache, 4, 8, 1 << 20).unwrap();
-        assert_eq!(values(&again), (4..12).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            values(&again),
+            (4..12).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
@@ -1466,7 +1469,10 @@ mod read_tests {
         let (_dir, log) = log_of_batches().await;
         // More messages than one step reads: the steps go on until max_messages.
         let all = read_limited(&log, 5, 40, 1 << 20).unwrap();
-        assert_eq!(values(&all), (5..45).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            values(&all),
+            (5..45).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
         // The byte limit counts values: "10".."19" are 2 bytes each.
         let few = read_limited(&log, 10, 100, 7).unwrap();
         assert_eq!(values(&few), vec!["10", "11", "12"]);
