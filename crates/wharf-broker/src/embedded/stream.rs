@@ -94,24 +94,22 @@ fn encode(record: &StateRecord) -> Result<NewRecord> {
 }
 
 impl StreamGroup {
-    /// Forgets every partition's cached batch (positions moved: a rebalance or a reset).
+    /// Forgets every partition's cached batch (positions moved: a rebalance or a reset). A
+    /// fetch running across it may put its batch back: harmless, a cached batch is used only
+    /// for the offset it holds.
     fn drop_batches(&self) {
-        let mut slots = self
-            .batches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots.iter_mut().for_each(|slot| *slot = None);
+        self.batch_slots().iter_mut().for_each(|slot| *slot = None);
     }
 
     /// The cached batch slot of partition `p`.
     fn batch_slot(&self, p: u32, f: impl FnOnce(&mut Option<wharf_log::Batch>)) {
-        let mut slots = self
-            .batches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(slot) = slots.get_mut(p as usize) {
+        if let Some(slot) = self.batch_slots().get_mut(p as usize) {
             f(slot);
         }
+    }
+
+    fn batch_slots(&self) -> MutexGuard<'_, Vec<Option<wharf_log::Batch>>> {
+        self.batches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens the group's state in `dir`; `init` (on creation) says where partitions start.
